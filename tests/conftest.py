@@ -1,0 +1,42 @@
+"""Shared fixtures: random Hugging Face GPT-2 checkpoints (no real weights exist offline) and tokenizer checks."""
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def make_hf_gpt2(path, n_layer=2, n_head=4, n_embd=64, n_positions=128, seed=0):
+    """Save a random GPT2LMHeadModel (vocab 50257) to `path`; LayerNorm weights and all biases are moved
+    off their defaults so that a loader that skipped any of them would be caught."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(seed)
+    config = GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_positions=n_positions, vocab_size=50257)
+    model = GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".ln_" in name or name.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(path)
+    return model
+
+
+@pytest.fixture(scope="session")
+def hf_gpt2_dir(tmp_path_factory):
+    """One small random GPT-2 directory shared by the tests that only need 'some' GPT-2."""
+    path = str(tmp_path_factory.mktemp("hf_gpt2"))
+    make_hf_gpt2(path)
+    return path
+
+
+def gpt2_tokenizer_or_skip():
+    """tiktoken's GPT-2 encoding, or skip with the reason when neither the network nor the cache has it."""
+    import tiktoken
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:
+        pytest.skip(f"GPT-2 BPE files unavailable (no network and TIKTOKEN_CACHE_DIR unset; "
+                    f"see ../shared/README.md): {type(e).__name__}")
