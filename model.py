@@ -393,4 +393,7 @@ def load_model(source, map_location="cpu"):
     """
     if os.path.isfile(source):
         return load_checkpoint(source, map_location)[0]
+    looks_like_path = source.startswith(("/", "./", "../", "~")) or source.endswith((".pt", ".pth"))
+    if looks_like_path and not os.path.exists(source):
+        raise FileNotFoundError(f"no such file or directory: {source}")
     return GPT.from_pretrained(source).to(map_location)

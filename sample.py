@@ -1,0 +1,69 @@
+"""
+Sample text from a model: one of our checkpoints, an exported Hugging Face directory, or a hub name.
+
+    python sample.py checks/krony_shakespeare.pt --start="ROMEO:" --num_samples=3 --max_new_tokens=100
+    python sample.py gpt2 --start=FILE:prompt.txt --temperature=0.8 --top_k=200 --seed=1337
+"""
+
+import argparse
+import sys
+
+import tiktoken
+import torch
+
+from model import load_model
+
+
+def fail(message):
+    print(f"sample.py: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main():
+    default_device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="checkpoint file, Hugging Face GPT-2 directory, or hub name")
+    parser.add_argument("--start", default="\n", help='prompt text, or "FILE:path" to read it from a file')
+    parser.add_argument("--num_samples", type=int, default=3)
+    parser.add_argument("--max_new_tokens", type=int, default=200)
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 samples greedily")
+    parser.add_argument("--top_k", type=int, default=200, help="keep the k most likely tokens (0: all)")
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--device", default=default_device)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    args = parser.parse_args()
+    if args.temperature < 0 or args.top_k < 0 or args.num_samples < 1 or args.max_new_tokens < 0:
+        parser.error("temperature and top_k must be >= 0, num_samples >= 1, max_new_tokens >= 0")
+
+    start = args.start
+    if start.startswith("FILE:"):
+        try:
+            with open(start[len("FILE:"):], encoding="utf-8") as f:
+                start = f.read()
+        except OSError as e:
+            fail(f"cannot read the prompt file: {e}")
+    try:
+        enc = tiktoken.get_encoding("gpt2")
+    except Exception as e:
+        fail(f"cannot load GPT-2's tokenizer ({type(e).__name__}); it needs the network once, or "
+             f"TIKTOKEN_CACHE_DIR pointing at a copy of its BPE files")
+    try:
+        model = load_model(args.model, map_location=args.device)
+    except (OSError, ValueError) as e:
+        fail(f"cannot load {args.model!r}: {str(e).splitlines()[0]}")
+    model.to(dtype=getattr(torch, args.dtype)).eval()
+
+    prompt = enc.encode(start, allowed_special={"<|endoftext|>"})
+    if not prompt:
+        fail("the prompt is empty; give at least one character, e.g. --start='\\n'")
+    idx = torch.tensor([prompt] * args.num_samples, dtype=torch.long, device=args.device)
+    generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    out = model.generate(idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k or None,
+                         generator=generator)
+    for row in out.tolist():
+        print(enc.decode(row))
+        print("---------------")
+
+
+if __name__ == "__main__":
+    main()
