@@ -4,6 +4,7 @@ A token file is a flat uint16 array of GPT-2 token ids (np.memmap readable): eac
 `encode_ordinary` tokens followed by the end-of-text token 50256.
 """
 import functools
+import math
 import os
 import sys
 
@@ -11,7 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 EOT = 50256  # GPT-2's <|endoftext|>
-WRITE_SHARDS = 1024  # as nanoGPT: write in contiguous shards so memory stays flat on 9 B tokens
+WRITE_SHARDS = 1024  # as nanoGPT: write in contiguous pieces so memory stays flat on 9 B tokens
 
 
 def fail(message):
@@ -59,13 +60,14 @@ def tokenize(dataset, text_column="text", num_proc=1, desc="tokenizing"):
 
 
 def _write_bin(tokenized, n_tokens, path, desc):
-    """Write the documents' ids back to back into `path`."""
+    """Write the documents' ids back to back into `path`, in at most WRITE_SHARDS contiguous batches."""
     arr = np.memmap(path, dtype=np.uint16, mode="w+", shape=(n_tokens,))
-    n_shards = min(WRITE_SHARDS, len(tokenized))
+    batch_size = math.ceil(len(tokenized) / WRITE_SHARDS)
     idx = 0
-    for shard_idx in tqdm(range(n_shards), desc=desc):
-        shard = tokenized.shard(num_shards=n_shards, index=shard_idx, contiguous=True).with_format("numpy")
-        ids = np.concatenate(shard["ids"])
+    # arrow batches flatten to one uint16 array without a Python object per document
+    for batch in tqdm(tokenized.with_format("arrow").iter(batch_size=batch_size),
+                      total=math.ceil(len(tokenized) / batch_size), desc=desc):
+        ids = batch["ids"].combine_chunks().flatten().to_numpy()
         arr[idx:idx + len(ids)] = ids
         idx += len(ids)
     assert idx == n_tokens, (idx, n_tokens)
