@@ -1,0 +1,377 @@
+"""
+Step 1 of the pipeline: choose Kronecker factor shapes, and initialise a compressed GPT-2 from a pretrained one.
+
+    python kron_decompose.py 768 768 1 --model gpt2 --init vl    # writes checks/krony_gpt2_768_768_1_vl.pt
+    python kron_decompose.py --list --target 81M                 # every valid shape; needs no weights
+
+Every c_fc and c_proj of the teacher (in x @ W orientation, W of shape (in, out)) becomes
+W_hat = sum_r A_r (x) B_r with the shapes of model.GPTConfig; every other weight is copied. Initialisations:
+  vl       Van Loan-Pitsianis nearest Kronecker sum: the Frobenius-optimal W_hat (Eckart-Young).
+  vl_norm  vl rescaled so that ||W_hat||_F = ||W||_F (the paper's modified Van Loan).
+  prune    the paper's pruning init: A_r keeps every k-th row (or column) of W, B_r is a one-hot vector.
+  random   the scratch init of GPT(config) (W_hat entries of std 0.02, c_proj scaled as in GPT-2).
+A teacher that is itself a Kronecker checkpoint is decomposed through its materialized weights, so a model
+can be re-factored into another shape.
+"""
+
+import argparse
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import replace
+
+import torch
+from tqdm import tqdm
+
+from model import (GPT, KroneckerLinear, divisors, kron_flops, load_model, make_checkpoint, max_factors,
+                   save_checkpoint)
+
+INITS = ("vl", "vl_norm", "prune", "random")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Shapes
+
+def nearest_valid(value, valid):
+    """The valid values just below and just above `value`, as text: "384 or 768"."""
+    below = [v for v in valid if v < value]
+    above = [v for v in valid if v > value]
+    return " or ".join(str(v) for v in (below[-1:] + above[:1]))
+
+
+def check_compression(n_embd, dim_1, dim_2, factors, init="vl"):
+    """Raise ValueError, naming the nearest valid values, unless this compression fits a model of width n_embd."""
+    if init not in INITS:
+        raise ValueError(f"init={init!r} is not one of {', '.join(INITS)}")
+    hidden = 4 * n_embd
+    if dim_1 < 1 or n_embd % dim_1:
+        raise ValueError(f"dim_1={dim_1} does not divide n_embd={n_embd}; "
+                         f"nearest valid dim_1: {nearest_valid(dim_1, divisors(n_embd))}")
+    if dim_2 < 1 or hidden % dim_2:
+        raise ValueError(f"dim_2={dim_2} does not divide 4*n_embd={hidden}; "
+                         f"nearest valid dim_2: {nearest_valid(dim_2, divisors(hidden))}")
+    max_rank = max_factors(n_embd, hidden, dim_1, dim_2)
+    if not 1 <= factors <= max_rank:
+        raise ValueError(f"factors={factors} must be between 1 and {max_rank}, the maximum rank of c_fc as "
+                         f"{dim_1}x{dim_2} (x) {n_embd // dim_1}x{hidden // dim_2} Kronecker factors")
+    if init == "prune" and dim_1 != n_embd and dim_2 != hidden:
+        raise ValueError(f"--init prune needs B to be a single row or column: dim_1={n_embd} (keeps every k-th "
+                         f"hidden unit) or dim_2={hidden} (keeps every k-th embedding dimension); "
+                         f"got {dim_1} {dim_2}, use vl, vl_norm or random")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Decompositions of one matrix W (in, out) into A (factors, a_rows, a_cols) and B (factors, b_rows, b_cols),
+# with kron's index convention kron(A, B)[i*b_rows + k, j*b_cols + l] = A[i, j] * B[k, l].
+
+def kronecker_sum(A, B):
+    """sum_r kron(A[r], B[r]), the same W as KroneckerLinear.dense_weight()."""
+    (_, a_rows, a_cols), (_, b_rows, b_cols) = A.shape, B.shape
+    return torch.einsum("rij,rkl->ikjl", A, B).reshape(a_rows * b_rows, a_cols * b_cols)
+
+
+def rearrange(W, a_rows, a_cols):
+    """Van Loan's rearrangement R[i*a_cols + j] = vec(block (i, j) of W), so that sum_r A_r (x) B_r becomes
+    sum_r vec(A_r) vec(B_r)^T: the nearest Kronecker sum of W is a truncated SVD of R."""
+    b_rows, b_cols = W.shape[0] // a_rows, W.shape[1] // a_cols
+    return W.reshape(a_rows, b_rows, a_cols, b_cols).permute(0, 2, 1, 3).reshape(a_rows * a_cols, b_rows * b_cols)
+
+
+def nearest_kronecker(W, a_rows, a_cols, factors):
+    """(A, B) minimising ||W - sum_r A_r (x) B_r||_F: the top `factors` singular triplets (s, u, v) of
+    rearrange(W), A_r = sqrt(s) u, B_r = sqrt(s) v. Exact and deterministic: a float64 SVD on the CPU, each
+    singular pair's sign fixed so that the largest-magnitude entry of u is positive."""
+    if W.shape[0] % a_rows or W.shape[1] % a_cols:
+        raise ValueError(f"A of shape {a_rows}x{a_cols} does not divide W of shape {tuple(W.shape)}")
+    b_rows, b_cols = W.shape[0] // a_rows, W.shape[1] // a_cols
+    if not 1 <= factors <= min(a_rows * a_cols, b_rows * b_cols):
+        raise ValueError(f"factors={factors} must be between 1 and {min(a_rows * a_cols, b_rows * b_cols)}")
+    R = rearrange(W.detach().to("cpu", torch.float64), a_rows, a_cols)
+    U, S, Vh = torch.linalg.svd(R, full_matrices=False)
+    U, S, Vh = U[:, :factors], S[:factors], Vh[:factors]
+    peak = U.gather(0, U.abs().argmax(dim=0, keepdim=True))  # the largest-magnitude entry of each u
+    sign = torch.where(peak < 0, -1.0, 1.0).to(U.dtype)
+    U, Vh = U * sign, Vh * sign.T
+    scale = S.sqrt()
+    A = (U * scale).T.reshape(factors, a_rows, a_cols)
+    B = (Vh * scale[:, None]).reshape(factors, b_rows, b_cols)
+    return A.to(W.dtype), B.to(W.dtype)
+
+
+def normalized_kronecker(W, a_rows, a_cols, factors):
+    """vl_norm: the Van Loan factors, both scaled by sqrt(c) with c = ||W||_F / ||sum_r A_r (x) B_r||_F,
+    so that ||W_hat||_F = ||W||_F. Since the Van Loan terms are orthogonal, c = sqrt(sum_i s_i^2 / sum_{r<R} s_r^2)
+    over the singular values s of rearrange(W): the discarded tail's energy is put back along the kept terms."""
+    A, B = nearest_kronecker(W, a_rows, a_cols, factors)
+    approx_norm = kronecker_sum(A.double(), B.double()).norm()
+    if approx_norm == 0:
+        return A, B
+    root_c = math.sqrt(W.double().norm().item() / approx_norm.item())
+    return A * root_c, B * root_c
+
+
+def pruned_kronecker(W, a_rows, a_cols, factors):
+    """The paper's pruning init for shapes where B is a single row or column of length k: B_r is the one-hot
+    vector e_r and A_r keeps the rows (B a column) or columns (B a row) r, r+k, r+2k, ... of W, so W_hat is W
+    with all other rows or columns zeroed (factors = k keeps them all: exact). For the 95M model's c_fc,
+    A = W[0::2, :] and B = [[1], [0]]; for its c_proj, A = W[:, 0::2] and B = [[1, 0]]."""
+    b_rows, b_cols = W.shape[0] // a_rows, W.shape[1] // a_cols
+    if b_rows != 1 and b_cols != 1:
+        raise ValueError(f"prune needs B to be a single row or column, got {b_rows}x{b_cols}")
+    A = torch.empty(factors, a_rows, a_cols, dtype=W.dtype)
+    B = torch.zeros(factors, b_rows, b_cols, dtype=W.dtype)
+    for r in range(factors):
+        if b_cols == 1:  # kron(A, e_r)[i*b_rows + k, j] = A[i, j] if k == r
+            A[r] = W[r::b_rows, :]
+            B[r, r, 0] = 1.0
+        else:  # kron(A, e_r^T)[i, j*b_cols + l] = A[i, j] if l == r
+            A[r] = W[:, r::b_cols]
+            B[r, 0, r] = 1.0
+    return A, B
+
+
+# ----------------------------------------------------------------------------------------------------
+# Whole models
+
+def dense_weight(linear):
+    """W in x @ W orientation, (in, out), of a dense nn.Linear or a KroneckerLinear."""
+    if isinstance(linear, KroneckerLinear):
+        return linear.dense_weight()
+    return linear.weight.t()
+
+
+def mlp_matrices(model):
+    """(name, module) for every c_fc and c_proj: "h.0.c_fc", "h.0.c_proj", "h.1.c_fc", ..."""
+    for i, block in enumerate(model.transformer.h):
+        yield f"h.{i}.c_fc", block.mlp.c_fc
+        yield f"h.{i}.c_proj", block.mlp.c_proj
+
+
+@torch.no_grad()
+def compress(teacher: GPT, dim_1: int, dim_2: int, factors: int, init: str = "vl", progress: bool = False) -> GPT:
+    """A Kronecker GPT with the teacher's architecture whose MLP factors are initialised from the teacher's MLP
+    weights by `init`; every other weight is copied. The new model lives on the CPU in float32.
+    `random` draws from torch's global RNG: seed it for a reproducible model."""
+    check_compression(teacher.config.n_embd, dim_1, dim_2, factors, init)
+    config = replace(teacher.config, dim_1=dim_1, dim_2=dim_2, factors=factors)
+    student = GPT(config)
+    teacher_state = teacher.state_dict()
+    for name, tensor in student.state_dict().items():
+        if not re.search(r"\.mlp\.c_(fc|proj)\.[AB]$", name):
+            tensor.copy_(teacher_state[name])
+    decompose = {"vl": nearest_kronecker, "vl_norm": normalized_kronecker, "prune": pruned_kronecker}.get(init)
+    if decompose is not None:
+        pairs = zip(mlp_matrices(teacher), mlp_matrices(student))
+        for (_, teacher_linear), (_, linear) in tqdm(list(pairs), desc=f"{init} {dim_1} {dim_2} {factors}",
+                                                    unit="matrix", disable=not progress):
+            W = dense_weight(teacher_linear).detach().to("cpu", torch.float32)
+            A, B = decompose(W, linear.A.shape[1], linear.A.shape[2], factors)
+            linear.A.copy_(A)
+            linear.B.copy_(B)
+    return student
+
+
+@torch.no_grad()
+def relative_errors(teacher, student):
+    """{"h.0.c_fc": ||W - W_hat||_F / ||W||_F, ...} in float64, for every MLP matrix."""
+    errors = {}
+    for (name, teacher_linear), (_, linear) in zip(mlp_matrices(teacher), mlp_matrices(student)):
+        W = dense_weight(teacher_linear).detach().to("cpu", torch.float64)
+        W_hat = dense_weight(linear).detach().to("cpu", torch.float64)
+        errors[name] = ((W - W_hat).norm() / W.norm()).item()
+    return errors
+
+
+# ----------------------------------------------------------------------------------------------------
+# Listing: arithmetic only, no models are built.
+
+def count_params(n_embd, dim_1=None, dim_2=None, factors=None, n_layer=12, vocab_size=50257, block_size=1024,
+                 bias=True):
+    """(parameters, parameters without wpe) of GPT(GPTConfig(...)); dim_1 = None means dense MLPs."""
+    n, hidden, b = n_embd, 4 * n_embd, int(bias)
+    if factors is None:
+        mlp_weights = 2 * n * hidden
+    else:
+        mlp_weights = 2 * factors * (dim_1 * dim_2 + (n // dim_1) * (hidden // dim_2))  # c_fc, c_proj alike
+    layer = (2 * (n + n * b)  # ln_1, ln_2
+             + 4 * n * n + 4 * n * b  # c_attn, attn.c_proj
+             + mlp_weights + (hidden + n) * b)  # mlp
+    total = vocab_size * n + block_size * n + n_layer * layer + (n + n * b)  # wte (tied lm_head), wpe, h, ln_f
+    return total, total - block_size * n
+
+
+def mlp_flops(n_embd, dim_1, dim_2, factors):
+    """Multiply-adds per token of one c_fc and one c_proj, each in its cheaper contraction order."""
+    hidden = 4 * n_embd
+    return min(kron_flops(n_embd, hidden, dim_1, dim_2, factors)) + min(kron_flops(hidden, n_embd, dim_2, dim_1,
+                                                                                   factors))
+
+
+def model_flops(n_embd, mlp, n_layer=12, vocab_size=50257):
+    """Multiply-adds per token in all weight matrices (c_attn, attn.c_proj, the MLP, lm_head); attention's
+    score and value products, which grow with the context, are left out."""
+    return n_layer * (4 * n_embd * n_embd + mlp) + n_embd * vocab_size
+
+
+def list_shapes(n_embd=768, factors_list=(1,), n_layer=12, vocab_size=50257, block_size=1024):
+    """A row for every valid (dim_1, dim_2, factors), smallest model first."""
+    hidden = 4 * n_embd
+    dense_mlp = 2 * n_embd * hidden
+    dense_model = model_flops(n_embd, dense_mlp, n_layer, vocab_size)
+    rows = []
+    for dim_1 in divisors(n_embd):
+        for dim_2 in divisors(hidden):
+            for factors in factors_list:
+                if factors > max_factors(n_embd, hidden, dim_1, dim_2):
+                    continue
+                params, params_no_wpe = count_params(n_embd, dim_1, dim_2, factors, n_layer, vocab_size, block_size)
+                mlp = mlp_flops(n_embd, dim_1, dim_2, factors)
+                rows.append(dict(
+                    dim_1=dim_1, dim_2=dim_2, factors=factors,
+                    a_shape=f"{dim_1}x{dim_2}", b_shape=f"{n_embd // dim_1}x{hidden // dim_2}",
+                    matrix_params=factors * (dim_1 * dim_2 + (n_embd // dim_1) * (hidden // dim_2)),
+                    params=params, params_no_wpe=params_no_wpe,
+                    mlp_flops=mlp / dense_mlp, model_flops=model_flops(n_embd, mlp, n_layer, vocab_size) / dense_model,
+                ))
+    rows.sort(key=lambda r: (r["params"], r["dim_1"], r["dim_2"], r["factors"]))
+    return rows
+
+
+def mark_target(rows, target):
+    """Indices of the rows closest to `target` parameters without wpe, ties included (the paper names its models
+    by this count: 81M is 81,186,144). Many shapes share a count, so several rows are usually marked."""
+    distance = [abs(r["params_no_wpe"] - target) for r in rows]
+    return [i for i, d in enumerate(distance) if d == min(distance)]
+
+
+def format_listing(rows, n_embd, n_layer, target=None):
+    dense, dense_no_wpe = count_params(n_embd, n_layer=n_layer)
+    lines = [f"dense: {dense:,} parameters, {dense_no_wpe:,} without wpe (n_embd={n_embd}, n_layer={n_layer}); "
+             f"c_fc is {n_embd}x{4 * n_embd} (A (x) B), c_proj its transpose (A^T (x) B^T)",
+             "FLOPs: multiply-adds per token relative to dense (MLP: c_fc and c_proj, each in its cheaper order; "
+             "model: all weight matrices)",
+             f"{'dim_1':>5} {'dim_2':>5} {'factors':>7} {'A (c_fc)':>10} {'B (c_fc)':>10} {'per matrix':>12} "
+             f"{'parameters':>12} {'without wpe':>12} {'MLP FLOPs':>9} {'model FLOPs':>11}"]
+    marked = set(mark_target(rows, target)) if target else set()
+    for i, r in enumerate(rows):
+        mark = f"  <- {target / 1e6:g}M" if i in marked else ""
+        lines.append(f"{r['dim_1']:>5} {r['dim_2']:>5} {r['factors']:>7} {r['a_shape']:>10} {r['b_shape']:>10} "
+                     f"{r['matrix_params']:>12,} {r['params']:>12,} {r['params_no_wpe']:>12,} "
+                     f"{r['mlp_flops']:>9.1%} {r['model_flops']:>11.1%}{mark}")
+    lines.append(f"{len(rows)} valid shapes" + (f"; {len(marked)} marked as closest to {target:,} parameters "
+                                                "without wpe" if target else ""))
+    return "\n".join(lines)
+
+
+def parse_size(text):
+    """'81M' -> 81_000_000; also K, B and plain integers."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMbB]?)\s*", text)
+    if not match:
+        raise ValueError(f"--target {text!r} is not a size like 81M, 95.3M or 81186144")
+    number, unit = match.groups()
+    return round(float(number) * {"": 1, "k": 1e3, "m": 1e6, "b": 1e9}[unit.lower()])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Command line
+
+def fail(message):
+    """A user mistake: one line on stderr and exit status 2, as argparse does."""
+    print(f"kron_decompose.py: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def default_out(source, dim_1, dim_2, factors, init):
+    name = os.path.basename(os.path.normpath(source))
+    name = re.sub(r"\.(pt|pth|ckpt)$", "", name)
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", name)
+    return os.path.join("checks", f"krony_{name}_{dim_1}_{dim_2}_{factors}_{init}.pt")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dim_1", type=int, nargs="?", help="c_fc's A has dim_1 rows (must divide n_embd)")
+    parser.add_argument("dim_2", type=int, nargs="?", help="c_fc's A has dim_2 columns (must divide 4*n_embd)")
+    parser.add_argument("n_factors", type=int, nargs="?", help="number of Kronecker products summed per matrix")
+    parser.add_argument("--model", default="gpt2",
+                        help="teacher: a hub name, a local Hugging Face GPT-2 directory, or a krony checkpoint")
+    parser.add_argument("--init", default="vl", choices=INITS)
+    parser.add_argument("--out", help="checkpoint to write (default checks/krony_MODEL_DIM1_DIM2_FACTORS_INIT.pt)")
+    parser.add_argument("--list", action="store_true", help="list every valid shape instead; needs no weights")
+    parser.add_argument("--n_embd", type=int, default=768, help="--list: model width")
+    parser.add_argument("--n_layer", type=int, default=12, help="--list: number of blocks")
+    parser.add_argument("--factors", default="1", help="--list: comma-separated factor counts, e.g. 1,2,4")
+    parser.add_argument("--target", help="--list: mark the shapes closest to this size, e.g. 81M")
+    args = parser.parse_args(argv)
+    shape = (args.dim_1, args.dim_2, args.n_factors)
+
+    if args.list:
+        if any(v is not None for v in shape):
+            fail("--list takes no DIM_1 DIM_2 N_FACTORS")
+        try:
+            factors_list = sorted({int(f) for f in args.factors.split(",")})
+        except ValueError:
+            fail(f"--factors {args.factors!r} is not a comma-separated list of integers")
+        if args.n_embd < 1 or args.n_layer < 1 or min(factors_list) < 1:
+            fail("--n_embd, --n_layer and --factors must be positive")
+        try:
+            target = parse_size(args.target) if args.target else None
+        except ValueError as e:
+            fail(str(e))
+        rows = list_shapes(args.n_embd, factors_list, args.n_layer)
+        print(format_listing(rows, args.n_embd, args.n_layer, target))
+        return
+
+    if any(v is None for v in shape):
+        fail("give DIM_1 DIM_2 N_FACTORS, or --list to see the valid ones")
+    dim_1, dim_2, factors = shape
+    out = args.out or default_out(args.model, dim_1, dim_2, factors, args.init)
+    if os.path.isdir(out):
+        fail(f"--out {out} is a directory; give a file name")
+    try:
+        teacher = load_model(args.model)
+    except Exception as e:  # any failure to open the user's --model is reported, not raised
+        fail(f"cannot load --model {args.model}: {' '.join(str(e).split())}")
+    try:
+        check_compression(teacher.config.n_embd, dim_1, dim_2, factors, args.init)
+    except ValueError as e:
+        fail(f"{args.model}: {e}")
+
+    torch.manual_seed(1337)  # --init random, and the reproducibility of everything else
+    t0 = time.time()
+    student = compress(teacher, dim_1, dim_2, factors, args.init, progress=True)
+    errors = relative_errors(teacher, student)
+    seconds = time.time() - t0
+
+    teacher_params, student_params = teacher.get_num_params(False), student.get_num_params(False)
+    c = teacher.config
+    kind = "Kronecker" if c.is_kronecker else "dense"
+    print(f"teacher {args.model} ({kind}): {teacher_params:,} parameters, {teacher.get_num_params():,} without wpe")
+    print(f"krony {dim_1} {dim_2} {factors} ({args.init}): {student_params:,} parameters, "
+          f"{student.get_num_params():,} without wpe: {student_params / teacher_params:.1%} of the teacher "
+          f"({teacher_params / student_params:.2f}x smaller); MLP FLOPs per token "
+          f"{mlp_flops(c.n_embd, dim_1, dim_2, factors) / (8 * c.n_embd ** 2):.1%} of dense")
+    print(f"c_fc: A {dim_1}x{dim_2}, B {c.n_embd // dim_1}x{4 * c.n_embd // dim_2}; "
+          f"c_proj: A {dim_2}x{dim_1}, B {4 * c.n_embd // dim_2}x{c.n_embd // dim_1}; {factors} factor(s), "
+          f"built in {seconds:.1f}s")
+    print("relative Frobenius error ||W - W_hat|| / ||W||:")
+    print(f"{'layer':>5} {'c_fc':>8} {'c_proj':>8}")
+    for i in range(c.n_layer):
+        print(f"{i:>5} {errors[f'h.{i}.c_fc']:>8.4f} {errors[f'h.{i}.c_proj']:>8.4f}")
+    print(f"{'mean':>5} {sum(errors[f'h.{i}.c_fc'] for i in range(c.n_layer)) / c.n_layer:>8.4f} "
+          f"{sum(errors[f'h.{i}.c_proj'] for i in range(c.n_layer)) / c.n_layer:>8.4f}")
+
+    init_info = {"teacher": args.model, "method": args.init, "dim_1": dim_1, "dim_2": dim_2, "factors": factors,
+                 "teacher_params": teacher_params, "params": student_params, "errors": errors}
+    try:
+        save_checkpoint(make_checkpoint(student, init=init_info), out)
+    except OSError as e:
+        fail(f"cannot write --out {out}: {e}")
+    print(f"wrote {out}")
+    print(f"next: python train.py config/train_gpt2.py --init_from={out}")
+
+
+if __name__ == "__main__":
+    main()
