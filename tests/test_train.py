@@ -1,0 +1,277 @@
+import hashlib
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT
+
+import train
+from configurator import ConfigError, load_config
+from model import GPT, load_checkpoint, load_model
+
+VOCAB = 64
+
+
+def write_tokens(data_dir, tokens):
+    """train.bin and val.bin in nanoGPT's format: uint16 token ids back to back."""
+    os.makedirs(data_dir, exist_ok=True)
+    for split in ("train", "val"):
+        np.asarray(tokens, dtype=np.uint16).tofile(os.path.join(data_dir, f"{split}.bin"))
+    return str(data_dir)
+
+
+def cycle_corpus(tmp_path):
+    """0, 1, ..., 31, 0, 1, ...: every next token is determined by the current one, so a model that learns
+    anything gets its loss well below the ln(VOCAB) of uniform guessing."""
+    return write_tokens(tmp_path / "cycle", np.tile(np.arange(32), 200))
+
+
+def random_corpus(tmp_path, vocab=VOCAB, n=4000):
+    return write_tokens(tmp_path / "random", np.random.default_rng(0).integers(0, vocab, n))
+
+
+def tiny_args(data_dir, out_dir, /, **overrides):
+    """--key=value arguments for a small fast run; overrides replace or add keys."""
+    settings = dict(data_dir=data_dir, out_dir=str(out_dir), device="cpu", compile=False, dtype="float32",
+                    n_layer=2, n_head=2, n_embd=32, vocab_size=VOCAB, block_size=16, batch_size=8,
+                    gradient_accumulation_steps=2, max_iters=30, eval_interval=10, eval_iters=4, log_interval=1,
+                    learning_rate=1e-2, min_lr=1e-3, warmup_iters=3, lr_decay_iters=30, seed=7)
+    settings.update(overrides)
+    return [f"--{k}={v}" for k, v in settings.items()]
+
+
+def run(args):
+    """train.train with the settings of command-line args, in this process (cheaper than a subprocess)."""
+    return train.train(load_config(train.DEFAULTS, args))
+
+
+def metrics(out_dir):
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def file_hash(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+# --- configuration -----------------------------------------------------------------------------------
+
+def test_overrides_are_type_checked_and_ordered(tmp_path):
+    config_file = tmp_path / "conf.py"
+    config_file.write_text("import math\nbatch_size = 4\nlearning_rate = 1\nwandb_run_name = 'file'\n")
+    config = load_config(train.DEFAULTS, [str(config_file), "--batch_size=6", "--dim_1=8", "--wandb_run_name=1e3",
+                                          "--compile=False"])
+    assert config["batch_size"] == 6  # the override comes after the file
+    assert config["learning_rate"] == 1.0 and isinstance(config["learning_rate"], float)
+    assert config["dim_1"] == 8 and config["dim_2"] is None
+    assert config["wandb_run_name"] == "1e3"  # strings are taken verbatim
+    assert config["compile"] is False
+    for bad, message in [("--lerning_rate=1", "did you mean learning_rate"), ("--batch_size=1.5", "batch_size must be an int"),
+                         ("--compile=yes", "compile must be True or False"), ("--dim_1=8.0", "dim_1 must be an int or None"),
+                         ("--max_iters", "expected --key=value")]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(train.DEFAULTS, [bad])
+    config_file.write_text("n_layers = 4\n")
+    with pytest.raises(ConfigError, match=f"unknown config key 'n_layers' in {config_file}.*n_layer"):
+        load_config(train.DEFAULTS, [str(config_file)])
+
+
+@pytest.mark.parametrize("name", ["train_gpt2.py", "train_gpt2_95M.py", "train_shakespeare.py"])
+def test_shipped_configs_are_valid(name):
+    config = load_config(train.DEFAULTS, [os.path.join(ROOT, "config", name)])
+    train.check_config(config)
+    assert config["gradient_accumulation_steps"] % 8 == 0 or name == "train_shakespeare.py"
+    if name != "train_shakespeare.py":  # the paper's recipe: 131,072 tokens per iteration
+        assert config["gradient_accumulation_steps"] * config["batch_size"] * config["block_size"] == 131072
+        assert (config["dim_1"], config["dim_2"], config["factors"]) in [(768, 768, 1), (384, 3072, 1)]
+
+
+def test_lr_schedule_matches_warmup_and_cosine():
+    c = dict(train.DEFAULTS, learning_rate=1.0, min_lr=0.1, warmup_iters=10, lr_decay_iters=110)
+    assert train.get_lr(0, c) == pytest.approx(1 / 11)
+    assert train.get_lr(9, c) == pytest.approx(10 / 11)
+    assert train.get_lr(10, c) == pytest.approx(1.0)
+    assert train.get_lr(60, c) == pytest.approx(0.55)  # halfway down the cosine: (1 + 0.1) / 2
+    assert train.get_lr(110, c) == train.get_lr(10**6, c) == 0.1
+    assert train.get_lr(60, dict(c, decay_lr=False)) == 1.0
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(dim_1=5, dim_2=16, factors=1, init="random"), "dim_1=5 must divide n_embd=32"),
+    (dict(dim_1=8), "must be set together"),
+    (dict(dim_1=8, dim_2=16, factors=1), "init=vl decomposes a dense model"),
+    (dict(init="svd"), "init='svd' is not one of"),
+    (dict(dtype="float8"), "dtype='float8' is not one of"),
+    (dict(device="tpu"), "is not a torch device"),
+    (dict(batch_size=0), "batch_size=0 must be at least 1"),
+    (dict(init_from="resume"), "ckpt.pt does not exist"),
+    (dict(init_from="nowhere/ckpt.pt"), "no such checkpoint file"),
+    (dict(data_dir="", dataset="none"), r"data/none/train.bin not found: run `python data/none/prepare.py`"),
+])
+def test_bad_settings_fail_fast_with_one_line(tmp_path, capsys, overrides, message):
+    data_dir = random_corpus(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(tiny_args(data_dir, tmp_path / "out", **overrides))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("train.py: error: ")
+    assert re.search(message, err), err
+    assert not os.path.exists(tmp_path / "out" / "ckpt.pt")
+
+
+def test_accumulation_steps_must_divide_over_processes(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(tiny_args(random_corpus(tmp_path), tmp_path / "out", gradient_accumulation_steps=3))
+    assert exit_info.value.code == 2
+    assert "gradient_accumulation_steps=3 must be a multiple of the number of processes (2)" in capsys.readouterr().err
+
+
+def test_cli_error_is_one_line_without_traceback():
+    result = subprocess.run([sys.executable, "train.py", "--lerning_rate=1e-3"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr == ("train.py: error: unknown config key 'lerning_rate' in --lerning_rate; "
+                             "did you mean learning_rate?\n")
+
+
+# --- training ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kron", [{}, dict(dim_1=8, dim_2=16, factors=2, init="random")], ids=["dense", "kronecker"])
+def test_loss_falls_on_a_tiny_corpus(tmp_path, kron):
+    out_dir = tmp_path / "out"
+    losses = run(tiny_args(cycle_corpus(tmp_path), out_dir, **kron))
+    records = metrics(out_dir)
+    evals = [r for r in records if "val_loss" in r]
+    assert [r["iter"] for r in evals] == [0, 10, 20, 30]
+    assert abs(evals[0]["val_loss"] - math.log(VOCAB)) < 0.1  # small random init: close to uniform guessing
+    assert losses["val"] == evals[-1]["val_loss"] < 1.0  # ln(64) = 4.16
+    steps = [r for r in records if "loss" in r]
+    assert [r["iter"] for r in steps] == list(range(30))
+    config = load_config(train.DEFAULTS, tiny_args("", ""))
+    assert [r["lr"] for r in steps] == [train.get_lr(i, config) for i in range(30)]
+    assert all(r["tokens_per_sec"] > 0 for r in steps)
+
+    # The checkpoint is a plain model.py checkpoint: weights_only, with its config, no extra arguments.
+    model, ckpt = load_checkpoint(str(out_dir / "ckpt.pt"))
+    assert ckpt["iter_num"] == 30 and ckpt["best_val_loss"] == min(r["val_loss"] for r in evals)
+    assert ckpt["config"]["learning_rate"] == 1e-2 and ckpt["model_args"]["vocab_size"] == VOCAB
+    assert model.config.is_kronecker == bool(kron)
+    if kron:
+        assert (model.config.dim_1, model.config.dim_2, model.config.factors) == (8, 16, 2)
+        assert model.transformer.h[0].mlp.c_fc.A.shape == (2, 8, 16)
+    reloaded = load_model(str(out_dir / "ckpt.pt")).eval()
+    x = torch.tensor([list(range(16))])
+    with torch.no_grad():
+        _, loss = reloaded(x[:, :-1], x[:, 1:])
+    assert loss.item() < 1.0  # the saved weights are the trained ones
+
+
+def test_resume_is_exact(tmp_path):
+    data_dir = random_corpus(tmp_path)
+    # dropout exercises the torch RNG state, Kronecker factors the optimizer state of 3-D parameters
+    common = dict(dropout=0.1, dim_1=8, dim_2=16, factors=1, init="random", eval_interval=3, lr_decay_iters=6)
+    run(tiny_args(data_dir, tmp_path / "straight", max_iters=6, **common))
+    run(tiny_args(data_dir, tmp_path / "resumed", max_iters=3, **common))
+    # a crash after iteration 3 leaves lines that the resumed run must replace, not duplicate
+    with open(tmp_path / "resumed" / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"iter": 3, "loss": 123.0}) + "\n" + json.dumps({"iter": 4, "loss": 456.0}) + "\n")
+    run(tiny_args(data_dir, tmp_path / "resumed", max_iters=6, init_from="resume", **common))
+
+    def losses(out_dir):  # every logged number but the timings
+        return [{k: v for k, v in r.items() if k not in ("tokens_per_sec", "elapsed_s")} for r in metrics(out_dir)]
+    straight, resumed = losses(tmp_path / "straight"), losses(tmp_path / "resumed")
+    assert [(r["iter"], r.keys()) for r in resumed] == [(r["iter"], r.keys()) for r in straight]
+    for a, b in zip(straight, resumed):
+        assert all(abs(a[k] - b[k]) <= 1e-6 for k in a), (a, b)
+    final_straight = load_checkpoint(str(tmp_path / "straight" / "ckpt.pt"))[0].state_dict()
+    final_resumed = load_checkpoint(str(tmp_path / "resumed" / "ckpt.pt"))[0].state_dict()
+    for name, tensor in final_straight.items():
+        torch.testing.assert_close(final_resumed[name], tensor, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("eval_interval", [1, 100], ids=["caught-at-eval", "caught-in-training"])
+def test_non_finite_loss_stops_and_keeps_the_checkpoint(tmp_path, capsys, eval_interval):
+    data_dir, out_dir = random_corpus(tmp_path), tmp_path / "out"
+    run(tiny_args(data_dir, out_dir, max_iters=2, eval_interval=2))
+    ckpt_path = out_dir / "ckpt.pt"
+    before = file_hash(ckpt_path)
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(tiny_args(data_dir, out_dir, init_from="resume", max_iters=8, learning_rate=1e30,
+                             decay_lr=False, grad_clip=0.0, eval_interval=eval_interval))
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "the loss is not finite at iteration 3" in err and err.count("\n") == 1
+    assert file_hash(ckpt_path) == before
+    assert sorted(os.listdir(out_dir)) == ["ckpt.pt", "metrics.jsonl"]
+
+
+def test_init_from_checkpoints_compresses_dense_and_keeps_kronecker(tmp_path, capsys):
+    from kron_decompose import compress
+    data_dir = random_corpus(tmp_path)
+    run(tiny_args(data_dir, tmp_path / "dense", max_iters=2, eval_interval=2))
+    dense_path = str(tmp_path / "dense" / "ckpt.pt")
+    # learning_rate 0 leaves the weights as they start, so they can be compared with compress() itself
+    frozen = dict(max_iters=1, eval_interval=1, learning_rate=0.0, decay_lr=False, n_layer=3, n_embd=48)
+    run(tiny_args(data_dir, tmp_path / "kron", init_from=dense_path, dim_1=16, dim_2=32, factors=2, init="vl",
+                  **frozen))
+    assert "note: n_layer=3 in the settings; the model from init_from=" in capsys.readouterr().out
+    expected = compress(load_checkpoint(dense_path)[0], 16, 32, 2, init="vl").state_dict()
+    kron_model, kron_ckpt = load_checkpoint(str(tmp_path / "kron" / "ckpt.pt"))
+    assert kron_ckpt["config"]["n_layer"] == 2 and kron_ckpt["config"]["dim_1"] == 16
+    for name, tensor in expected.items():
+        torch.testing.assert_close(kron_model.state_dict()[name], tensor, rtol=0, atol=0)
+
+    # a Kronecker checkpoint is used as it is: its shape is taken when unset, and a different one is an error
+    kron_path = str(tmp_path / "kron" / "ckpt.pt")
+    run(tiny_args(data_dir, tmp_path / "again", init_from=kron_path, **frozen))
+    assert load_checkpoint(str(tmp_path / "again" / "ckpt.pt"))[0].config.factors == 2
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(tiny_args(data_dir, tmp_path / "bad", init_from=kron_path, dim_1=8, dim_2=32, factors=2))
+    assert exit_info.value.code == 2
+    assert "is a Kronecker model with dim_1, dim_2, factors = (16, 32, 2), but the settings ask for (8, 32, 2)" \
+        in capsys.readouterr().err
+
+
+def test_init_from_hugging_face_directory(tmp_path, hf_gpt2_dir):
+    from kron_decompose import compress
+    data_dir = random_corpus(tmp_path, vocab=50257, n=2000)
+    out_dir = tmp_path / "out"
+    run(tiny_args(data_dir, out_dir, init_from=hf_gpt2_dir, vocab_size=50257, dim_1=32, dim_2=256, factors=1,
+                  init="prune", max_iters=1, eval_interval=1, learning_rate=0.0, decay_lr=False, batch_size=2,
+                  gradient_accumulation_steps=1, eval_iters=1))
+    model, ckpt = load_checkpoint(str(out_dir / "ckpt.pt"))
+    assert model.config.block_size == 16  # the 128 positions of the directory, cropped to the run's block_size
+    teacher = GPT.from_pretrained(hf_gpt2_dir)
+    expected = compress(teacher, 32, 256, 1, init="prune").state_dict()
+    expected["transformer.wpe.weight"] = expected["transformer.wpe.weight"][:16]
+    for name, tensor in expected.items():
+        torch.testing.assert_close(model.state_dict()[name], tensor, rtol=0, atol=0)
+
+
+def test_torchrun_two_processes_then_resume_in_one(tmp_path):
+    data_dir, out_dir = random_corpus(tmp_path), tmp_path / "out"
+    common = dict(dim_1=8, dim_2=16, factors=1, init="random", eval_interval=4, lr_decay_iters=6)
+    args = tiny_args(data_dir, out_dir, max_iters=4, **common)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("saved ") == 1  # only rank 0 writes
+    assert "tokens per iteration: 256 = 1 accumulation steps x 2 processes x 8 sequences x 16 tokens" in result.stdout
+    assert sorted(os.listdir(out_dir)) == ["ckpt.pt", "metrics.jsonl"]
+    model, ckpt = load_checkpoint(str(out_dir / "ckpt.pt"))
+    assert ckpt["iter_num"] == 4 and len(ckpt["rng"]) == 2 and model.config.is_kronecker
+    # the two ranks drew different batches
+    assert not torch.equal(ckpt["rng"][0]["batch"], ckpt["rng"][1]["batch"])
+    run(tiny_args(data_dir, out_dir, max_iters=6, init_from="resume", **common))
+    assert [r["iter"] for r in metrics(out_dir) if "val_loss" in r] == [0, 4, 6]
+    assert load_checkpoint(str(out_dir / "ckpt.pt"))[1]["iter_num"] == 6
