@@ -1,0 +1,374 @@
+"""
+Step 5 of the pipeline: perplexity as the paper measures it, and LAMBADA's last-word accuracy.
+
+    python perplexity.py out_dir                               # wiki103, wiki2 and lambada from the hub
+    python perplexity.py gpt2 wiki2 lambada --data_dir ../shared/eval --out results.json
+    python perplexity.py checks/krony.pt data/shakespeare/val.bin --max_tokens 20000
+    python perplexity.py distilgpt2 wiki103 --stride 512 --device cuda --dtype bfloat16
+
+MODEL: one of our checkpoints, a Hugging Face GPT-2 directory (what krony_to_gpt.py writes) or a hub name
+(gpt2, distilgpt2); all are evaluated through model.py. DATASET: wiki103, wiki2 (alias wiki1), lambada, all
+(the default: the three), or a local file: .bin (nanoGPT's uint16 GPT-2 tokens), .jsonl (rows {"text": ...})
+or .txt.
+
+The paper's protocol (the default): the test split's rows joined with "\\n\\n" and tokenized once with GPT-2's
+tokenizer, cut into windows of the model's context length, stride equal to it; each window's loss has
+labels = inputs (n-1 predictions), and perplexity = exp(mean of the per-window mean losses).
+--stride S (at most the context) is Hugging Face's sliding-window evaluation instead: windows start every S
+tokens and each scores only the tokens the previous one did not, so (for S < context) every token but the first
+is predicted once, with at least context-S tokens of history outside the first window; perplexity =
+exp(total NLL / predictions).
+LAMBADA also gets lm-evaluation-harness's lambada_openai last-word task: context = the passage minus its last
+word, target = " " + last word; accuracy (every target token greedy-correct) and per-word perplexity.
+"""
+
+import argparse
+import functools
+import itertools
+import json
+import math
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from model import load_model
+
+# name: (hub id, hub config, the JSON-lines file --data_dir must hold). The hub's lambada (cimec/lambada) is what
+# the paper's load_dataset("lambada") read; the local copy is OpenAI's rendering of the same 5,153 passages.
+DATASETS = {
+    "wiki103": ("Salesforce/wikitext", "wikitext-103-v1 ", "wikitext-103-v1.test.jsonl"),
+    "wiki2": ("Salesforce/wikitext", "wikitext-2-v1 ", "wikitext-2-v1.test.jsonl"),
+    "lambada": ("cimec/lambada", None, "lambada_openai.test.jsonl"),
+}
+ALIASES = {"wiki1": "wiki2"}  # the original README's spelling
+FILE_TYPES = (".bin", ".jsonl", ".txt")
+EOT = 50256  # GPT-2's <|endoftext|>
+
+
+def fail(message):
+    print(f"perplexity.py: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Data
+
+@functools.cache
+def gpt2_encoding():
+    import tiktoken
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:
+        fail(f"cannot load GPT-2's tokenizer ({type(e).__name__}); it needs the network once, or "
+             f"TIKTOKEN_CACHE_DIR pointing at a copy of its BPE files (see ../shared/README.md)")
+
+
+def encode(text):
+    """GPT-2 token ids, identical to Hugging Face's GPT-2 tokenizer (which also reads <|endoftext|> as 50256)."""
+    return gpt2_encoding().encode(text, allowed_special="all")
+
+
+def read_jsonl(path):
+    texts = []
+    with open(path, encoding="utf-8") as f:
+        for line_number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    text = json.loads(line)["text"]
+                except (ValueError, TypeError, KeyError):
+                    text = None
+                if not isinstance(text, str):
+                    fail(f"{path}:{line_number}: expected a JSON object with a string 'text'")
+                texts.append(text)
+    return texts
+
+
+def hub_offline():
+    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("HF_DATASETS_OFFLINE", ""))
+    return any(flag.upper() in ("1", "ON", "YES", "TRUE") for flag in flags)
+
+
+def hub_reachable(timeout=5):
+    """One quick request, so that no network fails in seconds instead of after the hub client's retries."""
+    try:
+        urllib.request.urlopen(os.environ.get("HF_ENDPOINT", "https://huggingface.co"), timeout=timeout)
+    except urllib.error.HTTPError:
+        return True  # it answered
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def load_texts(name, data_dir=None):
+    """The test rows of a named dataset, from --data_dir or the hub, and a description of where they came from."""
+    hub_id, config, filename = DATASETS[name]
+    if data_dir:
+        path = os.path.join(data_dir, filename)
+        if not os.path.isfile(path):
+            fail(f"{path} not found: --data_dir must hold {filename}")
+        return read_jsonl(path), path
+    hub_name = " ".join(filter(None, (hub_id, config)))
+    advice = f"pass --data_dir DIR holding {filename} (for example ../shared/eval)"
+    if not hub_offline() and not hub_reachable():
+        fail(f"cannot reach the Hugging Face Hub to download {hub_id}; {advice}")
+    import datasets
+    try:
+        rows = datasets.load_dataset(hub_id, config, split="test")
+    except Exception as e:
+        fail(f"cannot load {hub_name} ({type(e).__name__}: {str(e).splitlines()[0]}); {advice}")
+    return list(rows["text"]), f"{hub_name} test split"
+
+
+def load_tokens(dataset, data_dir=None, max_tokens=None):
+    """(tokens as a 1-D LongTensor, the LAMBADA passages or None, where they came from) of a name or a file."""
+    if dataset.endswith(".bin"):  # already GPT-2 tokens
+        try:
+            tokens = np.memmap(dataset, dtype=np.uint16, mode="r")
+        except ValueError as e:  # empty, or an odd number of bytes
+            fail(f"{dataset} is not a uint16 token file ({e})")
+        return torch.from_numpy(tokens[:max_tokens].astype(np.int64)), None, dataset
+    passages = None
+    if dataset in DATASETS:
+        texts, source = load_texts(dataset, data_dir)
+        passages = texts if dataset == "lambada" else None
+    elif dataset.endswith(".jsonl"):
+        texts, source = read_jsonl(dataset), dataset
+    else:
+        try:
+            with open(dataset, encoding="utf-8") as f:
+                texts, source = [f.read()], dataset
+        except UnicodeDecodeError as e:
+            fail(f"{dataset} is not UTF-8 text ({e})")
+    return torch.tensor(encode("\n\n".join(texts))[:max_tokens], dtype=torch.long), passages, source
+
+
+# ----------------------------------------------------------------------------------------------------
+# Perplexity over windows
+
+def windows(n_tokens, context, stride):
+    """(begin, end, first_target) of each window; tokens first_target..end-1 are scored.
+
+    Hugging Face's loop: windows start every `stride` tokens and score only what the previous window did not
+    (a window's first token has nothing before it to be predicted from). stride == context gives the paper's
+    disjoint windows, each scoring all but its first token.
+    """
+    spans, prev_end = [], 0
+    for begin in range(0, n_tokens, stride):
+        end = min(begin + context, n_tokens)
+        first_target = max(prev_end, begin + 1)
+        if first_target < end:
+            spans.append((begin, end, first_target))
+        prev_end = end
+        if end == n_tokens:
+            break
+    return spans
+
+
+@torch.inference_mode()
+def window_nlls(model, tokens, spans, batch_size=8, device="cpu", autocast=nullcontext(), desc=None):
+    """Summed negative log-likelihood of the scored tokens of each span, in span order (float64, on the CPU).
+
+    Windows are batched; all but possibly the last have the same length, so batches need no padding.
+    """
+    sums = []
+    with tqdm(total=len(spans), desc=desc, unit="window") as bar:
+        for i in range(0, len(spans), batch_size):
+            for _, group in itertools.groupby(spans[i:i + batch_size], key=lambda s: s[1] - s[0]):
+                group = list(group)
+                x = torch.stack([tokens[begin:end] for begin, end, _ in group]).to(device)
+                with autocast:
+                    logits = model(x)[0]
+                for row, (begin, end, first_target) in enumerate(group):
+                    # the logits at position p predict token p + 1
+                    predicted = logits[row, first_target - begin - 1:end - begin - 1].float()
+                    sums.append(F.cross_entropy(predicted, x[row, first_target - begin:end - begin], reduction="sum"))
+                bar.update(len(group))
+    return torch.stack(sums).double().cpu()
+
+
+def perplexity(model, tokens, stride=None, **kwargs):
+    """The paper's perplexity (stride None), or the token-weighted sliding-window one; with its bookkeeping."""
+    context = model.config.block_size
+    spans = windows(len(tokens), context, stride or context)
+    nll = window_nlls(model, tokens, spans, **kwargs)
+    predictions = torch.tensor([end - first_target for _, end, first_target in spans], dtype=torch.float64)
+    if stride is None:
+        mean_nll = (nll / predictions).mean().item()  # every window counts the same, as in the paper
+    else:
+        mean_nll = (nll.sum() / predictions.sum()).item()
+    return {"perplexity": math.exp(mean_nll), "tokens": len(tokens), "predicted_tokens": int(predictions.sum()),
+            "windows": len(spans), "protocol": {"context": context, "stride": stride or context,
+                                                "average": "window" if stride is None else "token"}}
+
+
+# ----------------------------------------------------------------------------------------------------
+# LAMBADA's last word, as lm-evaluation-harness's lambada_openai task scores it
+
+def last_word_pair(text):
+    """(context tokens, target tokens): harness's doc_to_text / doc_to_target and HFLM's _encode_pair."""
+    words = text.split(" ")
+    context, continuation = " ".join(words[:-1]), " " + words[-1]
+    if context == "":
+        return [EOT], encode(continuation)
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:  # trailing spaces move to the target, so the split falls on a token boundary
+        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+    whole, context_tokens = encode(context + continuation), encode(context)
+    return context_tokens, whole[len(context_tokens):]
+
+
+@torch.inference_mode()
+def last_word(model, passages, batch_size=8, device="cpu", autocast=nullcontext(), desc=None):
+    """Accuracy (all target tokens are the argmax) and perplexity exp(-mean log p(target)) over the passages."""
+    context = model.config.block_size
+    pairs = [last_word_pair(text) for text in passages]
+    order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i][0]) - len(pairs[i][1]))  # batches of alike length
+    log_likelihoods, greedy = torch.zeros(len(pairs), dtype=torch.float64), torch.zeros(len(pairs), dtype=torch.bool)
+    with tqdm(total=len(pairs), desc=desc, unit="passage") as bar:
+        for i in range(0, len(order), batch_size):
+            batch = order[i:i + batch_size]
+            inputs = [(pairs[j][0] + pairs[j][1])[-(context + 1):][:-1] for j in batch]  # as the harness truncates
+            x = torch.zeros(len(batch), max(map(len, inputs)), dtype=torch.long)
+            for row, ids in enumerate(inputs):
+                x[row, :len(ids)] = torch.tensor(ids)  # right padding: causal attention never sees it
+            with autocast:
+                logits = model(x.to(device))[0]
+            for row, j in enumerate(batch):
+                target = torch.tensor(pairs[j][1], device=logits.device)
+                end = len(inputs[row])
+                log_probs = F.log_softmax(logits[row, end - len(target):end].float(), dim=-1)
+                log_likelihoods[j] = log_probs.gather(1, target[:, None]).sum().item()
+                greedy[j] = bool((log_probs.argmax(dim=-1) == target).all())
+            bar.update(len(batch))
+    return {"accuracy": greedy.double().mean().item(), "last_word_perplexity": math.exp(-log_likelihoods.mean().item()),
+            "passages": len(pairs)}
+
+
+def passages_within(passages, max_tokens):
+    """The leading passages that hold at most max_tokens tokens between them (all of them if max_tokens is None)."""
+    if max_tokens is None:
+        return passages
+    kept, total = [], 0
+    for text in passages:
+        total += len(encode(text))
+        if total > max_tokens:
+            break
+        kept.append(text)
+    return kept
+
+
+# ----------------------------------------------------------------------------------------------------
+
+def write_json(obj, path):
+    """Atomically: a crash mid-write never leaves a truncated results file."""
+    tmp_path = f"{path}.tmp{os.getpid()}"
+    with open(tmp_path, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp_path, path)
+
+
+def resolve_datasets(names):
+    """Dataset arguments as a list of names and local files, failing on anything else before the model loads."""
+    resolved = []
+    for name in names:
+        name = ALIASES.get(name, name)
+        if name == "all":
+            resolved += list(DATASETS)
+        elif name in DATASETS:
+            resolved.append(name)
+        elif name.endswith(FILE_TYPES):
+            if not os.path.isfile(name):
+                fail(f"no such file: {name}")
+            resolved.append(name)
+        else:
+            fail(f"unknown dataset {name!r}: use wiki103, wiki2, lambada, all, or a .bin/.jsonl/.txt file")
+    return list(dict.fromkeys(resolved))
+
+
+def print_table(results):
+    width = max(len("dataset"), *map(len, results))
+    print(f"{'dataset':<{width}} {'perplexity':>10} {'tokens':>11} {'windows':>8} {'acc':>7} {'last-word ppl':>14}")
+    for name, r in results.items():
+        acc = f"{r['accuracy']:.4f}" if "accuracy" in r else "-"
+        word_ppl = f"{r['last_word_perplexity']:.3f}" if "last_word_perplexity" in r else "-"
+        print(f"{name:<{width}} {r['perplexity']:>10.3f} {r['tokens']:>11,} {r['windows']:>8,} {acc:>7} {word_ppl:>14}")
+
+
+def main(argv=None):
+    default_device = "cuda" if torch.cuda.is_available() else "cpu"
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="checkpoint file, Hugging Face GPT-2 directory, or hub name")
+    parser.add_argument("datasets", nargs="*", default=["all"], metavar="DATASET",
+                        help="wiki103, wiki2 (or wiki1), lambada, all (default), or a .bin/.jsonl/.txt file")
+    parser.add_argument("--data_dir", help="read the named datasets from JSON-lines files here, not the hub")
+    parser.add_argument("--stride", type=int, help="sliding-window stride (default: the paper's disjoint windows)")
+    parser.add_argument("--max_tokens", type=int, help="score only the first N tokens of each dataset")
+    parser.add_argument("--batch_size", type=int, default=8, help="windows (or LAMBADA passages) per forward pass")
+    parser.add_argument("--device", default=default_device)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="autocast dtype of the forward pass (default float32, as the paper)")
+    parser.add_argument("--out", help="write the results to this JSON file")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        fail("--batch_size must be at least 1")
+    if args.max_tokens is not None and args.max_tokens < 2:
+        fail("--max_tokens must be at least 2: perplexity needs a token to predict from and one to predict")
+    if args.data_dir and not os.path.isdir(args.data_dir):
+        fail(f"--data_dir {args.data_dir} is not a directory")
+    names = resolve_datasets(args.datasets)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as e:
+        fail(f"--device {args.device}: {e}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        fail("--device cuda, but torch sees no CUDA GPU")
+
+    # All data first: a missing dataset should not wait for a large model to load.
+    data = {name: load_tokens(name, args.data_dir, args.max_tokens) for name in names}
+    try:
+        model = load_model(args.model, map_location=device).eval()
+    except (OSError, ValueError, RuntimeError, TypeError) as e:
+        fail(f"cannot load {args.model!r}: {str(e).splitlines()[0]}")
+    context = model.config.block_size
+    if args.stride is not None and not 1 <= args.stride <= context:
+        fail(f"--stride must be between 1 and the model's context length {context}, got {args.stride}")
+    for dataset, (tokens, _, _) in data.items():
+        if len(tokens) < 2:
+            fail(f"{dataset} has {len(tokens)} token(s); perplexity needs at least 2")
+        if tokens.max() >= model.config.vocab_size:
+            fail(f"{dataset} holds token id {tokens.max().item()}, beyond the model's vocabulary of "
+                 f"{model.config.vocab_size}: not GPT-2 tokens")
+    autocast = (nullcontext() if args.dtype == "float32"
+                else torch.autocast(device.type, dtype=getattr(torch, args.dtype)))
+    protocol = (f"paper's protocol: windows of {context}, stride {context}, mean of window losses"
+                if args.stride is None else f"sliding windows of {context}, stride {args.stride}, mean over tokens")
+    print(f"{args.model}: {model.get_num_params():,} parameters; {protocol}; {args.dtype} on {device}",
+          file=sys.stderr)
+
+    report = {"model": args.model, "parameters": model.get_num_params(), "device": str(device), "dtype": args.dtype,
+              "datasets": {}}
+    run = dict(batch_size=args.batch_size, device=device, autocast=autocast)
+    for dataset, (tokens, passages, source) in data.items():
+        t0 = time.time()
+        result = perplexity(model, tokens, args.stride, desc=dataset, **run)
+        seconds = time.time() - t0
+        result.update(source=source, seconds=round(seconds, 3), tokens_per_second=round(len(tokens) / seconds, 1))
+        passages = passages_within(passages or [], args.max_tokens)
+        if passages:
+            result.update(last_word(model, passages, desc=f"{dataset} last word", **run))
+        report["datasets"][dataset] = result
+        if args.out:
+            write_json(report, args.out)
+    print_table(report["datasets"])
+
+
+if __name__ == "__main__":
+    main()
