@@ -143,8 +143,8 @@ def get_lr(it, c):
     return c["min_lr"] + coeff * (c["learning_rate"] - c["min_lr"])
 
 
-def open_tokens(data_dir, split, block_size):
-    """The split's tokens as a read-only memmap, checked to hold at least one window."""
+def check_tokens(data_dir, split, block_size):
+    """Fail unless the split's token file exists and holds at least one window."""
     path = os.path.join(data_dir, f"{split}.bin")
     if not os.path.isfile(path):
         prepare = os.path.join(data_dir, "prepare.py")
@@ -152,7 +152,6 @@ def open_tokens(data_dir, split, block_size):
     data = np.memmap(path, dtype=np.uint16, mode="r")
     if len(data) <= block_size:
         raise UsageError(f"{path} holds {len(data)} tokens, too few for one window of block_size={block_size}")
-    return data
 
 
 def get_batch(data_dir, split, batch_size, block_size, generator, device):
@@ -311,7 +310,7 @@ def train(c):
     check_config(c)
     data_dir = c["data_dir"] or os.path.join("data", c["dataset"])
     for split in ("train", "val"):
-        open_tokens(data_dir, split, c["block_size"])
+        check_tokens(data_dir, split, c["block_size"])
 
     ddp = "RANK" in os.environ  # set by torchrun
     rank = int(os.environ.get("RANK", 0))
@@ -324,7 +323,7 @@ def train(c):
     device_name = c["device"]
     if device_name == "auto":
         device_name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    if ddp and device_name == "cuda":
+    if ddp and device_name.startswith("cuda"):  # one GPU per process
         device_name = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     device = torch.device(device_name)
     if device.type == "cuda":
@@ -351,7 +350,8 @@ def train(c):
     batch_generator = seed_everything(c["seed"] + rank)
     if checkpoint is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
-        scaler.load_state_dict(checkpoint["scaler"])
+        if checkpoint["scaler"] and scaler.is_enabled():  # empty when saved by a run without float16
+            scaler.load_state_dict(checkpoint["scaler"])
         iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
         elapsed_before = checkpoint["elapsed_s"]
         states = checkpoint["rng"]
