@@ -186,12 +186,13 @@ def window_nlls(model, tokens, spans, batch_size=8, device="cpu", autocast=nullc
                 x = torch.stack([tokens[begin:end] for begin, end, _ in group]).to(device)
                 with autocast:
                     logits = model(x)[0]
-                for row, (begin, end, first_target) in enumerate(group):
-                    # the logits at position p predict token p + 1
-                    predicted = logits[row, first_target - begin - 1:end - begin - 1].float()
-                    sums.append(F.cross_entropy(predicted, x[row, first_target - begin:end - begin], reduction="sum"))
+                targets = x[:, 1:].clone()  # the logits at position p predict token p + 1
+                for row, (begin, _, first_target) in enumerate(group):
+                    targets[row, :first_target - begin - 1] = -100  # context only, scored by an earlier window
+                nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), reduction="none")
+                sums.append(nll.view(len(group), -1).sum(dim=1).double().cpu())
                 bar.update(len(group))
-    return torch.stack(sums).double().cpu()
+    return torch.cat(sums)
 
 
 def perplexity(model, tokens, stride=None, **kwargs):
