@@ -11,177 +11,19 @@ W_hat = sum_r A_r (x) B_r with the shapes of model.GPTConfig; every other weight
   prune    the paper's pruning init: A_r keeps every k-th row (or column) of W, B_r is a one-hot vector.
   random   the scratch init of GPT(config) (W_hat entries of std 0.02, c_proj scaled as in GPT-2).
 A teacher that is itself a Kronecker checkpoint is decomposed through its materialized weights, so a model
-can be re-factored into another shape.
+can be re-factored into another shape. The decompositions themselves are model.compress (train.py uses them
+too); this file is the command line and the shape listing, which needs no torch and answers at once.
 """
 
 import argparse
-import math
 import os
 import re
 import sys
 import time
-from dataclasses import replace
 
-import torch
-from tqdm import tqdm
+from kron_shapes import divisors, kron_flops, max_factors
 
-from model import (GPT, KroneckerLinear, divisors, kron_flops, load_model, make_checkpoint, max_factors,
-                   save_checkpoint)
-
-INITS = ("vl", "vl_norm", "prune", "random")
-
-
-# ----------------------------------------------------------------------------------------------------
-# Shapes
-
-def nearest_valid(value, valid):
-    """The valid values just below and just above `value`, as text: "384 or 768"."""
-    below = [v for v in valid if v < value]
-    above = [v for v in valid if v > value]
-    return " or ".join(str(v) for v in (below[-1:] + above[:1]))
-
-
-def check_compression(n_embd, dim_1, dim_2, factors, init="vl"):
-    """Raise ValueError, naming the nearest valid values, unless this compression fits a model of width n_embd."""
-    if init not in INITS:
-        raise ValueError(f"init={init!r} is not one of {', '.join(INITS)}")
-    hidden = 4 * n_embd
-    if dim_1 < 1 or n_embd % dim_1:
-        raise ValueError(f"dim_1={dim_1} does not divide n_embd={n_embd}; "
-                         f"nearest valid dim_1: {nearest_valid(dim_1, divisors(n_embd))}")
-    if dim_2 < 1 or hidden % dim_2:
-        raise ValueError(f"dim_2={dim_2} does not divide 4*n_embd={hidden}; "
-                         f"nearest valid dim_2: {nearest_valid(dim_2, divisors(hidden))}")
-    max_rank = max_factors(n_embd, hidden, dim_1, dim_2)
-    if not 1 <= factors <= max_rank:
-        raise ValueError(f"factors={factors} must be between 1 and {max_rank}, the maximum rank of c_fc as "
-                         f"{dim_1}x{dim_2} (x) {n_embd // dim_1}x{hidden // dim_2} Kronecker factors")
-    if init == "prune" and dim_1 != n_embd and dim_2 != hidden:
-        raise ValueError(f"--init prune needs B to be a single row or column: dim_1={n_embd} (keeps every k-th "
-                         f"hidden unit) or dim_2={hidden} (keeps every k-th embedding dimension); "
-                         f"got {dim_1} {dim_2}, use vl, vl_norm or random")
-
-
-# ----------------------------------------------------------------------------------------------------
-# Decompositions of one matrix W (in, out) into A (factors, a_rows, a_cols) and B (factors, b_rows, b_cols),
-# with kron's index convention kron(A, B)[i*b_rows + k, j*b_cols + l] = A[i, j] * B[k, l].
-
-def kronecker_sum(A, B):
-    """sum_r kron(A[r], B[r]), the same W as KroneckerLinear.dense_weight()."""
-    (_, a_rows, a_cols), (_, b_rows, b_cols) = A.shape, B.shape
-    return torch.einsum("rij,rkl->ikjl", A, B).reshape(a_rows * b_rows, a_cols * b_cols)
-
-
-def rearrange(W, a_rows, a_cols):
-    """Van Loan's rearrangement R[i*a_cols + j] = vec(block (i, j) of W), so that sum_r A_r (x) B_r becomes
-    sum_r vec(A_r) vec(B_r)^T: the nearest Kronecker sum of W is a truncated SVD of R."""
-    b_rows, b_cols = W.shape[0] // a_rows, W.shape[1] // a_cols
-    return W.reshape(a_rows, b_rows, a_cols, b_cols).permute(0, 2, 1, 3).reshape(a_rows * a_cols, b_rows * b_cols)
-
-
-def nearest_kronecker(W, a_rows, a_cols, factors):
-    """(A, B) minimising ||W - sum_r A_r (x) B_r||_F: the top `factors` singular triplets (s, u, v) of
-    rearrange(W), A_r = sqrt(s) u, B_r = sqrt(s) v. Exact and deterministic: a float64 SVD on the CPU, each
-    singular pair's sign fixed so that the largest-magnitude entry of u is positive."""
-    if W.shape[0] % a_rows or W.shape[1] % a_cols:
-        raise ValueError(f"A of shape {a_rows}x{a_cols} does not divide W of shape {tuple(W.shape)}")
-    b_rows, b_cols = W.shape[0] // a_rows, W.shape[1] // a_cols
-    if not 1 <= factors <= min(a_rows * a_cols, b_rows * b_cols):
-        raise ValueError(f"factors={factors} must be between 1 and {min(a_rows * a_cols, b_rows * b_cols)}")
-    R = rearrange(W.detach().to("cpu", torch.float64), a_rows, a_cols)
-    U, S, Vh = torch.linalg.svd(R, full_matrices=False)
-    U, S, Vh = U[:, :factors], S[:factors], Vh[:factors]
-    peak = U.gather(0, U.abs().argmax(dim=0, keepdim=True))  # the largest-magnitude entry of each u
-    sign = torch.where(peak < 0, -1.0, 1.0).to(U.dtype)
-    U, Vh = U * sign, Vh * sign.T
-    scale = S.sqrt()
-    A = (U * scale).T.reshape(factors, a_rows, a_cols)
-    B = (Vh * scale[:, None]).reshape(factors, b_rows, b_cols)
-    return A.to(W.dtype), B.to(W.dtype)
-
-
-def normalized_kronecker(W, a_rows, a_cols, factors):
-    """vl_norm: the Van Loan factors, both scaled by sqrt(c) with c = ||W||_F / ||sum_r A_r (x) B_r||_F,
-    so that ||W_hat||_F = ||W||_F. Since the Van Loan terms are orthogonal, c = sqrt(sum_i s_i^2 / sum_{r<R} s_r^2)
-    over the singular values s of rearrange(W): the discarded tail's energy is put back along the kept terms."""
-    A, B = nearest_kronecker(W, a_rows, a_cols, factors)
-    approx_norm = kronecker_sum(A.double(), B.double()).norm()
-    if approx_norm == 0:
-        return A, B
-    root_c = math.sqrt(W.double().norm().item() / approx_norm.item())
-    return A * root_c, B * root_c
-
-
-def pruned_kronecker(W, a_rows, a_cols, factors):
-    """The paper's pruning init for shapes where B is a single row or column of length k: B_r is the one-hot
-    vector e_r and A_r keeps the rows (B a column) or columns (B a row) r, r+k, r+2k, ... of W, so W_hat is W
-    with all other rows or columns zeroed (factors = k keeps them all: exact). For the 95M model's c_fc,
-    A = W[0::2, :] and B = [[1], [0]]; for its c_proj, A = W[:, 0::2] and B = [[1, 0]]."""
-    b_rows, b_cols = W.shape[0] // a_rows, W.shape[1] // a_cols
-    if b_rows != 1 and b_cols != 1:
-        raise ValueError(f"prune needs B to be a single row or column, got {b_rows}x{b_cols}")
-    A = torch.empty(factors, a_rows, a_cols, dtype=W.dtype)
-    B = torch.zeros(factors, b_rows, b_cols, dtype=W.dtype)
-    for r in range(factors):
-        if b_cols == 1:  # kron(A, e_r)[i*b_rows + k, j] = A[i, j] if k == r
-            A[r] = W[r::b_rows, :]
-            B[r, r, 0] = 1.0
-        else:  # kron(A, e_r^T)[i, j*b_cols + l] = A[i, j] if l == r
-            A[r] = W[:, r::b_cols]
-            B[r, 0, r] = 1.0
-    return A, B
-
-
-# ----------------------------------------------------------------------------------------------------
-# Whole models
-
-def dense_weight(linear):
-    """W in x @ W orientation, (in, out), of a dense nn.Linear or a KroneckerLinear."""
-    if isinstance(linear, KroneckerLinear):
-        return linear.dense_weight()
-    return linear.weight.t()
-
-
-def mlp_matrices(model):
-    """(name, module) for every c_fc and c_proj: "h.0.c_fc", "h.0.c_proj", "h.1.c_fc", ..."""
-    for i, block in enumerate(model.transformer.h):
-        yield f"h.{i}.c_fc", block.mlp.c_fc
-        yield f"h.{i}.c_proj", block.mlp.c_proj
-
-
-@torch.no_grad()
-def compress(teacher: GPT, dim_1: int, dim_2: int, factors: int, init: str = "vl", progress: bool = False) -> GPT:
-    """A Kronecker GPT with the teacher's architecture whose MLP factors are initialised from the teacher's MLP
-    weights by `init`; every other weight is copied. The new model lives on the CPU in float32.
-    `random` draws from torch's global RNG: seed it for a reproducible model."""
-    check_compression(teacher.config.n_embd, dim_1, dim_2, factors, init)
-    config = replace(teacher.config, dim_1=dim_1, dim_2=dim_2, factors=factors)
-    student = GPT(config)
-    teacher_state = teacher.state_dict()
-    for name, tensor in student.state_dict().items():
-        if not re.search(r"\.mlp\.c_(fc|proj)\.[AB]$", name):
-            tensor.copy_(teacher_state[name])
-    decompose = {"vl": nearest_kronecker, "vl_norm": normalized_kronecker, "prune": pruned_kronecker}.get(init)
-    if decompose is not None:
-        pairs = zip(mlp_matrices(teacher), mlp_matrices(student))
-        for (_, teacher_linear), (_, linear) in tqdm(list(pairs), desc=f"{init} {dim_1} {dim_2} {factors}",
-                                                    unit="matrix", disable=not progress):
-            W = dense_weight(teacher_linear).detach().to("cpu", torch.float32)
-            A, B = decompose(W, linear.A.shape[1], linear.A.shape[2], factors)
-            linear.A.copy_(A)
-            linear.B.copy_(B)
-    return student
-
-
-@torch.no_grad()
-def relative_errors(teacher, student):
-    """{"h.0.c_fc": ||W - W_hat||_F / ||W||_F, ...} in float64, for every MLP matrix."""
-    errors = {}
-    for (name, teacher_linear), (_, linear) in zip(mlp_matrices(teacher), mlp_matrices(student)):
-        W = dense_weight(teacher_linear).detach().to("cpu", torch.float64)
-        W_hat = dense_weight(linear).detach().to("cpu", torch.float64)
-        errors[name] = ((W - W_hat).norm() / W.norm()).item()
-    return errors
+INITS = ("vl", "vl_norm", "prune", "random")  # model.INITS, named here so that --list needs no torch
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -290,6 +132,62 @@ def default_out(source, dim_1, dim_2, factors, init):
     return os.path.join("checks", f"krony_{name}_{dim_1}_{dim_2}_{factors}_{init}.pt")
 
 
+def decompose(args):
+    """Decompose --model into the given shape, report the errors and write the checkpoint."""
+    # torch takes seconds to import: only now, so that --list and argument errors answer at once
+    import torch
+    from model import compress, load_model, make_checkpoint, mlp_layers, save_checkpoint, weight_of
+
+    dim_1, dim_2, factors = args.dim_1, args.dim_2, args.n_factors
+    out = args.out or default_out(args.model, dim_1, dim_2, factors, args.init)
+    if os.path.isdir(out):
+        fail(f"--out {out} is a directory; give a file name")
+    try:
+        teacher = load_model(args.model)
+    except Exception as e:  # any failure to open the user's --model is reported, not raised
+        fail(f"cannot load --model {args.model}: {' '.join(str(e).split())}")
+    c = teacher.config
+    torch.manual_seed(1337)  # --init random is reproducible
+    t0 = time.time()
+    try:
+        student = compress(teacher, dim_1, dim_2, factors, args.init, progress=True)
+    except ValueError as e:
+        fail(f"{args.model}: {e}")
+    errors = {}  # ||W - W_hat|| / ||W|| of every MLP matrix
+    with torch.no_grad():
+        for (name, source), (_, target) in zip(mlp_layers(teacher), mlp_layers(student)):
+            W = weight_of(source).double()
+            errors[name] = ((W - weight_of(target).double()).norm() / W.norm()).item()
+    seconds = time.time() - t0
+
+    teacher_params, student_params = teacher.get_num_params(False), student.get_num_params(False)
+    kind = "Kronecker" if c.is_kronecker else "dense"
+    print(f"teacher {args.model} ({kind}): {teacher_params:,} parameters, {teacher.get_num_params():,} without wpe")
+    print(f"krony {dim_1} {dim_2} {factors} ({args.init}): {student_params:,} parameters, "
+          f"{student.get_num_params():,} without wpe: {student_params / teacher_params:.1%} of the teacher "
+          f"({teacher_params / student_params:.2f}x smaller); MLP FLOPs per token "
+          f"{mlp_flops(c.n_embd, dim_1, dim_2, factors) / (8 * c.n_embd ** 2):.1%} of dense")
+    print(f"c_fc: A {dim_1}x{dim_2}, B {c.n_embd // dim_1}x{4 * c.n_embd // dim_2}; "
+          f"c_proj: A {dim_2}x{dim_1}, B {4 * c.n_embd // dim_2}x{c.n_embd // dim_1}; {factors} factor(s), "
+          f"built in {seconds:.1f}s")
+    print("relative Frobenius error ||W - W_hat|| / ||W||:")
+    print(f"{'layer':>5} {'c_fc':>8} {'c_proj':>8}")
+    for i in range(c.n_layer):
+        print(f"{i:>5} {errors[f'h.{i}.c_fc']:>8.4f} {errors[f'h.{i}.c_proj']:>8.4f}")
+    print(f"{'mean':>5} {sum(errors[f'h.{i}.c_fc'] for i in range(c.n_layer)) / c.n_layer:>8.4f} "
+          f"{sum(errors[f'h.{i}.c_proj'] for i in range(c.n_layer)) / c.n_layer:>8.4f}")
+
+    init_info = {"teacher": args.model, "method": args.init, "dim_1": dim_1, "dim_2": dim_2, "factors": factors,
+                 "teacher_params": teacher_params, "params": student_params, "errors": errors}
+    try:
+        save_checkpoint(make_checkpoint(student, init=init_info), out)
+    except OSError as e:
+        fail(f"cannot write --out {out}: {e}")
+    print(f"wrote {out}")
+    print(f"next: python train.py config/train_gpt2.py --init_from={out} --dim_1={dim_1} --dim_2={dim_2} "
+          f"--factors={factors}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dim_1", type=int, nargs="?", help="c_fc's A has dim_1 rows (must divide n_embd)")
@@ -323,54 +221,9 @@ def main(argv=None):
         rows = list_shapes(args.n_embd, factors_list, args.n_layer)
         print(format_listing(rows, args.n_embd, args.n_layer, target))
         return
-
     if any(v is None for v in shape):
         fail("give DIM_1 DIM_2 N_FACTORS, or --list to see the valid ones")
-    dim_1, dim_2, factors = shape
-    out = args.out or default_out(args.model, dim_1, dim_2, factors, args.init)
-    if os.path.isdir(out):
-        fail(f"--out {out} is a directory; give a file name")
-    try:
-        teacher = load_model(args.model)
-    except Exception as e:  # any failure to open the user's --model is reported, not raised
-        fail(f"cannot load --model {args.model}: {' '.join(str(e).split())}")
-    try:
-        check_compression(teacher.config.n_embd, dim_1, dim_2, factors, args.init)
-    except ValueError as e:
-        fail(f"{args.model}: {e}")
-
-    torch.manual_seed(1337)  # --init random, and the reproducibility of everything else
-    t0 = time.time()
-    student = compress(teacher, dim_1, dim_2, factors, args.init, progress=True)
-    errors = relative_errors(teacher, student)
-    seconds = time.time() - t0
-
-    teacher_params, student_params = teacher.get_num_params(False), student.get_num_params(False)
-    c = teacher.config
-    kind = "Kronecker" if c.is_kronecker else "dense"
-    print(f"teacher {args.model} ({kind}): {teacher_params:,} parameters, {teacher.get_num_params():,} without wpe")
-    print(f"krony {dim_1} {dim_2} {factors} ({args.init}): {student_params:,} parameters, "
-          f"{student.get_num_params():,} without wpe: {student_params / teacher_params:.1%} of the teacher "
-          f"({teacher_params / student_params:.2f}x smaller); MLP FLOPs per token "
-          f"{mlp_flops(c.n_embd, dim_1, dim_2, factors) / (8 * c.n_embd ** 2):.1%} of dense")
-    print(f"c_fc: A {dim_1}x{dim_2}, B {c.n_embd // dim_1}x{4 * c.n_embd // dim_2}; "
-          f"c_proj: A {dim_2}x{dim_1}, B {4 * c.n_embd // dim_2}x{c.n_embd // dim_1}; {factors} factor(s), "
-          f"built in {seconds:.1f}s")
-    print("relative Frobenius error ||W - W_hat|| / ||W||:")
-    print(f"{'layer':>5} {'c_fc':>8} {'c_proj':>8}")
-    for i in range(c.n_layer):
-        print(f"{i:>5} {errors[f'h.{i}.c_fc']:>8.4f} {errors[f'h.{i}.c_proj']:>8.4f}")
-    print(f"{'mean':>5} {sum(errors[f'h.{i}.c_fc'] for i in range(c.n_layer)) / c.n_layer:>8.4f} "
-          f"{sum(errors[f'h.{i}.c_proj'] for i in range(c.n_layer)) / c.n_layer:>8.4f}")
-
-    init_info = {"teacher": args.model, "method": args.init, "dim_1": dim_1, "dim_2": dim_2, "factors": factors,
-                 "teacher_params": teacher_params, "params": student_params, "errors": errors}
-    try:
-        save_checkpoint(make_checkpoint(student, init=init_info), out)
-    except OSError as e:
-        fail(f"cannot write --out {out}: {e}")
-    print(f"wrote {out}")
-    print(f"next: python train.py config/train_gpt2.py --init_from={out}")
+    decompose(args)
 
 
 if __name__ == "__main__":

@@ -6,21 +6,22 @@ wte/lm_head, learned positions), so `GPT.from_pretrained("gpt2")` scores exactly
 Setting `dim_1`, `dim_2` and `factors` in GPTConfig replaces every block's c_fc and c_proj by a
 KroneckerLinear: W = sum_r A_r (x) B_r, never materialized in the forward pass.
 
-Also here, because every script needs them: checkpoint save/load (atomic writes, weights_only loads)
-and `load_model`, which opens any model source (our checkpoint, a Hugging Face directory, a hub name).
+Also here, because several scripts need them: `compress`, which initialises a Kronecker GPT from a dense
+(or Kronecker) one by Van Loan's nearest Kronecker sum, its norm-preserving variant or pruning; checkpoint
+save/load (atomic writes, weights_only loads); and `load_model`, which opens any model source (our
+checkpoint, a Hugging Face directory, a hub name).
 """
 
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+from tqdm import tqdm
 
-
-def divisors(n):
-    return [d for d in range(1, n + 1) if n % d == 0]
+from kron_shapes import check_shape, kron_flops
 
 
 @dataclass
@@ -47,38 +48,11 @@ class GPTConfig:
             return
         if any(v is None for v in kron):
             raise ValueError(f"dim_1, dim_2 and factors must be set together or not at all, got {kron}")
-        if self.n_embd % self.dim_1 != 0:
-            raise ValueError(f"dim_1={self.dim_1} must divide n_embd={self.n_embd}; "
-                             f"valid dim_1: {divisors(self.n_embd)}")
-        if (4 * self.n_embd) % self.dim_2 != 0:
-            raise ValueError(f"dim_2={self.dim_2} must divide 4*n_embd={4 * self.n_embd}; "
-                             f"valid dim_2: {divisors(4 * self.n_embd)}")
-        max_rank = max_factors(self.n_embd, 4 * self.n_embd, self.dim_1, self.dim_2)
-        if not 1 <= self.factors <= max_rank:
-            raise ValueError(f"factors={self.factors} must be between 1 and {max_rank}, the rank limit of "
-                             f"{self.dim_1}x{self.dim_2} (x) {self.n_embd // self.dim_1}x"
-                             f"{4 * self.n_embd // self.dim_2} (more factors add parameters, not expressiveness)")
+        check_shape(self.n_embd, self.dim_1, self.dim_2, self.factors)
 
     @property
     def is_kronecker(self):
         return self.factors is not None
-
-
-def max_factors(in_features, out_features, a_rows, a_cols):
-    """The rank of W's Van Loan rearrangement, (a_rows*a_cols) x (b_rows*b_cols), bounds useful factors."""
-    return min(a_rows * a_cols, (in_features // a_rows) * (out_features // a_cols))
-
-
-def kron_flops(in_features, out_features, a_rows, a_cols, factors):
-    """Multiply-adds per input row of x @ sum_r A_r (x) B_r for the two contraction orders.
-
-    With X reshaped to (a_rows, b_rows), y = sum_r A_r^T X B_r, computed either as (A^T X) B
-    ("a_first") or as A^T (X B) ("b_first"). A dense x @ W costs in_features * out_features.
-    """
-    b_rows, b_cols = in_features // a_rows, out_features // a_cols
-    a_first = factors * a_cols * b_rows * (a_rows + b_cols)
-    b_first = factors * a_rows * b_cols * (b_rows + a_cols)
-    return a_first, b_first
 
 
 class KroneckerLinear(nn.Module):
@@ -134,16 +108,20 @@ class KroneckerLinear(nn.Module):
 
     def dense_weight(self):
         """The materialized W, shape (in_features, out_features): what x is multiplied by."""
-        r, a_rows, a_cols = self.A.shape
-        _, b_rows, b_cols = self.B.shape
-        w = torch.einsum("rij,rkl->ikjl", self.A, self.B)  # W[i*b_rows + k, j*b_cols + l]
-        return w.reshape(a_rows * b_rows, a_cols * b_cols)
+        return kronecker_sum(self.A, self.B)
 
     def extra_repr(self):
         (r, a_rows, a_cols), (_, b_rows, b_cols) = self.A.shape, self.B.shape
         order = "(A^T X) B" if self.a_first else "A^T (X B)"
         return (f"in={self.in_features}, out={self.out_features}, factors={r}, A={a_rows}x{a_cols}, "
                 f"B={b_rows}x{b_cols}, bias={self.bias is not None}, order={order}")
+
+
+def kronecker_sum(A, B):
+    """sum_r kron(A[r], B[r]) for A (r, a_rows, a_cols), B (r, b_rows, b_cols), in one einsum."""
+    (_, a_rows, a_cols), (_, b_rows, b_cols) = A.shape, B.shape
+    w = torch.einsum("rij,rkl->ikjl", A, B)  # W[i*b_rows + k, j*b_cols + l] = sum_r A[r,i,j] B[r,k,l]
+    return w.reshape(a_rows * b_rows, a_cols * b_cols)
 
 
 class LayerNorm(nn.Module):
@@ -334,6 +312,106 @@ class GPT(nn.Module):
             for k, v in sd_hf.items():
                 sd[k].copy_(v.t() if k.endswith(conv1d) else v)
         return model
+
+
+# ----------------------------------------------------------------------------------------------------
+# Kronecker factors from dense weights: how kron_decompose.py and train.py initialise a compressed GPT.
+# Each function takes W (in, out), as in x @ W, and returns A (factors, a_rows, a_cols) and
+# B (factors, b_rows, b_cols) with kron's index convention kron(A, B)[i*b_rows + k, j*b_cols + l] = A[i,j] B[k,l].
+
+def rearrange(W, a_rows, a_cols):
+    """Van Loan's rearrangement: row i*a_cols + j is vec(block (i, j) of W), so that sum_r A_r (x) B_r becomes
+    sum_r vec(A_r) vec(B_r)^T and the nearest Kronecker sum of W is a truncated SVD of this matrix."""
+    b_rows, b_cols = W.shape[0] // a_rows, W.shape[1] // a_cols
+    return W.reshape(a_rows, b_rows, a_cols, b_cols).permute(0, 2, 1, 3).reshape(a_rows * a_cols, b_rows * b_cols)
+
+
+def nearest_kronecker(W, a_rows, a_cols, factors):
+    """vl: (A, B) minimising ||W - sum_r A_r (x) B_r||_F (Van Loan-Pitsianis, optimal by Eckart-Young): the top
+    singular triplets (s, u, v) of rearrange(W), A_r = sqrt(s) u, B_r = sqrt(s) v. A float64 SVD on the CPU, each
+    pair's sign fixed so that the largest-magnitude entry of u is positive: deterministic across LAPACKs."""
+    b_rows, b_cols = W.shape[0] // a_rows, W.shape[1] // a_cols
+    U, S, Vh = torch.linalg.svd(rearrange(W.detach().to("cpu", torch.float64), a_rows, a_cols), full_matrices=False)
+    U, S, Vh = U[:, :factors], S[:factors], Vh[:factors]
+    sign = torch.where(U.gather(0, U.abs().argmax(dim=0, keepdim=True)) < 0, -1.0, 1.0).to(U.dtype)
+    U, Vh = U * sign, Vh * sign.T
+    A = (U * S.sqrt()).T.reshape(factors, a_rows, a_cols)
+    B = (Vh * S.sqrt()[:, None]).reshape(factors, b_rows, b_cols)
+    return A.to(W.dtype), B.to(W.dtype)
+
+
+def normalized_kronecker(W, a_rows, a_cols, factors):
+    """vl_norm, the paper's modified Van Loan: the vl factors both scaled by sqrt(c), c = ||W||_F / ||W_vl||_F,
+    so that ||W_hat||_F = ||W||_F. The Van Loan terms are orthogonal, so c = sqrt(sum_i s_i^2 / sum_{r<R} s_r^2)
+    over the singular values s of rearrange(W): the discarded tail's energy is put back along the kept terms."""
+    A, B = nearest_kronecker(W, a_rows, a_cols, factors)
+    approx_norm = kronecker_sum(A.double(), B.double()).norm().item()
+    if approx_norm == 0:
+        return A, B
+    root_c = math.sqrt(W.double().norm().item() / approx_norm)
+    return A * root_c, B * root_c
+
+
+def pruned_kronecker(W, a_rows, a_cols, factors):
+    """prune, the paper's pruning init, for shapes where B is a single column or row of length k: B_r is the
+    one-hot e_r and A_r keeps the rows (B a column) or columns (B a row) r, r+k, r+2k, ... of W, so W_hat is W
+    with the other rows or columns zeroed (factors = k keeps them all). The 95M model's c_fc gets
+    A = W[0::2, :], B = [[1], [0]]; its c_proj A = W[:, 0::2], B = [[1, 0]]."""
+    b_rows, b_cols = W.shape[0] // a_rows, W.shape[1] // a_cols
+    if b_rows != 1 and b_cols != 1:
+        raise ValueError(f"prune needs B to be a single row or column, got {b_rows}x{b_cols}")
+    A = torch.empty(factors, a_rows, a_cols, dtype=W.dtype)
+    B = torch.zeros(factors, b_rows, b_cols, dtype=W.dtype)
+    for r in range(factors):
+        if b_cols == 1:  # kron(A, e_r)[i*b_rows + k, j] = A[i, j] if k == r
+            A[r], B[r, r, 0] = W[r::b_rows, :], 1.0
+        else:  # kron(A, e_r^T)[i, j*b_cols + l] = A[i, j] if l == r
+            A[r], B[r, 0, r] = W[:, r::b_cols], 1.0
+    return A, B
+
+
+# `random` keeps GPT's own init: W_hat entries of std 0.02, c_proj scaled as in GPT-2.
+INITS = {"vl": nearest_kronecker, "vl_norm": normalized_kronecker, "prune": pruned_kronecker, "random": None}
+
+
+def mlp_layers(model):
+    """("h.0.c_fc", module), ("h.0.c_proj", module), ("h.1.c_fc", module), ... for every MLP matrix."""
+    for i, block in enumerate(model.transformer.h):
+        yield f"h.{i}.c_fc", block.mlp.c_fc
+        yield f"h.{i}.c_proj", block.mlp.c_proj
+
+
+def weight_of(linear):
+    """W in x @ W orientation, (in, out), of an nn.Linear or a KroneckerLinear."""
+    return linear.dense_weight() if isinstance(linear, KroneckerLinear) else linear.weight.t()
+
+
+@torch.no_grad()
+def compress(teacher, dim_1, dim_2, factors, init="vl", progress=False):
+    """A Kronecker GPT with the teacher's architecture: every MLP matrix (dense or Kronecker) initialised by
+    `init`, every other weight copied. On the CPU in float32; `random` draws from torch's global RNG."""
+    if init not in INITS:
+        raise ValueError(f"init={init!r} is not one of {', '.join(INITS)}")
+    config = replace(teacher.config, dim_1=dim_1, dim_2=dim_2, factors=factors)  # validates the shape
+    hidden = 4 * config.n_embd
+    if init == "prune" and dim_1 != config.n_embd and dim_2 != hidden:
+        raise ValueError(f"init=prune needs B to be a single row or column: dim_1={config.n_embd} (keeps every "
+                         f"k-th hidden unit) or dim_2={hidden} (keeps every k-th embedding dimension); got "
+                         f"{dim_1} {dim_2}: use vl, vl_norm or random")
+    student = GPT(config)
+    teacher_state = teacher.state_dict()
+    for name, tensor in student.state_dict().items():
+        if not name.endswith((".A", ".B")):
+            tensor.copy_(teacher_state[name])
+    if INITS[init] is not None:
+        pairs = list(zip(mlp_layers(teacher), mlp_layers(student)))
+        for (_, source), (_, target) in tqdm(pairs, desc=f"{init} {dim_1} {dim_2} {factors}", unit="matrix",
+                                             disable=not progress):
+            W = weight_of(source).detach().to("cpu", torch.float32)
+            A, B = INITS[init](W, target.A.shape[1], target.A.shape[2], factors)
+            target.A.copy_(A)
+            target.B.copy_(B)
+    return student
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import ConfigError, load_config
-from model import GPT, GPTConfig, load_checkpoint, make_checkpoint, save_checkpoint
+from model import INITS, GPT, GPTConfig, compress, load_checkpoint, make_checkpoint, save_checkpoint
 
 DEFAULTS = dict(
     # I/O
@@ -83,7 +83,6 @@ DEFAULTS = dict(
     compile=True,
     seed=1337,
 )
-INITS = ("vl", "vl_norm", "prune", "random")
 KRON_KEYS = ("dim_1", "dim_2", "factors")
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "vocab_size", "bias", "block_size") + KRON_KEYS
 
@@ -98,7 +97,7 @@ class NonFiniteLoss(Exception):
 
 def check_config(c):
     """Fail before any work on settings that cannot run."""
-    choices = {"init": INITS, "dtype": ("auto", "float32", "bfloat16", "float16"),
+    choices = {"init": tuple(INITS), "dtype": ("auto", "float32", "bfloat16", "float16"),
                "backend": ("auto", "nccl", "gloo")}
     for key, allowed in choices.items():
         if c[key] not in allowed:
@@ -240,7 +239,6 @@ def init_model(c, master):
                          f"{tuple(loaded.values())}, but the settings ask for {tuple(kron.values())}: "
                          f"set them to match, or to None to take the checkpoint's")
     if wants_kron and not model.config.is_kronecker and init_from != "resume":
-        from kron_decompose import compress
         if master:
             print(f"compressing {init_from} ({model.get_num_params():,} parameters) with dim_1={c['dim_1']}, "
                   f"dim_2={c['dim_2']}, factors={c['factors']}, init={c['init']}")

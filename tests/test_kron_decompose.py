@@ -6,15 +6,16 @@ import time
 import pytest
 import torch
 
-from kron_decompose import (check_compression, compress, count_params, format_listing, list_shapes, main, mark_target,
-                            nearest_kronecker, normalized_kronecker, parse_size, pruned_kronecker, relative_errors)
-from model import GPT, GPTConfig, load_checkpoint, make_checkpoint, save_checkpoint
+from kron_decompose import count_params, format_listing, list_shapes, main, mark_target, parse_size
+from kron_shapes import check_shape
+from model import (GPT, GPTConfig, compress, load_checkpoint, make_checkpoint, mlp_layers, nearest_kronecker,
+                   normalized_kronecker, pruned_kronecker, save_checkpoint, weight_of)
 
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kron_decompose.py")
 
 
 def kron_sum(A, B):
-    """sum_r torch.kron(A_r, B_r): the reference, independent of the einsum in kron_decompose.py."""
+    """sum_r torch.kron(A_r, B_r): the reference, independent of model.kronecker_sum's einsum."""
     return sum(torch.kron(A[r], B[r]) for r in range(A.shape[0]))
 
 
@@ -23,6 +24,12 @@ def rearranged_by_blocks(W, a_rows, a_cols):
     b_rows, b_cols = W.shape[0] // a_rows, W.shape[1] // a_cols
     return torch.stack([W[i * b_rows:(i + 1) * b_rows, j * b_cols:(j + 1) * b_cols].flatten()
                         for i in range(a_rows) for j in range(a_cols)])
+
+
+def relative_errors(teacher, student):
+    """{"h.0.c_fc": ||W - W_hat||_F / ||W||_F, ...} of every MLP matrix."""
+    return {name: ((weight_of(t) - weight_of(s)).norm() / weight_of(t).norm()).item()
+            for (name, t), (_, s) in zip(mlp_layers(teacher), mlp_layers(student))}
 
 
 def tiny_gpt(seed=0, **kwargs):
@@ -173,13 +180,13 @@ def test_random_init_keeps_other_weights_and_has_scratch_std():
 @pytest.mark.parametrize("args,message", [
     ((7, 64, 1), r"dim_1=7 does not divide n_embd=16; nearest valid dim_1: 4 or 8"),
     ((16, 48, 1), r"dim_2=48 does not divide 4\*n_embd=64; nearest valid dim_2: 32 or 64"),
-    ((0, 64, 1), r"nearest valid dim_1: 1$"),
+    ((0, 64, 1), r"nearest valid dim_1: 1 \(all: 1, 2, 4, 8, 16\)"),
     ((8, 16, 9), r"factors=9 must be between 1 and 8"),
     ((8, 16, 0), r"factors=0 must be between 1 and 8"),
 ])
 def test_bad_shapes_name_the_nearest_valid_values(args, message):
     with pytest.raises(ValueError, match=message):
-        check_compression(16, *args)
+        check_shape(16, *args)
 
 
 # --- listing ----------------------------------------------------------------------------------------------
@@ -213,6 +220,19 @@ def test_listing_has_the_papers_shapes_and_is_fast():
     marked = [line.split() for line in text.splitlines() if line.endswith("<- 81M")]
     assert ["768", "768", "1"] in [line[:3] for line in marked] and len(marked) == 6  # same count, 6 shapes
     assert {line[7] for line in marked} == {"81,186,144"}
+
+
+def test_list_command_never_imports_torch():
+    """Importing torch takes seconds; the listing must answer at once."""
+    code = ("import sys, time; t0 = time.perf_counter(); import kron_decompose; "
+            "kron_decompose.main(['--list', '--factors', '1,2,4']); "
+            "print('torch' in sys.modules, time.perf_counter() - t0, file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(SCRIPT), capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    torch_imported, seconds = result.stderr.split()
+    assert torch_imported == "False" and float(seconds) < 1.0
+    assert "768   768       1" in result.stdout
 
 
 def test_mark_target_picks_the_closest_with_ties():
@@ -250,7 +270,8 @@ def test_cli_writes_a_checkpoint_from_hugging_face_and_refuses_garbage(tmp_path,
 
     assert rc == 0, err
     path = tmp_path / "checks" / f"krony_{os.path.basename(hf_gpt2_dir)}_8_16_4_vl.pt"  # the default --out
-    assert f"next: python train.py config/train_gpt2.py --init_from={os.path.join('checks', path.name)}" in out
+    assert (f"next: python train.py config/train_gpt2.py --init_from={os.path.join('checks', path.name)} "
+            f"--dim_1=8 --dim_2=16 --factors=4") in out
     student, ckpt = load_checkpoint(str(path))
     teacher = GPT.from_pretrained(hf_gpt2_dir)
     assert ckpt["model_args"] == {**ckpt["model_args"], "dim_1": 8, "dim_2": 16, "factors": 4, "n_embd": 64}
@@ -306,7 +327,7 @@ def test_cli_refactors_our_kronecker_checkpoint(tmp_path, kron_checkpoint, capsy
     (["7", "32", "1"], "dim_1=7 does not divide n_embd=16; nearest valid dim_1: 4 or 8"),
     (["4", "33", "1"], "dim_2=33 does not divide 4*n_embd=64; nearest valid dim_2: 32 or 64"),
     (["4", "32", "9"], "factors=9 must be between 1 and 8"),
-    (["4", "32", "1", "--init", "prune"], "--init prune needs B to be a single row or column"),
+    (["4", "32", "1", "--init", "prune"], "init=prune needs B to be a single row or column"),
     (["4", "32"], "give DIM_1 DIM_2 N_FACTORS"),
     (["4", "32", "1", "--list"], "--list takes no DIM_1 DIM_2 N_FACTORS"),
     (["--list", "--target", "big"], "--target 'big' is not a size"),

@@ -5,8 +5,8 @@ import pytest
 import torch
 from conftest import make_hf_gpt2
 
-from model import (GPT, GPTConfig, KroneckerLinear, kron_flops, load_checkpoint, load_model, make_checkpoint,
-                   save_checkpoint)
+from kron_shapes import kron_flops
+from model import GPT, GPTConfig, KroneckerLinear, load_checkpoint, load_model, make_checkpoint, save_checkpoint
 
 
 def kron_reference(A, B):
@@ -119,8 +119,10 @@ def test_paper_parameter_counts():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(dim_1=500, dim_2=768, factors=1), r"dim_1=500 must divide n_embd=768; valid dim_1: \[1, 2, 3, 4, 6"),
-    (dict(dim_1=768, dim_2=1000, factors=1), r"dim_2=1000 must divide 4\*n_embd=3072; valid dim_2: \[1, 2, 3"),
+    (dict(dim_1=500, dim_2=768, factors=1),
+     r"dim_1=500 does not divide n_embd=768; nearest valid dim_1: 384 or 768 \(all: 1, 2, 3, 4, 6, 8, 12, 16"),
+    (dict(dim_1=768, dim_2=1000, factors=1),
+     r"dim_2=1000 does not divide 4\*n_embd=3072; nearest valid dim_2: 768 or 1024 \(all: 1, 2, 3"),
     (dict(dim_1=768, dim_2=768, factors=5), r"factors=5 must be between 1 and 4"),
     (dict(dim_1=768, dim_2=768, factors=0), r"factors=0 must be between 1 and 4"),
     (dict(dim_1=768, dim_2=None, factors=1), r"must be set together"),

@@ -14,7 +14,7 @@ from conftest import ROOT
 
 import train
 from configurator import ConfigError, load_config
-from model import GPT, load_checkpoint, load_model
+from model import GPT, compress, load_checkpoint, load_model
 
 VOCAB = 64
 
@@ -116,7 +116,7 @@ def test_lr_schedule_matches_warmup_and_cosine():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(dim_1=5, dim_2=16, factors=1, init="random"), "dim_1=5 must divide n_embd=32"),
+    (dict(dim_1=5, dim_2=16, factors=1, init="random"), "dim_1=5 does not divide n_embd=32; nearest valid dim_1: 4 or 8"),
     (dict(dim_1=8), "must be set together"),
     (dict(dim_1=8, dim_2=16, factors=1), "init=vl decomposes a dense model"),
     (dict(init="svd"), "init='svd' is not one of"),
@@ -247,7 +247,6 @@ def test_non_finite_loss_stops_and_keeps_the_checkpoint(tmp_path, capsys, eval_i
 
 
 def test_init_from_checkpoints_compresses_dense_and_keeps_kronecker(tmp_path, capsys):
-    from kron_decompose import compress
     data_dir = random_corpus(tmp_path)
     run(tiny_args(data_dir, tmp_path / "dense", max_iters=2, eval_interval=2))
     dense_path = str(tmp_path / "dense" / "ckpt.pt")
@@ -274,7 +273,6 @@ def test_init_from_checkpoints_compresses_dense_and_keeps_kronecker(tmp_path, ca
 
 
 def test_init_from_hugging_face_directory(tmp_path, hf_gpt2_dir):
-    from kron_decompose import compress
     data_dir = random_corpus(tmp_path, vocab=50257, n=2000)
     out_dir = tmp_path / "out"
     run(tiny_args(data_dir, out_dir, init_from=hf_gpt2_dir, vocab_size=50257, dim_1=32, dim_2=256, factors=1,
