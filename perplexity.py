@@ -44,8 +44,8 @@ from model import load_model
 # name: (hub id, hub config, the JSON-lines file --data_dir must hold). The hub's lambada (cimec/lambada) is what
 # the paper's load_dataset("lambada") read; the local copy is OpenAI's rendering of the same 5,153 passages.
 DATASETS = {
-    "wiki103": ("Salesforce/wikitext", "wikitext-103-v1 ", "wikitext-103-v1.test.jsonl"),
-    "wiki2": ("Salesforce/wikitext", "wikitext-2-v1 ", "wikitext-2-v1.test.jsonl"),
+    "wiki103": ("Salesforce/wikitext", "wikitext-103-v1", "wikitext-103-v1.test.jsonl"),
+    "wiki2": ("Salesforce/wikitext", "wikitext-2-v1", "wikitext-2-v1.test.jsonl"),
     "lambada": ("cimec/lambada", None, "lambada_openai.test.jsonl"),
 }
 ALIASES = {"wiki1": "wiki2"}  # the original README's spelling

@@ -40,3 +40,13 @@ def gpt2_tokenizer_or_skip():
     except Exception as e:
         pytest.skip(f"GPT-2 BPE files unavailable (no network and TIKTOKEN_CACHE_DIR unset; "
                     f"see ../shared/README.md): {type(e).__name__}")
+
+
+def hf_tokenizer_or_skip():
+    """transformers' GPT-2 tokenizer, or skip when neither the network nor HF_HUB_CACHE has its files."""
+    from transformers import AutoTokenizer
+    try:
+        return AutoTokenizer.from_pretrained("gpt2")
+    except Exception as e:
+        pytest.skip(f"gpt2's tokenizer files unavailable (no network and HF_HUB_CACHE unset; see "
+                    f"../shared/README.md): {type(e).__name__}")

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, hf_tokenizer_or_skip
 
 import krony_to_gpt
 from model import GPT, GPTConfig, make_checkpoint, save_checkpoint
@@ -16,15 +16,6 @@ KINDS = {
     "kronecker_no_bias": dict(dim_1=4, dim_2=64, factors=3, bias=False),
     "dense": dict(),
 }
-
-
-def hf_tokenizer_or_skip():
-    from transformers import AutoTokenizer
-    try:
-        return AutoTokenizer.from_pretrained("gpt2")
-    except Exception as e:
-        pytest.skip(f"gpt2's tokenizer files unavailable (set HF_HUB_CACHE, see ../shared/README.md): "
-                    f"{type(e).__name__}")
 
 
 def random_checkpoint(path, kind="kronecker", prefix="", seed=0):

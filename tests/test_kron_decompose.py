@@ -37,7 +37,7 @@ def tiny_gpt(seed=0, **kwargs):
     config = dict(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=64)
     model = GPT(GPTConfig(**{**config, **kwargs})).eval()
     with torch.no_grad():  # move biases and LayerNorms off their defaults so that a missed copy shows
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 1:
                 p.add_(0.1 * torch.randn_like(p))
     return model

@@ -8,22 +8,13 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, gpt2_tokenizer_or_skip, make_hf_gpt2
+from conftest import ROOT, gpt2_tokenizer_or_skip, hf_tokenizer_or_skip, make_hf_gpt2
 
 import perplexity as P
 from model import GPT, GPTConfig, load_model, make_checkpoint, save_checkpoint
 
 SHARED_EVAL = os.path.join(ROOT, "..", "shared", "eval")
 CONTEXT = 128
-
-
-def hf_tokenizer_or_skip():
-    from transformers import AutoTokenizer
-    try:
-        return AutoTokenizer.from_pretrained("gpt2")
-    except Exception as e:
-        pytest.skip(f"gpt2's tokenizer files unavailable (set HF_HUB_CACHE, see ../shared/README.md): "
-                    f"{type(e).__name__}")
 
 
 @pytest.fixture(scope="module")
@@ -271,6 +262,22 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, capsys, monkeypatch):
     code, err = run_main(capsys, ckpt, "wiki103")
     assert code == 2 and "cannot reach the Hugging Face Hub" in err and "--data_dir" in err, err
     assert time.time() - start < 10
+
+
+def test_hub_datasets_are_the_papers_test_splits(monkeypatch):
+    """The non-raw wikitext configurations (with <unk>) and the LAMBADA test passages, as the paper loads them."""
+    import datasets
+    calls = []
+
+    def fake_load_dataset(path, name=None, split=None):
+        calls.append((path, name, split))
+        return {"text": ["a row"]}
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # skips the reachability probe
+    for name in ("wiki103", "wiki2", "lambada"):
+        assert P.load_texts(name)[0] == ["a row"]
+    assert calls == [("Salesforce/wikitext", "wikitext-103-v1", "test"),
+                     ("Salesforce/wikitext", "wikitext-2-v1", "test"), ("cimec/lambada", None, "test")]
 
 
 def test_offline_without_cached_dataset_names_data_dir(tmp_path):

@@ -116,7 +116,8 @@ def test_lr_schedule_matches_warmup_and_cosine():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(dim_1=5, dim_2=16, factors=1, init="random"), "dim_1=5 does not divide n_embd=32; nearest valid dim_1: 4 or 8"),
+    (dict(dim_1=5, dim_2=16, factors=1, init="random"),
+     "dim_1=5 does not divide n_embd=32; nearest valid dim_1: 4 or 8"),
     (dict(dim_1=8), "must be set together"),
     (dict(dim_1=8, dim_2=16, factors=1), "init=vl decomposes a dense model"),
     (dict(init="svd"), "init='svd' is not one of"),
