@@ -458,11 +458,12 @@ def train(c):
 
         if iter_num % c["log_interval"] == 0 and master:
             tokens_per_sec = tokens_per_iter * logged_iters / train_time
+            ms_per_iter = 1000 * train_time / logged_iters
             elapsed = elapsed_before + time.time() - run_start
             print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.3e}, {tokens_per_sec:,.0f} tokens/s, "
-                  f"{1000 * train_time / logged_iters:.0f} ms/iter, {elapsed:.0f} s")
+                  f"{ms_per_iter:.0f} ms/iter, {elapsed:.0f} s")
             record = {"iter": iter_num, "loss": lossf, "lr": lr, "tokens_per_sec": tokens_per_sec,
-                      "elapsed_s": elapsed}
+                      "ms_per_iter": ms_per_iter, "elapsed_s": elapsed}
             append_metrics(metrics_path, record)
             if c["wandb_log"]:
                 wandb.log(record, step=iter_num)
