@@ -55,13 +55,56 @@ class GPTConfig:
         return self.factors is not None
 
 
+class OuterProduct(torch.autograd.Function):
+    """y[n, i*c + j] = t[n, i] * b[j] + bias[i*c + j]: a matmul whose contraction has length 1 (the 81M model's
+    c_fc), as one broadcast multiply-add. As a GEMM it runs far below memory speed, and autograd's backward of
+    a broadcast reduces slowly; this backward is two matrix-vector products and a sum. Under autocast the
+    result keeps t's precision, as a matmul's would."""
+
+    @staticmethod
+    def forward(ctx, t, b, bias):
+        ctx.save_for_backward(t, b)
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        outer = t.unsqueeze(-1), b.to(t.dtype)
+        y = outer[0] * outer[1] if bias is None else torch.addcmul(bias.to(t.dtype).view(t.shape[1], -1), *outer)
+        return y.view(t.shape[0], -1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        t, b = ctx.saved_tensors
+        grad = grad.reshape(-1, b.numel())  # (n * t.shape[1], len(b))
+        grad_t = (grad @ b.to(grad.dtype)).view_as(t)
+        grad_b = (t.reshape(1, -1).to(grad.dtype) @ grad).view_as(b).to(b.dtype)
+        grad_bias = None if ctx.bias_dtype is None else grad.view(t.shape[0], -1).sum(0).to(ctx.bias_dtype)
+        return grad_t, grad_b, grad_bias
+
+
+class MatVec(torch.autograd.Function):
+    """x (m, k) @ w (k,) (the 81M model's c_proj), whose backward writes grad_x = grad w^T as a broadcast
+    multiply rather than as a GEMM with a contraction of length 1, which runs far below memory speed."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        ctx.save_for_backward(x, w)
+        return x @ w.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w = ctx.saved_tensors
+        grad_x = (grad.unsqueeze(1) * w.to(grad.dtype)).to(x.dtype)
+        grad_w = (grad @ x.to(grad.dtype)).to(w.dtype)
+        return grad_x, grad_w
+
+
 class KroneckerLinear(nn.Module):
     """y = x @ W + b with W = sum_r kron(A[r], B[r]) of shape (in_features, out_features).
 
     A: (factors, a_rows, a_cols), B: (factors, in_features/a_rows, out_features/a_cols).
     The forward pass never builds W: x is viewed as (a_rows, b_rows) and contracted with the factors
     in whichever order is cheaper for this shape. Stacking the r factors along one GEMM dimension
-    turns the sum over r into part of the second matmul, so any r costs two matmuls.
+    turns the sum over r into part of the second matmul, so any r costs two matmuls. A matmul that
+    degenerates to an outer product or a matrix-vector product (B a single row or column, as in the
+    paper's 81M model) takes OuterProduct or MatVec instead, which run at memory speed.
     """
 
     def __init__(self, in_features, out_features, a_rows, a_cols, factors=1, bias=True):
@@ -96,14 +139,18 @@ class KroneckerLinear(nn.Module):
             t = x.view(n, a_rows, b_rows).transpose(1, 2).reshape(n * b_rows, a_rows)
             t = t @ self.A.permute(1, 0, 2).reshape(a_rows, r * a_cols)  # (n, b_rows, r, a_cols)
             t = t.view(n, b_rows, r, a_cols).permute(0, 3, 2, 1).reshape(n * a_cols, r * b_rows)
+            if r * b_rows == 1:  # B is one row: the second contraction has length 1
+                return OuterProduct.apply(t.view(n, a_cols), self.B.view(b_cols), self.bias).view(
+                    *lead_shape, self.out_features)
             y = (t @ self.B.reshape(r * b_rows, b_cols)).view(n, self.out_features)
         else:  # A^T (X B)
-            t = x.reshape(n * a_rows, b_rows) @ self.B.permute(1, 0, 2).reshape(b_rows, r * b_cols)
+            x_rows, B = x.reshape(n * a_rows, b_rows), self.B.permute(1, 0, 2).reshape(b_rows, r * b_cols)
+            t = MatVec.apply(x_rows, B.view(b_rows)) if r * b_cols == 1 else x_rows @ B  # B one column, or not
             t = t.view(n, a_rows, r, b_cols).permute(0, 3, 2, 1).reshape(n * b_cols, r * a_rows)
             y = (t @ self.A.reshape(r * a_rows, a_cols)).view(n, b_cols, a_cols).transpose(1, 2)
             y = y.reshape(n, self.out_features)
         if self.bias is not None:
-            y = y + self.bias
+            y = y + self.bias.to(y.dtype)  # under autocast, stay in the matmul's precision as nn.Linear does
         return y.view(*lead_shape, self.out_features)
 
     def dense_weight(self):

@@ -3,6 +3,7 @@ import pickle
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import make_hf_gpt2
 
 from kron_shapes import kron_flops
@@ -79,6 +80,36 @@ def test_kronecker_linear_matches_materialized(shape, factors, a_first):
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=0, atol=1e-5)
     torch.testing.assert_close(layer.dense_weight(), kron_reference(layer.A, layer.B), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(12, 48, 12, 12), (48, 12, 12, 12)])  # OuterProduct, MatVec
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_outer_product_and_matvec_paths(shape, bias, autocast):
+    """B of one row or column takes the memory-speed paths; they must equal the materialized layer, without a
+    bias and under bfloat16 autocast too (output in bfloat16 as nn.Linear's, gradients in the weights' dtype)."""
+    torch.manual_seed(0)
+    in_f, out_f, a_rows, a_cols = shape
+    layer = KroneckerLinear(in_f, out_f, a_rows, a_cols, 1, bias=bias)
+    if bias:
+        with torch.no_grad():
+            layer.bias.normal_()
+    x = torch.randn(6, in_f, requires_grad=True)
+    grad_out = torch.randn(6, out_f)
+    params = [p for p in (layer.A, layer.B, layer.bias) if p is not None]
+    refs = [p.detach().clone().requires_grad_() for p in params]
+    x_ref = x.detach().clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y = layer(x)
+        y_ref = F.linear(x_ref, kron_reference(*refs[:2]).t(), refs[2] if bias else None)
+    (y.float() * grad_out).sum().backward()
+    (y_ref.float() * grad_out).sum().backward()
+    assert y.dtype == y_ref.dtype == (torch.bfloat16 if autocast else torch.float32)
+    tol = dict(rtol=2e-2, atol=2e-2) if autocast else dict(rtol=0, atol=1e-5)
+    torch.testing.assert_close(y.float(), y_ref.float(), **tol)
+    for got, want in zip([x] + params, [x_ref] + refs):
+        assert got.grad.dtype == got.dtype == torch.float32
+        torch.testing.assert_close(got.grad, want.grad, **tol)
 
 
 def test_kronecker_linear_picks_cheaper_order():
