@@ -147,8 +147,10 @@ class KroneckerLinear(nn.Module):
             x_rows, B = x.reshape(n * a_rows, b_rows), self.B.permute(1, 0, 2).reshape(b_rows, r * b_cols)
             t = MatVec.apply(x_rows, B.view(b_rows)) if r * b_cols == 1 else x_rows @ B  # B one column, or not
             t = t.view(n, a_rows, r, b_cols).permute(0, 3, 2, 1).reshape(n * b_cols, r * a_rows)
-            y = (t @ self.A.reshape(r * a_rows, a_cols)).view(n, b_cols, a_cols).transpose(1, 2)
-            y = y.reshape(n, self.out_features)
+            A = self.A.reshape(r * a_rows, a_cols)
+            if b_cols == 1 and self.bias is not None:  # the GEMM's output is y itself: fuse the bias, as nn.Linear
+                return torch.addmm(self.bias, t, A).view(*lead_shape, self.out_features)
+            y = (t @ A).view(n, b_cols, a_cols).transpose(1, 2).reshape(n, self.out_features)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)  # under autocast, stay in the matmul's precision as nn.Linear does
         return y.view(*lead_shape, self.out_features)

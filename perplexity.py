@@ -312,13 +312,15 @@ def main(argv=None):
     parser.add_argument("--data_dir", help="read the named datasets from JSON-lines files here, not the hub")
     parser.add_argument("--stride", type=int, help="sliding-window stride (default: the paper's disjoint windows)")
     parser.add_argument("--max_tokens", type=int, help="score only the first N tokens of each dataset")
-    parser.add_argument("--batch_size", type=int, default=8, help="windows (or LAMBADA passages) per forward pass")
+    parser.add_argument("--batch_size", type=int,
+                        help="windows (or LAMBADA passages) per forward pass; default 8 on a GPU, 1 on a CPU, where "
+                             "batching only adds memory traffic (bench.py --eval measured batch 8 at 0.64x the speed)")
     parser.add_argument("--device", default=default_device)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                         help="autocast dtype of the forward pass (default float32, as the paper)")
     parser.add_argument("--out", help="write the results to this JSON file")
     args = parser.parse_args(argv)
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         fail("--batch_size must be at least 1")
     if args.max_tokens is not None and args.max_tokens < 2:
         fail("--max_tokens must be at least 2: perplexity needs a token to predict from and one to predict")
@@ -356,7 +358,8 @@ def main(argv=None):
 
     report = {"model": args.model, "parameters": model.get_num_params(), "device": str(device), "dtype": args.dtype,
               "datasets": {}}
-    run = dict(batch_size=args.batch_size, device=device, autocast=autocast)
+    batch_size = args.batch_size or (1 if device.type == "cpu" else 8)
+    run = dict(batch_size=batch_size, device=device, autocast=autocast)
     for dataset, (tokens, passages, source) in data.items():
         t0 = time.time()
         result = perplexity(model, tokens, args.stride, desc=dataset, **run)

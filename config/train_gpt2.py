@@ -19,7 +19,7 @@
 # there. Ours: max_iters 4000 (just past 3950), the split into 8 x 16 for 8 GPUs, warmup 100, the evaluation
 # schedule, and keeping the best checkpoint by val loss. The Adam betas and gradient clipping are nanoGPT's.
 
-out_dir = "out-krony-81M"
+out_dir = "checks/krony-81M"
 init_from = "gpt2"
 dim_1 = 768
 dim_2 = 768

@@ -9,7 +9,7 @@
 # Tokens per iteration: 8 accumulation steps x 16 sequences x 1024 tokens = 131,072; 4,000 iterations =
 # 524 M tokens. Expected wall time on 8 A100s: about 15 minutes (an estimate, as for the 81M model).
 
-out_dir = "out-krony-95M"
+out_dir = "checks/krony-95M"
 init_from = "gpt2"
 dim_1 = 384
 dim_2 = 3072
