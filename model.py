@@ -55,47 +55,6 @@ class GPTConfig:
         return self.factors is not None
 
 
-class OuterProduct(torch.autograd.Function):
-    """y[n, i*c + j] = t[n, i] * b[j] + bias[i*c + j]: a matmul whose contraction has length 1 (the 81M model's
-    c_fc), as one broadcast multiply-add. As a GEMM it runs far below memory speed, and autograd's backward of
-    a broadcast reduces slowly; this backward is two matrix-vector products and a sum. Under autocast the
-    result keeps t's precision, as a matmul's would."""
-
-    @staticmethod
-    def forward(ctx, t, b, bias):
-        ctx.save_for_backward(t, b)
-        ctx.bias_dtype = None if bias is None else bias.dtype
-        outer = t.unsqueeze(-1), b.to(t.dtype)
-        y = outer[0] * outer[1] if bias is None else torch.addcmul(bias.to(t.dtype).view(t.shape[1], -1), *outer)
-        return y.view(t.shape[0], -1)
-
-    @staticmethod
-    def backward(ctx, grad):
-        t, b = ctx.saved_tensors
-        grad = grad.reshape(-1, b.numel())  # (n * t.shape[1], len(b))
-        grad_t = (grad @ b.to(grad.dtype)).view_as(t)
-        grad_b = (t.reshape(1, -1).to(grad.dtype) @ grad).view_as(b).to(b.dtype)
-        grad_bias = None if ctx.bias_dtype is None else grad.view(t.shape[0], -1).sum(0).to(ctx.bias_dtype)
-        return grad_t, grad_b, grad_bias
-
-
-class MatVec(torch.autograd.Function):
-    """x (m, k) @ w (k,) (the 81M model's c_proj), whose backward writes grad_x = grad w^T as a broadcast
-    multiply rather than as a GEMM with a contraction of length 1, which runs far below memory speed."""
-
-    @staticmethod
-    def forward(ctx, x, w):
-        ctx.save_for_backward(x, w)
-        return x @ w.to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, w = ctx.saved_tensors
-        grad_x = (grad.unsqueeze(1) * w.to(grad.dtype)).to(x.dtype)
-        grad_w = (grad @ x.to(grad.dtype)).to(w.dtype)
-        return grad_x, grad_w
-
-
 class KroneckerLinear(nn.Module):
     """y = x @ W + b with W = sum_r kron(A[r], B[r]) of shape (in_features, out_features).
 
@@ -171,6 +130,48 @@ def kronecker_sum(A, B):
     (_, a_rows, a_cols), (_, b_rows, b_cols) = A.shape, B.shape
     w = torch.einsum("rij,rkl->ikjl", A, B)  # W[i*b_rows + k, j*b_cols + l] = sum_r A[r,i,j] B[r,k,l]
     return w.reshape(a_rows * b_rows, a_cols * b_cols)
+
+
+class OuterProduct(torch.autograd.Function):
+    """y[n, i*c + j] = t[n, i] * b[j] + bias[i*c + j]: a matmul whose contraction has length 1 (the 81M model's
+    c_fc), as one broadcast multiply-add. As a GEMM it runs far below memory speed, and autograd's backward of
+    a broadcast reduces slowly; this backward is two matrix-vector products and a sum. Under autocast the
+    result keeps t's precision, as a matmul's would."""
+
+    @staticmethod
+    def forward(ctx, t, b, bias):
+        ctx.save_for_backward(t, b)
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        column, row = t.unsqueeze(-1), b.to(t.dtype)
+        if bias is None:
+            return (column * row).view(t.shape[0], -1)
+        return torch.addcmul(bias.to(t.dtype).view(t.shape[1], -1), column, row).view(t.shape[0], -1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        t, b = ctx.saved_tensors
+        grad = grad.reshape(-1, b.numel())  # (n * t.shape[1], len(b))
+        grad_t = (grad @ b.to(grad.dtype)).view_as(t)
+        grad_b = (t.reshape(1, -1).to(grad.dtype) @ grad).view_as(b).to(b.dtype)
+        grad_bias = None if ctx.bias_dtype is None else grad.view(t.shape[0], -1).sum(0).to(ctx.bias_dtype)
+        return grad_t, grad_b, grad_bias
+
+
+class MatVec(torch.autograd.Function):
+    """x (m, k) @ w (k,) (the 81M model's c_proj), whose backward writes grad_x = grad w^T as a broadcast
+    multiply rather than as a GEMM with a contraction of length 1, which runs far below memory speed."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        ctx.save_for_backward(x, w)
+        return x @ w.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w = ctx.saved_tensors
+        grad_x = (grad.unsqueeze(1) * w.to(grad.dtype)).to(x.dtype)
+        grad_w = (grad @ x.to(grad.dtype)).to(w.dtype)
+        return grad_x, grad_w
 
 
 class LayerNorm(nn.Module):

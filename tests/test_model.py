@@ -211,6 +211,7 @@ class Exploit:
         return (os.system, ("echo pwned",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch notes the plain pickle it refuses
 def test_load_checkpoint_refuses_pickled_code_and_garbage(tmp_path):
     evil = tmp_path / "evil.pt"
     with open(evil, "wb") as f:
