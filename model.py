@@ -14,6 +14,7 @@ checkpoint, a Hugging Face directory, a hub name).
 
 import math
 import os
+import pickle
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -498,8 +499,12 @@ def load_checkpoint(path, map_location="cpu"):
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise
+    except pickle.UnpicklingError:
+        raise ValueError(f"{path} is not a readable krony checkpoint: not a torch file of tensors and plain values "
+                         f"(it is loaded with weights_only=True, which never runs pickled code)") from None
     except Exception as e:
-        raise ValueError(f"{path} is not a readable krony checkpoint ({type(e).__name__}: {e})") from None
+        raise ValueError(f"{path} is not a readable krony checkpoint ({type(e).__name__}: "
+                         f"{(str(e).strip().splitlines() or [''])[0]})") from None
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "model_args" not in checkpoint:
         raise ValueError(f"{path} is not a krony checkpoint (expected a dict with 'model' and 'model_args')")
     model = GPT(GPTConfig(**checkpoint["model_args"]))
