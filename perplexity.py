@@ -23,7 +23,6 @@ word, target = " " + last word; accuracy (every target token greedy-correct) and
 """
 
 import argparse
-import functools
 import itertools
 import json
 import math
@@ -39,6 +38,7 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from data.common import gpt2_encoding
 from model import load_model
 
 # name: (hub id, hub config, the JSON-lines file --data_dir must hold). The hub's lambada (cimec/lambada) is what
@@ -60,16 +60,6 @@ def fail(message):
 
 # ----------------------------------------------------------------------------------------------------
 # Data
-
-@functools.cache
-def gpt2_encoding():
-    import tiktoken
-    try:
-        return tiktoken.get_encoding("gpt2")
-    except Exception as e:
-        fail(f"cannot load GPT-2's tokenizer ({type(e).__name__}); it needs the network once, or "
-             f"TIKTOKEN_CACHE_DIR pointing at a copy of its BPE files (see ../shared/README.md)")
-
 
 def encode(text):
     """GPT-2 token ids, identical to Hugging Face's GPT-2 tokenizer (which also reads <|endoftext|> as 50256)."""

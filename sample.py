@@ -8,9 +8,9 @@ Sample text from a model: one of our checkpoints, an exported Hugging Face direc
 import argparse
 import sys
 
-import tiktoken
 import torch
 
+from data.common import gpt2_encoding
 from model import load_model
 
 
@@ -42,11 +42,7 @@ def main():
                 start = f.read()
         except OSError as e:
             fail(f"cannot read the prompt file: {e}")
-    try:
-        enc = tiktoken.get_encoding("gpt2")
-    except Exception as e:
-        fail(f"cannot load GPT-2's tokenizer ({type(e).__name__}); it needs the network once, or "
-             f"TIKTOKEN_CACHE_DIR pointing at a copy of its BPE files")
+    enc = gpt2_encoding()
     try:
         model = load_model(args.model, map_location=args.device)
     except (OSError, ValueError) as e:
