@@ -25,7 +25,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn as nn
 
-from model import GPT, GPTConfig, KroneckerLinear, load_model
+from model import GPT, GPTConfig, KroneckerLinear, default_device, load_model
 
 # (model, matrix, in_features, out_features, A rows, A cols)
 PAPER_SHAPES = [
@@ -205,9 +205,8 @@ def bench_eval(args):
 
 
 def main():
-    default_device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default=default_device)
+    parser.add_argument("--device", default=default_device())
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--batch_size", type=int, default=8, help="layer benchmark: sequences")
     parser.add_argument("--seq_len", type=int, default=1024, help="layer benchmark: tokens per sequence")

@@ -18,10 +18,8 @@ import sys
 
 import torch
 
-from model import KroneckerLinear, load_checkpoint
+from model import HF_CONV1D_WEIGHTS, KroneckerLinear, load_checkpoint
 
-# Hugging Face GPT-2 keeps these as Conv1D, weight (in, out); our nn.Linear weights are (out, in).
-CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 LOGIT_TOLERANCE = 1e-3  # round-off is ~2e-6 on a random GPT-2 124M; one misplaced matrix moves logits by ~1
 
 
@@ -53,7 +51,7 @@ def to_hf(model):
         module = model.get_submodule(module_name)
         if isinstance(module, KroneckerLinear) and param_name == "weight":
             value = module.dense_weight()  # already (in, out), the Conv1D orientation
-        elif key.endswith(CONV1D_WEIGHTS):
+        elif key.endswith(HF_CONV1D_WEIGHTS):
             value = ours[key].t()
         elif key in ours:
             value = ours[key]

@@ -24,6 +24,14 @@ from tqdm import tqdm
 
 from kron_shapes import check_shape, kron_flops
 
+# Hugging Face's GPT-2 stores these as Conv1D weights, (in, out); our nn.Linear weights are (out, in).
+HF_CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def default_device():
+    """cuda, then mps, then cpu: the fastest device this PyTorch can use."""
+    return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+
 
 @dataclass
 class GPTConfig:
@@ -357,11 +365,9 @@ class GPT(nn.Module):
         if set(sd) != set(sd_hf):
             raise ValueError(f"{name_or_dir}: unexpected GPT-2 state dict keys "
                              f"{sorted(set(sd) ^ set(sd_hf))[:5]}")
-        # Hugging Face stores these as Conv1D, (in, out); our nn.Linear weights are (out, in).
-        conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
         with torch.no_grad():
             for k, v in sd_hf.items():
-                sd[k].copy_(v.t() if k.endswith(conv1d) else v)
+                sd[k].copy_(v.t() if k.endswith(HF_CONV1D_WEIGHTS) else v)
         return model
 
 

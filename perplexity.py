@@ -39,7 +39,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from data.common import gpt2_encoding
-from model import load_model
+from model import default_device, load_model
 
 # name: (hub id, hub config, the JSON-lines file --data_dir must hold). The hub's lambada (cimec/lambada) is what
 # the paper's load_dataset("lambada") read; the local copy is OpenAI's rendering of the same 5,153 passages.
@@ -294,7 +294,6 @@ def print_table(results):
 
 
 def main(argv=None):
-    default_device = "cuda" if torch.cuda.is_available() else "cpu"
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="checkpoint file, Hugging Face GPT-2 directory, or hub name")
     parser.add_argument("datasets", nargs="*", default=["all"], metavar="DATASET",
@@ -305,7 +304,7 @@ def main(argv=None):
     parser.add_argument("--batch_size", type=int,
                         help="windows (or LAMBADA passages) per forward pass; default 8 on a GPU, 1 on a CPU, where "
                              "batching only adds memory traffic (bench.py --eval measured batch 8 at 0.64x the speed)")
-    parser.add_argument("--device", default=default_device)
+    parser.add_argument("--device", default=default_device())
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                         help="autocast dtype of the forward pass (default float32, as the paper)")
     parser.add_argument("--out", help="write the results to this JSON file")

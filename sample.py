@@ -11,7 +11,7 @@ import sys
 import torch
 
 from data.common import gpt2_encoding
-from model import load_model
+from model import default_device, load_model
 
 
 def fail(message):
@@ -20,7 +20,6 @@ def fail(message):
 
 
 def main():
-    default_device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="checkpoint file, Hugging Face GPT-2 directory, or hub name")
     parser.add_argument("--start", default="\n", help='prompt text, or "FILE:path" to read it from a file')
@@ -29,7 +28,7 @@ def main():
     parser.add_argument("--temperature", type=float, default=0.8, help="0 samples greedily")
     parser.add_argument("--top_k", type=int, default=200, help="keep the k most likely tokens (0: all)")
     parser.add_argument("--seed", type=int, default=1337)
-    parser.add_argument("--device", default=default_device)
+    parser.add_argument("--device", default=default_device())
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args()
     if args.temperature < 0 or args.top_k < 0 or args.num_samples < 1 or args.max_new_tokens < 0:

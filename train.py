@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import ConfigError, load_config
-from model import INITS, GPT, GPTConfig, compress, load_checkpoint, make_checkpoint, save_checkpoint
+from model import INITS, GPT, GPTConfig, compress, default_device, load_checkpoint, make_checkpoint, save_checkpoint
 
 DEFAULTS = dict(
     # I/O
@@ -320,7 +320,7 @@ def train(c):
     grad_accum = c["gradient_accumulation_steps"] // world_size
     device_name = c["device"]
     if device_name == "auto":
-        device_name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+        device_name = default_device()
     if ddp and device_name.startswith("cuda"):  # one GPU per process
         device_name = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     device = torch.device(device_name)
