@@ -15,12 +15,18 @@ def make_hf_gpt2(path, n_layer=2, n_head=4, n_embd=64, n_positions=128, seed=0):
     from transformers import GPT2Config, GPT2LMHeadModel
     torch.manual_seed(seed)
     config = GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_positions=n_positions, vocab_size=50257)
-    model = GPT2LMHeadModel(config).eval()
+    model = move_off_defaults(GPT2LMHeadModel(config).eval())
+    model.save_pretrained(path)
+    return model
+
+
+def move_off_defaults(model):
+    """Shift every LayerNorm weight and every bias by noise (GPT-2 names in ours and Hugging Face's), so that
+    a loader, copier or exporter that skips any of them is caught."""
     with torch.no_grad():
         for name, p in model.named_parameters():
             if ".ln_" in name or name.endswith("bias"):
                 p.add_(0.1 * torch.randn_like(p))
-    model.save_pretrained(path)
     return model
 
 

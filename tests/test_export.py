@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, hf_tokenizer_or_skip
+from conftest import ROOT, hf_tokenizer_or_skip, move_off_defaults
 
 import krony_to_gpt
 from model import GPT, GPTConfig, make_checkpoint, save_checkpoint
@@ -21,11 +21,7 @@ KINDS = {
 def random_checkpoint(path, kind="kronecker", prefix="", seed=0):
     """A random model with every LayerNorm weight and bias moved off its init, so a dropped tensor shows up."""
     torch.manual_seed(seed)
-    model = GPT(GPTConfig(**TINY, **KINDS[kind])).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if ".ln_" in name or name.endswith("bias"):
-                p.add_(0.1 * torch.randn_like(p))
+    model = move_off_defaults(GPT(GPTConfig(**TINY, **KINDS[kind])).eval())
     checkpoint = make_checkpoint(model, iter_num=0)
     checkpoint["model"] = {prefix + k: v for k, v in checkpoint["model"].items()}
     save_checkpoint(checkpoint, path)

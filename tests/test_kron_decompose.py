@@ -5,6 +5,7 @@ import time
 
 import pytest
 import torch
+from conftest import move_off_defaults
 
 from kron_decompose import count_params, format_listing, list_shapes, main, mark_target, parse_size
 from kron_shapes import check_shape
@@ -35,12 +36,7 @@ def relative_errors(teacher, student):
 def tiny_gpt(seed=0, **kwargs):
     torch.manual_seed(seed)
     config = dict(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=64)
-    model = GPT(GPTConfig(**{**config, **kwargs})).eval()
-    with torch.no_grad():  # move biases and LayerNorms off their defaults so that a missed copy shows
-        for p in model.parameters():
-            if p.dim() == 1:
-                p.add_(0.1 * torch.randn_like(p))
-    return model
+    return move_off_defaults(GPT(GPTConfig(**{**config, **kwargs})).eval())
 
 
 def assert_other_weights_copied(teacher, student):
@@ -220,6 +216,12 @@ def test_listing_has_the_papers_shapes_and_is_fast():
     marked = [line.split() for line in text.splitlines() if line.endswith("<- 81M")]
     assert ["768", "768", "1"] in [line[:3] for line in marked] and len(marked) == 6  # same count, 6 shapes
     assert {line[7] for line in marked} == {"81,186,144"}
+
+
+def test_cli_offers_every_initialisation_of_the_model():
+    import kron_decompose
+    from model import INITS
+    assert kron_decompose.INITS == tuple(INITS)  # named twice so that --list needs no torch
 
 
 def test_list_command_never_imports_torch():
