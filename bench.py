@@ -3,15 +3,20 @@ Speed of Kronecker-factored GPT-2 against dense, measured side by side in one ru
 
 1. Layers: KroneckerLinear vs dense nn.Linear vs materializing sum_r kron(A_r, B_r) then a matmul (what the
    original Krony code did), for the c_fc and c_proj shapes of the paper's 81M and 95M models, forward and
-   forward+backward, on batch_size x seq_len tokens.
+   forward+backward, on batch_size x seq_len tokens; and the factored tied embedding (lookup + lm_head)
+   against nn.Embedding + its tied nn.Linear.
 2. Models (random weights): training tokens/s (forward, backward, AdamW step) and generation latency of dense
-   GPT-2 124M vs the 81M and 95M Kronecker models.
-3. Evaluation (with --eval DATASET): perplexity.py's batched windows against the plain loop of the paper's
+   GPT-2 124M vs the 81M and 95M Kronecker models and config/train_gpt2_50M.py's layout (MLP, attention and
+   embedding factored); --compile times them compiled.
+3. Exports (with --export): krony_to_gpt.py's dense export against --keep_factors for the 81M and 95M models:
+   size on disk, parameters, and generation with transformers' generate() and its key-value cache.
+4. Evaluation (with --eval DATASET): perplexity.py's batched windows against the plain loop of the paper's
    evaluation (transformers, one window at a time, labels = inputs), same model and tokens; both must agree.
 
     python bench.py                                # layers and models, sizes chosen for the device
     python bench.py --skip_models --batch_size=8 --seq_len=1024 --device=cpu
     python bench.py --skip_layers --skip_models --eval=wiki2 --data_dir=../shared/eval --eval_tokens=8192
+    python bench.py --skip_layers --skip_models --export --iters=3
 """
 
 import argparse
@@ -20,22 +25,27 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
 
-from model import GPT, GPTConfig, KroneckerLinear, default_device, load_model
+from kron_shapes import matrix_shape
+from model import (GPT, GPTConfig, KroneckerEmbedding, KroneckerLinear, autocast_context, default_device, load_model,
+                   setup_device)
 
-# (model, matrix, in_features, out_features, A rows, A cols)
-PAPER_SHAPES = [
-    ("81M", "c_fc", 768, 3072, 768, 768),
-    ("81M", "c_proj", 3072, 768, 768, 768),
-    ("95M", "c_fc", 768, 3072, 384, 3072),
-    ("95M", "c_proj", 3072, 768, 3072, 384),
+# (model, matrix, (A rows, A cols, factors)) of GPT-2 small's matrices (kron_shapes.matrix_shape)
+LAYER_SHAPES = [
+    ("81M", "c_fc", (768, 768, 1)),
+    ("81M", "c_proj", (768, 768, 1)),
+    ("95M", "c_fc", (384, 3072, 1)),
+    ("95M", "c_proj", (3072, 384, 1)),
+    ("<60M", "wte", (50257, 384, 1)),  # B 1x2: half the embedding
 ]
+PLAN_50M = dict(dim_1=768, dim_2=768, factors=1,  # config/train_gpt2_50M.py
+                kron={"c_attn": (768, 1152, 1), "attn_proj": (768, 384, 1), "wte": (50257, 384, 1)})
 MODELS = [("GPT-2 124M (dense)", {}), ("Krony 81M (768 768 1)", dict(dim_1=768, dim_2=768, factors=1)),
-          ("Krony 95M (384 3072 1)", dict(dim_1=384, dim_2=3072, factors=1))]
+          ("Krony 95M (384 3072 1)", dict(dim_1=384, dim_2=3072, factors=1)),
+          ("Krony 48.5M (MLP, attention, embedding)", PLAN_50M)]
 
 
 def synchronize(device):
@@ -72,7 +82,8 @@ def timed_once(step, device):
 
 
 class MaterializedKronecker(nn.Module):
-    """The original implementation: build W = sum_r kron(A_r, B_r) every call, then x @ W + b."""
+    """The original implementation: build W = sum_r kron(A_r, B_r) every call, then x @ W + b (for wte: the
+    lookup and lm_head from the built W)."""
 
     def __init__(self, kron):
         super().__init__()
@@ -81,51 +92,92 @@ class MaterializedKronecker(nn.Module):
     def forward(self, x):
         A, B = self.kron.A, self.kron.B
         weight = sum(torch.kron(A[r], B[r]) for r in range(A.shape[0]))
+        if isinstance(self.kron, KroneckerEmbedding):
+            return weight[x[0]], x[1] @ weight.t()
         return x @ weight + self.kron.bias
 
 
-def bench_layers(args, dtype):
+class TiedEmbedding(nn.Module):
+    """Dense GPT-2's lookup and lm_head, one (vocab, n_embd) matrix: (embedding of x[0], logits x[1] @ W^T)."""
+
+    def __init__(self, vocab_size, n_embd):
+        super().__init__()
+        self.wte = nn.Embedding(vocab_size, n_embd)
+        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight
+
+    def forward(self, x):
+        return self.wte(x[0]), self.lm_head(x[1])
+
+
+class LookupAndHead(nn.Module):
+    """A KroneckerEmbedding's two uses, as TiedEmbedding: (embedding of x[0], logits x[1] @ W^T)."""
+
+    def __init__(self, embedding):
+        super().__init__()
+        self.embedding = embedding
+
+    def forward(self, x):
+        return self.embedding(x[0]), self.embedding.unembed(x[1])
+
+
+def bench_layers(args):
+    """Each layer's forward, and forward+backward, against the dense layer it replaces."""
     n_tokens = args.batch_size * args.seq_len
     print(f"\n## Layers: {n_tokens} tokens ({args.batch_size}x{args.seq_len}), {args.dtype}, median of "
-          f"{args.iters}, time relative to dense nn.Linear\n")
+          f"{args.iters}, time relative to dense (nn.Linear; for wte nn.Embedding + its tied lm_head)\n")
     print("| shape | pass | dense ms | Kronecker ms | ratio | materialized kron ms | ratio |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for model_name, matrix, in_f, out_f, a_rows, a_cols in PAPER_SHAPES:
+    for model_name, matrix, (a_rows, a_cols, factors) in LAYER_SHAPES:
         torch.manual_seed(0)
-        kron = KroneckerLinear(in_f, out_f, a_rows, a_cols).to(args.device, dtype)
-        layers = {"dense": nn.Linear(in_f, out_f).to(args.device, dtype), "kron": kron,
-                  "materialized": MaterializedKronecker(kron)}
-        x = torch.randn(n_tokens, in_f, device=args.device, dtype=dtype, requires_grad=True)
-        grad_out = torch.randn(n_tokens, out_f, device=args.device, dtype=dtype)
+        in_f, out_f = matrix_shape(matrix, 768, 50257)
+        if matrix == "wte":  # inputs: token ids for the lookup, hidden states for lm_head
+            kron = KroneckerEmbedding(in_f, out_f, a_rows, a_cols, factors).to(args.device)
+            layers = {"dense": TiedEmbedding(in_f, out_f), "kron": LookupAndHead(kron)}
+            x = (torch.randint(0, in_f, (n_tokens,), device=args.device),
+                 torch.randn(n_tokens, out_f, device=args.device, requires_grad=True))
+            grad_out = (torch.randn(n_tokens, out_f, device=args.device),
+                        torch.randn(n_tokens, in_f, device=args.device))
+        else:
+            kron = KroneckerLinear(in_f, out_f, a_rows, a_cols, factors).to(args.device)
+            layers = {"dense": nn.Linear(in_f, out_f), "kron": kron}
+            x = torch.randn(n_tokens, in_f, device=args.device, requires_grad=True)
+            grad_out = torch.randn(n_tokens, out_f, device=args.device)
+        layers = {name: layer.to(args.device) for name, layer in layers.items()}
+        layers["materialized"] = MaterializedKronecker(kron)
         for backward in (False, True):
-            steps = {name: layer_step(layer, x, grad_out if backward else None) for name, layer in layers.items()}
-            ms = {name: 1e3 * seconds for name, seconds in median_seconds(steps, args.device, args.iters,
-                                                                           args.warmup).items()}
+            steps = {name: layer_step(layer, x, grad_out if backward else None, args)
+                     for name, layer in layers.items()}
+            seconds = median_seconds(steps, args.device, args.iters, args.warmup)
+            ms = {name: 1e3 * s for name, s in seconds.items()}
             print(f"| {model_name} {matrix} {in_f}x{out_f}, A {a_rows}x{a_cols} | {'fwd+bwd' if backward else 'fwd'} "
                   f"| {ms['dense']:.2f} | {ms['kron']:.2f} | {ms['kron'] / ms['dense']:.2f} | {ms['materialized']:.2f} "
                   f"| {ms['materialized'] / ms['dense']:.2f} |", flush=True)
 
 
-def layer_step(layer, x, grad_out):
+def layer_step(layer, x, grad_out, args):
     """layer(x) without an autograd graph, or layer(x).backward(grad_out) when grad_out is given."""
     def step():
-        if grad_out is None:
-            with torch.no_grad():
-                layer(x)
-        else:
-            layer(x).backward(grad_out)
+        with autocast_context(args.device, args.dtype):
+            if grad_out is None:
+                with torch.no_grad():
+                    layer(x)
+            else:
+                out = layer(x)
+                torch.autograd.backward(out if isinstance(out, tuple) else (out,),
+                                        grad_out if isinstance(grad_out, tuple) else (grad_out,))
     return step
 
 
-def bench_models(args, dtype):
+def bench_models(args):
     print(f"\n## Models: training on {args.model_batch_size}x{args.model_seq_len} tokens per step, generation of "
           f"{args.gen_tokens} tokens after a {args.prompt_len}-token prompt (batch 1, no KV cache), {args.dtype}, "
-          f"median of {args.iters}\n")
+          f"compile={args.compile}, median of {args.iters}\n")
     print("| model | parameters | train tokens/s | ratio | generation ms/token | ratio |")
     print("| --- | --- | --- | --- | --- | --- |")
     train_steps, generate_steps, params = {}, {}, {}
     for name, kron_args in MODELS:
-        train_steps[name], generate_steps[name], params[name] = model_steps(GPTConfig(**kron_args), args, dtype)
+        train_steps[name], generate_steps[name], params[name] = model_steps(GPTConfig(**kron_args), args)
     train_s = median_seconds(train_steps, args.device, args.iters, args.warmup)
     generate_s = median_seconds(generate_steps, args.device, max(1, args.iters // 2), 1)
     dense = MODELS[0][0]
@@ -136,13 +188,14 @@ def bench_models(args, dtype):
               f"| {ms_per_token:.2f} | {generate_s[name] / generate_s[dense]:.2f} |", flush=True)
 
 
-def model_steps(config, args, dtype):
+def model_steps(config, args):
     """(one training step, one generation, parameters) of a randomly initialised GPT."""
     torch.manual_seed(0)
     device_type = args.device.split(":")[0]
-    model = GPT(config).to(args.device)
-    optimizer = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), device_type)
-    autocast = torch.autocast(device_type=device_type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+    raw_model = GPT(config).to(args.device)
+    model = torch.compile(raw_model) if args.compile else raw_model
+    optimizer = raw_model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), device_type)
+    autocast = autocast_context(args.device, args.dtype)
     idx = torch.randint(0, config.vocab_size, (args.model_batch_size, args.model_seq_len + 1), device=args.device)
     prompt = torch.randint(0, config.vocab_size, (1, args.prompt_len), device=args.device)
 
@@ -157,9 +210,58 @@ def model_steps(config, args, dtype):
     def generate():
         model.eval()
         with autocast:
-            model.generate(prompt, args.gen_tokens, temperature=0)
+            raw_model.generate(prompt, args.gen_tokens, temperature=0)
 
-    return train_step, generate, model.get_num_params(non_embedding=False)
+    return train_step, generate, raw_model.get_num_params(non_embedding=False)
+
+
+def bench_export(args):
+    """krony_to_gpt.py's two exports of the 81M and 95M models (random weights): size on disk, parameters, and
+    transformers' generate() with its key-value cache, factored against dense."""
+    import os
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import krony_to_gpt
+    tokenizer = AutoTokenizer.from_pretrained("gpt2")
+    print(f"\n## Exports: krony_to_gpt.py dense vs --keep_factors (random weights, wte scaled so that greedy "
+          f"decoding has no near-ties); generate() with the KV cache, batch 1, {args.export_new_tokens} new tokens "
+          f"after a {args.prompt_len}-token prompt, float32, median of {args.iters}\n")
+    print("| model | export | parameters | model.safetensors bytes | bytes / (4 x factored parameters) "
+          "| generation ms/token | ratio |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, plan in MODELS[1:3]:
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(**plan)).eval()
+        with torch.no_grad():
+            model.transformer.wte.weight.mul_(20)
+        factored_params = model.get_num_params(non_embedding=False)
+        with tempfile.TemporaryDirectory() as tmp:
+            dirs = {"dense": os.path.join(tmp, "dense"), "factored": os.path.join(tmp, "factored")}
+            for kind, out_dir in dirs.items():
+                krony_to_gpt.export(model, out_dir, tokenizer, keep_factors=kind == "factored")
+            hf = {kind: AutoModelForCausalLM.from_pretrained(out_dir, trust_remote_code=True,
+                                                             dtype=torch.float32).to(args.device).eval()
+                  for kind, out_dir in dirs.items()}
+            prompt = torch.randint(0, 50257, (1, args.prompt_len), generator=torch.Generator().manual_seed(1))
+            prompt = prompt.to(args.device)
+            n_new = args.export_new_tokens
+
+            def generate(hf_model):
+                with torch.inference_mode():
+                    return hf_model.generate(prompt, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False,
+                                             attention_mask=torch.ones_like(prompt), pad_token_id=50256)
+            outputs = {kind: generate(m) for kind, m in hf.items()}
+            same = torch.equal(outputs["dense"], outputs["factored"])
+            timed = median_seconds({kind: lambda m=m: generate(m) for kind, m in hf.items()}, args.device,
+                                   args.iters, 1) if name.startswith("Krony 81M") else {}
+            for kind, out_dir in dirs.items():
+                size = os.path.getsize(os.path.join(out_dir, "model.safetensors"))
+                ms = f"{1e3 * timed[kind] / n_new:.2f}" if timed else "-"
+                ratio = f"{timed[kind] / timed['dense']:.2f}" if timed else "-"
+                print(f"| {name} | {kind} | {hf[kind].num_parameters():,} | {size:,} "
+                      f"| {size / (4 * factored_params):.4f} | {ms} | {ratio} |", flush=True)
+            print(f"\n{name}: greedy outputs of the two exports identical token for token: {same}\n")
 
 
 @torch.inference_mode()
@@ -217,10 +319,14 @@ def main():
     parser.add_argument("--iters", type=int, default=None, help="timed repetitions (default: 20 on GPU, 5 on CPU)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--compile", action="store_true", help="models: torch.compile the training step")
     parser.add_argument("--skip_layers", action="store_true")
     parser.add_argument("--skip_models", action="store_true")
     parser.add_argument("--eval", metavar="DATASET", help="also time perplexity.py on this dataset (as its argument)")
     parser.add_argument("--data_dir", help="--eval: perplexity.py's --data_dir")
+    parser.add_argument("--export", action="store_true",
+                        help="also time krony_to_gpt.py's dense and factored exports (needs GPT-2's tokenizer files)")
+    parser.add_argument("--export_new_tokens", type=int, default=128, help="--export: tokens generated")
     parser.add_argument("--eval_tokens", type=int, default=8192, help="--eval: tokens scored")
     parser.add_argument("--eval_batch_size", type=int, default=8, help="--eval: perplexity.py's --batch_size")
     args = parser.parse_args()
@@ -231,20 +337,19 @@ def main():
     args.iters = args.iters or (20 if gpu else 5)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    dtype = getattr(torch, args.dtype)
+    setup_device(args.device)
 
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{torch.get_num_threads()} threads"
     print(f"# bench.py on {args.device} ({where}), torch {torch.__version__}")
     print(f"command: python {' '.join(sys.argv)}")
     if not args.skip_layers:
-        bench_layers(args, dtype)
+        bench_layers(args)
     if not args.skip_models:
-        bench_models(args, dtype)
+        bench_models(args)
     if args.eval:
         bench_eval(args)
+    if args.export:
+        bench_export(args)
 
 
 if __name__ == "__main__":

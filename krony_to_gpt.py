@@ -1,94 +1,119 @@
 """
-Step 4 of the pipeline: export one of our checkpoints as a standard Hugging Face GPT-2 directory.
+Step 4 of the pipeline: export one of our checkpoints as a Hugging Face model directory.
 
     python krony_to_gpt.py checks/my_checkpoint.pt out_dir
+    python krony_to_gpt.py checks/my_checkpoint.pt out_dir --keep_factors
     python krony_to_gpt.py checks/my_checkpoint.pt out_dir --tokenizer path/to/gpt2_tokenizer --overwrite
 
 The whole config comes from the checkpoint (Kronecker or dense; DDP/torch.compile prefixes are stripped).
-Every Kronecker c_fc/c_proj is materialized as W = sum_r A_r (x) B_r, so OUT_DIR is a plain GPT2LMHeadModel
-(config.json, model.safetensors, generation_config.json) plus GPT-2's tokenizer files: AutoModelForCausalLM,
-AutoTokenizer, pipeline("text-generation") and lm-evaluation-harness load it with nothing else. The export is
-checked (its logits must equal ours) before it is renamed into place, so OUT_DIR is never half written.
+By default every Kronecker matrix is materialized as W = sum_r A_r (x) B_r, so OUT_DIR is a plain
+GPT2LMHeadModel (config.json, model.safetensors, generation_config.json) plus GPT-2's tokenizer files:
+AutoModelForCausalLM, AutoTokenizer, pipeline("text-generation") and lm-evaluation-harness load it with nothing
+else. --keep_factors writes the factors themselves instead, with hf_remote_code/'s configuration_krony.py and
+modeling_krony.py (transformers' own GPT-2 with the factored modules swapped in) and an auto_map: the model stays
+as small on disk and in memory as it trained, and loads with
+    AutoModelForCausalLM.from_pretrained(OUT_DIR, trust_remote_code=True)
+(perplexity.py, sample.py and model.load_model read it without running its code). Either export is checked
+(its logits must equal ours) before it is renamed into place, so OUT_DIR is never half written.
 """
 
 import argparse
 import os
 import shutil
-import sys
 
 import torch
 
-from model import HF_CONV1D_WEIGHTS, KroneckerLinear, load_checkpoint
+from common import UsageError, exit_on_usage_error, one_line
+from compress import compress
+from model import HF_CONV1D_WEIGHTS, load_checkpoint
 
 LOGIT_TOLERANCE = 1e-3  # round-off is ~2e-6 on a random GPT-2 124M; one misplaced matrix moves logits by ~1
+FACTORED_TOLERANCE = 1e-5  # relative to the largest logit: the same factors, the same contractions
 
 
-def fail(message):
-    print(f"krony_to_gpt.py: {message}", file=sys.stderr)
-    sys.exit(2)
+def gpt2_fields(config):
+    """GPT2Config's fields of our GPTConfig: GPT-2's defaults (gelu_new, eps 1e-5, tied embeddings) are ours too."""
+    return dict(vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd,
+                n_layer=config.n_layer, n_head=config.n_head, embd_pdrop=config.dropout, attn_pdrop=config.dropout,
+                resid_pdrop=config.dropout)
 
 
-def hf_config(config):
-    """The GPT2Config of our GPTConfig: GPT-2's defaults (gelu_new, eps 1e-5, tied embeddings) are ours too."""
-    from transformers import GPT2Config
-    return GPT2Config(vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd,
-                      n_layer=config.n_layer, n_head=config.n_head, embd_pdrop=config.dropout,
-                      attn_pdrop=config.dropout, resid_pdrop=config.dropout)
-
-
-@torch.no_grad()
-def to_hf(model):
-    """A GPT2LMHeadModel with our model's weights: Kronecker factors materialized, Linear weights transposed.
-
-    bias=False models export with zero biases, which computes the same function.
-    """
-    from transformers import GPT2LMHeadModel
-    hf_model = GPT2LMHeadModel(hf_config(model.config))
+def hf_state_dict(model, hf_model):
+    """hf_model's state dict filled from our model: Linear weights transposed to Conv1D, factors as they are.
+    bias=False models export with zero biases, which computes the same function."""
     ours = model.state_dict()
     state_dict = {}
     for key, like in hf_model.state_dict().items():
-        module_name, _, param_name = key.rpartition(".")
-        module = model.get_submodule(module_name)
-        if isinstance(module, KroneckerLinear) and param_name == "weight":
-            value = module.dense_weight()  # already (in, out), the Conv1D orientation
-        elif key.endswith(HF_CONV1D_WEIGHTS):
+        if key.endswith(HF_CONV1D_WEIGHTS):
             value = ours[key].t()
         elif key in ours:
             value = ours[key]
-        elif param_name == "bias":
+        elif key.endswith(".bias"):
             value = torch.zeros_like(like)
         else:
             raise ValueError(f"no weight for Hugging Face key {key}")
         state_dict[key] = value.detach().to(torch.float32).contiguous()
-    hf_model.load_state_dict(state_dict)
+    return state_dict
+
+
+@torch.no_grad()
+def to_hf(model):
+    """A GPT2LMHeadModel with our model's weights, every Kronecker factor multiplied out (compress with no plan)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    hf_model = GPT2LMHeadModel(GPT2Config(**gpt2_fields(model.config)))
+    hf_model.load_state_dict(hf_state_dict(compress(model), hf_model))
     return hf_model.eval()
 
 
 @torch.no_grad()
-def max_logit_difference(model, hf_model, seq_len=64):
+def to_hf_factored(model):
+    """A KronyForCausalLM (hf_remote_code/) with our model's weights and plan, the factors kept."""
+    from hf_remote_code.configuration_krony import KronyConfig  # as a package module, so save_pretrained copies it
+    from hf_remote_code.modeling_krony import KronyForCausalLM
+    c = model.config
+    has_block_matrices = any(name != "wte" for name in c.plan)
+    config = KronyConfig(**gpt2_fields(c), kron={name: list(shape) for name, shape in c.plan.items()},
+                         kron_layers=list(c.factored_layers) if has_block_matrices else [])
+    hf_model = KronyForCausalLM(config)
+    hf_model.load_state_dict(hf_state_dict(model, hf_model))
+    return hf_model.eval()
+
+
+@torch.no_grad()
+def logit_difference(model, hf_model, seq_len=64):
+    """(largest |logit difference|, largest |logit| of ours) on a fixed random batch."""
     idx = torch.randint(0, model.config.vocab_size, (2, min(seq_len, model.config.block_size)),
                         generator=torch.Generator().manual_seed(0))
     ours = model.eval()(idx)[0]
     theirs = hf_model(idx).logits
-    return (ours - theirs).abs().max().item()
+    return (ours - theirs).abs().max().item(), ours.abs().max().item()
 
 
-def export(model, out_dir, tokenizer):
+def export(model, out_dir, tokenizer, keep_factors=False):
     """Write model (our GPT) and tokenizer to out_dir, replacing it, via a temporary directory renamed into place.
 
-    Returns the largest |logit difference| between the written model and ours.
+    Returns the largest |logit difference| between the written model, as transformers reads it back, and ours.
     """
-    from transformers import GPT2LMHeadModel
+    from transformers import AutoModelForCausalLM, GPT2LMHeadModel
     out_dir = os.path.normpath(out_dir)
-    tmp_dir, old_dir = f"{out_dir}.tmp{os.getpid()}", f"{out_dir}.old{os.getpid()}"
+    # no dot in the temporary name: transformers imports remote code under the directory's name
+    tmp_dir, old_dir = f"{out_dir}_tmp{os.getpid()}", f"{out_dir}_old{os.getpid()}"
     try:
-        to_hf(model).save_pretrained(tmp_dir)
+        (to_hf_factored(model) if keep_factors else to_hf(model)).save_pretrained(tmp_dir)
         tokenizer.model_max_length = model.config.block_size
         tokenizer.save_pretrained(tmp_dir)
         # Check what was written, as it will be read, rather than the in-memory copy.
-        diff = max_logit_difference(model, GPT2LMHeadModel.from_pretrained(tmp_dir, dtype=torch.float32))
-        if not diff <= LOGIT_TOLERANCE:
-            raise RuntimeError(f"exported logits differ from ours by {diff:.3g} (> {LOGIT_TOLERANCE}); nothing written")
+        if keep_factors:
+            written = AutoModelForCausalLM.from_pretrained(tmp_dir, trust_remote_code=True, dtype=torch.float32)
+        else:
+            written = GPT2LMHeadModel.from_pretrained(tmp_dir, dtype=torch.float32)
+        diff, scale = logit_difference(model, written)
+        tolerance = FACTORED_TOLERANCE * scale if keep_factors else LOGIT_TOLERANCE
+        if not diff <= tolerance:
+            raise RuntimeError(f"exported logits differ from ours by {diff:.3g} (> {tolerance:.3g}); nothing written")
+        if keep_factors and written.num_parameters() != model.get_num_params(non_embedding=False):
+            raise RuntimeError(f"the export has {written.num_parameters():,} parameters, ours "
+                               f"{model.get_num_params(non_embedding=False):,}; nothing written")
         if os.path.exists(out_dir):
             os.replace(out_dir, old_dir)
         os.replace(tmp_dir, out_dir)
@@ -98,6 +123,15 @@ def export(model, out_dir, tokenizer):
     return diff
 
 
+def describe(model):
+    c = model.config
+    plan = ", ".join(f"{name} A {a}x{b}:{f}" for name, (a, b, f) in c.plan.items())
+    layers = f" in blocks {', '.join(map(str, c.factored_layers))}" if c.factored_layers != tuple(range(c.n_layer)) \
+        else ""
+    return f"Kronecker {plan}{layers}" if plan else "dense"
+
+
+@exit_on_usage_error("krony_to_gpt.py")
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="a krony checkpoint (.pt) from kron_decompose.py or train.py")
@@ -105,36 +139,46 @@ def main(argv=None):
     parser.add_argument("--tokenizer", default="gpt2",
                         help="where GPT-2's tokenizer comes from: a hub name or a local directory (default: gpt2)")
     parser.add_argument("--overwrite", action="store_true", help="replace out_dir if it exists")
+    parser.add_argument("--keep_factors", action="store_true",
+                        help="write the Kronecker factors (trust_remote_code model) instead of a dense GPT-2")
     args = parser.parse_args(argv)
 
     if not os.path.isfile(args.checkpoint):
-        fail(f"no such checkpoint: {args.checkpoint}")
+        raise UsageError(f"no such checkpoint: {args.checkpoint}")
     if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
-        fail(f"{args.out_dir} is a file, not a directory")
+        raise UsageError(f"{args.out_dir} is a file, not a directory")
     if os.path.isdir(args.out_dir) and os.listdir(args.out_dir) and not args.overwrite:
-        fail(f"{args.out_dir} already exists; pass --overwrite to replace it")
+        raise UsageError(f"{args.out_dir} already exists; pass --overwrite to replace it")
+    ancestor = os.path.dirname(os.path.abspath(args.out_dir))
+    while not os.path.exists(ancestor):  # the folder that out_dir will be created in
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor) or not os.access(ancestor, os.W_OK):
+        raise UsageError(f"cannot write {args.out_dir}: {ancestor} is not a writable directory")
     try:
         model, checkpoint = load_checkpoint(args.checkpoint)
     except (ValueError, RuntimeError, TypeError) as e:  # not ours, or model_args that do not fit the weights
-        fail(f"cannot load {args.checkpoint}: {str(e).splitlines()[0]}")
+        raise UsageError(f"cannot load {args.checkpoint}: {one_line(e)}") from None
 
     from transformers import AutoTokenizer
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     except Exception as e:
-        fail(f"cannot load the tokenizer {args.tokenizer!r} ({type(e).__name__}); it needs the network once, "
-             f"HF_HUB_CACHE pointing at a copy of gpt2's tokenizer files, or --tokenizer DIR")
+        raise UsageError(f"cannot load the tokenizer {args.tokenizer!r} ({type(e).__name__}); it needs the network "
+                         f"once, HF_HUB_CACHE pointing at a copy of gpt2's tokenizer files, or --tokenizer DIR") \
+            from None
     if len(tokenizer) > model.config.vocab_size:
-        fail(f"the tokenizer has {len(tokenizer):,} tokens but the model only {model.config.vocab_size:,}: "
-             f"this checkpoint was not trained on GPT-2's tokens")
+        raise UsageError(f"the tokenizer has {len(tokenizer):,} tokens but the model only "
+                         f"{model.config.vocab_size:,}: this checkpoint was not trained on GPT-2's tokens")
 
     c = model.config
-    mlp = f"Kronecker MLPs (A {c.dim_1}x{c.dim_2}, {c.factors} factors)" if c.is_kronecker else "dense MLPs"
-    print(f"{args.checkpoint}: {mlp}, {c.n_layer} layers, {c.n_head} heads, n_embd {c.n_embd}, block_size "
-          f"{c.block_size}, {model.get_num_params():,} parameters, iter_num {checkpoint.get('iter_num')}")
-    diff = export(model, args.out_dir, tokenizer)
-    print(f"wrote {args.out_dir}: GPT2LMHeadModel and GPT-2 tokenizer; max |logit difference| to the checkpoint "
-          f"{diff:.2e}")
+    print(f"{args.checkpoint}: {describe(model)}, {c.n_layer} layers, {c.n_head} heads, n_embd {c.n_embd}, "
+          f"block_size {c.block_size}, {model.get_num_params():,} parameters, iter_num {checkpoint.get('iter_num')}")
+    try:
+        diff = export(model, args.out_dir, tokenizer, args.keep_factors)
+    except OSError as e:
+        raise UsageError(f"cannot write {args.out_dir}: {one_line(e)}") from None
+    kind = "KronyForCausalLM (load with trust_remote_code=True)" if args.keep_factors else "GPT2LMHeadModel"
+    print(f"wrote {args.out_dir}: {kind} and GPT-2 tokenizer; max |logit difference| to the checkpoint {diff:.2e}")
 
 
 if __name__ == "__main__":

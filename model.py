@@ -1,36 +1,34 @@
 """
-GPT-2 with Kronecker-factored MLPs, in one file.
+GPT-2 with Kronecker-factored weight matrices, in one file.
 
 The dense model is nanoGPT's GPT with GPT-2's exact numerics (tanh GELU, LayerNorm eps 1e-5, tied
 wte/lm_head, learned positions), so `GPT.from_pretrained("gpt2")` scores exactly like Hugging Face's.
-Setting `dim_1`, `dim_2` and `factors` in GPTConfig replaces every block's c_fc and c_proj by a
-KroneckerLinear: W = sum_r A_r (x) B_r, never materialized in the forward pass.
+A plan in GPTConfig (kron_shapes.py has its arithmetic) replaces chosen matrices by sums of Kronecker products
+W = sum_r A_r (x) B_r, never materialized in the forward pass: the MLP's c_fc and c_proj, attention's c_attn
+and attn_proj (attn.c_proj) in all or some blocks, and the tied token embedding wte.
 
-Also here, because several scripts need them: `compress`, which initialises a Kronecker GPT from a dense
-(or Kronecker) one by Van Loan's nearest Kronecker sum, its norm-preserving variant or pruning; checkpoint
-save/load (atomic writes, weights_only loads); and `load_model`, which opens any model source (our
-checkpoint, a Hugging Face directory, a hub name).
+Also here, because every script needs them: checkpoint save/load (atomic writes, weights_only loads),
+`load_model`, which opens any model source (our checkpoint, a Hugging Face directory, a hub name), and the
+device and precision set-up. The initialisations from a teacher are in compress.py.
 """
 
+import json
 import math
 import os
 import pickle
-from dataclasses import asdict, dataclass, replace
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
-from tqdm import tqdm
 
-from kron_shapes import check_shape, kron_flops
+from common import one_line
+from kron_shapes import kron_flops, resolve_plan
 
 # Hugging Face's GPT-2 stores these as Conv1D weights, (in, out); our nn.Linear weights are (out, in).
 HF_CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-
-
-def default_device():
-    """cuda, then mps, then cpu: the fastest device this PyTorch can use."""
-    return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+IGNORE_INDEX = -1  # a target that is not scored, in GPT.forward's loss and in perplexity.py
 
 
 @dataclass
@@ -42,37 +40,91 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # GPT-2 has biases in Linears and LayerNorms
-    # Kronecker-factored MLP; all None means a dense MLP. In x @ W orientation:
-    # c_fc  (n_embd x 4n_embd): A_r (dim_1 x dim_2), B_r (n_embd/dim_1 x 4n_embd/dim_2)
-    # c_proj (4n_embd x n_embd): A_r (dim_2 x dim_1), B_r (4n_embd/dim_2 x n_embd/dim_1)
+    # The Kronecker plan (kron_shapes.py). kron: {matrix: (a_rows, a_cols, factors)}, A in x @ W orientation,
+    # for any of wte, c_attn, attn_proj, c_fc, c_proj; kron_layers: the blocks it applies to (all, odd, even,
+    # "0,2,4"). dim_1, dim_2, factors: the MLP shorthand, c_fc's A dim_1 x dim_2 and c_proj's its transpose.
     dim_1: int | None = None
     dim_2: int | None = None
     factors: int | None = None
+    kron: dict | None = None
+    kron_layers: str | tuple = "all"
 
     def __post_init__(self):
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_head={self.n_head} must divide n_embd={self.n_embd}")
-        kron = (self.dim_1, self.dim_2, self.factors)
-        if all(v is None for v in kron):
-            return
-        if any(v is None for v in kron):
-            raise ValueError(f"dim_1, dim_2 and factors must be set together or not at all, got {kron}")
-        check_shape(self.n_embd, self.dim_1, self.dim_2, self.factors)
+        if isinstance(self.kron, dict):  # JSON and config files give lists
+            self.kron = {name: tuple(shape) if isinstance(shape, list) else shape for name, shape in self.kron.items()}
+        if isinstance(self.kron_layers, list):
+            self.kron_layers = tuple(self.kron_layers)
+        # not dataclass fields: derived, so asdict() and checkpoints keep the plan as the user wrote it
+        self.plan, self.factored_layers = resolve_plan(self.n_embd, self.n_layer, self.vocab_size, self.dim_1,
+                                                       self.dim_2, self.factors, self.kron, self.kron_layers)
 
     @property
     def is_kronecker(self):
-        return self.factors is not None
+        return bool(self.plan)
+
+    def factored(self, name, layer=None):
+        """(a_rows, a_cols, factors) if the plan factors matrix `name` (in block `layer`), else None."""
+        if layer is not None and layer not in self.factored_layers:
+            return None
+        return self.plan.get(name)
+
+
+def kronecker_matmul(x, A, B, bias, a_first):
+    """x (n, in) @ sum_r kron(A[r], B[r]) + bias without building W (in, out); A (r, a_rows, a_cols), B (r, b_rows,
+    b_cols).
+
+    x is viewed as (a_rows, b_rows) per row and contracted with the factors in the order a_first chooses:
+    (A^T X) B or A^T (X B). Stacking the r factors along one GEMM dimension turns the sum over r into part of the
+    second matmul, so any r costs two matmuls. A matmul that degenerates to an outer product or a matrix-vector
+    product (B a single row or column, as in the paper's 81M model) takes OuterProduct or MatVec instead, which
+    run at memory speed.
+    """
+    n = x.shape[0]
+    r, a_rows, a_cols = A.shape
+    _, b_rows, b_cols = B.shape
+    out_features = a_cols * b_cols
+    if a_first:  # (A^T X) B
+        t = x.view(n, a_rows, b_rows).transpose(1, 2).reshape(n * b_rows, a_rows)
+        t = t @ A.permute(1, 0, 2).reshape(a_rows, r * a_cols)  # (n, b_rows, r, a_cols)
+        t = t.view(n, b_rows, r, a_cols).permute(0, 3, 2, 1).reshape(n * a_cols, r * b_rows)
+        if r * b_rows == 1:  # B is one row: the second contraction has length 1
+            return OuterProduct.apply(t.view(n, a_cols), B.reshape(b_cols), bias)
+        y = (t @ B.reshape(r * b_rows, b_cols)).view(n, out_features)
+    else:  # A^T (X B)
+        x_rows, B = x.reshape(n * a_rows, b_rows), B.permute(1, 0, 2).reshape(b_rows, r * b_cols)
+        t = MatVec.apply(x_rows, B.view(b_rows)) if r * b_cols == 1 else x_rows @ B  # B one column, or not
+        t = t.view(n, a_rows, r, b_cols).permute(0, 3, 2, 1).reshape(n * b_cols, r * a_rows)
+        A = A.reshape(r * a_rows, a_cols)
+        if b_cols == 1 and bias is not None:  # the GEMM's output is y itself: fuse the bias, as nn.Linear
+            return torch.addmm(bias, t, A)
+        y = (t @ A).view(n, b_cols, a_cols).transpose(1, 2).reshape(n, out_features)
+    if bias is not None:
+        y = y + bias.to(y.dtype)  # under autocast, stay in the matmul's precision as nn.Linear does
+    return y
+
+
+def kronecker_sum(A, B):
+    """sum_r kron(A[r], B[r]) for A (r, a_rows, a_cols), B (r, b_rows, b_cols), in one einsum."""
+    (_, a_rows, a_cols), (_, b_rows, b_cols) = A.shape, B.shape
+    w = torch.einsum("rij,rkl->ikjl", A, B)  # W[i*b_rows + k, j*b_cols + l] = sum_r A[r,i,j] B[r,k,l]
+    return w.reshape(a_rows * b_rows, a_cols * b_cols)
+
+
+def init_factors(A, B, std):
+    """Both factors get the same std s, chosen so that W = sum_r A_r (x) B_r has entries of std `std`:
+    each entry of W is a sum of r products of independent N(0, s^2), so var = r * s^4."""
+    factor_std = math.sqrt(std / math.sqrt(A.shape[0]))
+    nn.init.normal_(A, mean=0.0, std=factor_std)
+    nn.init.normal_(B, mean=0.0, std=factor_std)
 
 
 class KroneckerLinear(nn.Module):
     """y = x @ W + b with W = sum_r kron(A[r], B[r]) of shape (in_features, out_features).
 
-    A: (factors, a_rows, a_cols), B: (factors, in_features/a_rows, out_features/a_cols).
-    The forward pass never builds W: x is viewed as (a_rows, b_rows) and contracted with the factors
-    in whichever order is cheaper for this shape. Stacking the r factors along one GEMM dimension
-    turns the sum over r into part of the second matmul, so any r costs two matmuls. A matmul that
-    degenerates to an outer product or a matrix-vector product (B a single row or column, as in the
-    paper's 81M model) takes OuterProduct or MatVec instead, which run at memory speed.
+    A: (factors, a_rows, a_cols), B: (factors, in_features/a_rows, out_features/a_cols); kronecker_matmul
+    contracts x with them in whichever order is cheaper for this shape.
     """
 
     def __init__(self, in_features, out_features, a_rows, a_cols, factors=1, bias=True):
@@ -89,39 +141,13 @@ class KroneckerLinear(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self, std=0.02):
-        # Both factors get the same std s, chosen so that W = sum_r A_r (x) B_r has entries of std `std`:
-        # each entry of W is a sum of r products of independent N(0, s^2), so var = r * s^4.
-        factor_std = math.sqrt(std / math.sqrt(self.A.shape[0]))
-        nn.init.normal_(self.A, mean=0.0, std=factor_std)
-        nn.init.normal_(self.B, mean=0.0, std=factor_std)
+        init_factors(self.A, self.B, std)
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
     def forward(self, x):
-        lead_shape = x.shape[:-1]
-        x = x.reshape(-1, self.in_features)
-        n = x.shape[0]
-        r, a_rows, a_cols = self.A.shape
-        _, b_rows, b_cols = self.B.shape
-        if self.a_first:  # (A^T X) B
-            t = x.view(n, a_rows, b_rows).transpose(1, 2).reshape(n * b_rows, a_rows)
-            t = t @ self.A.permute(1, 0, 2).reshape(a_rows, r * a_cols)  # (n, b_rows, r, a_cols)
-            t = t.view(n, b_rows, r, a_cols).permute(0, 3, 2, 1).reshape(n * a_cols, r * b_rows)
-            if r * b_rows == 1:  # B is one row: the second contraction has length 1
-                return OuterProduct.apply(t.view(n, a_cols), self.B.view(b_cols), self.bias).view(
-                    *lead_shape, self.out_features)
-            y = (t @ self.B.reshape(r * b_rows, b_cols)).view(n, self.out_features)
-        else:  # A^T (X B)
-            x_rows, B = x.reshape(n * a_rows, b_rows), self.B.permute(1, 0, 2).reshape(b_rows, r * b_cols)
-            t = MatVec.apply(x_rows, B.view(b_rows)) if r * b_cols == 1 else x_rows @ B  # B one column, or not
-            t = t.view(n, a_rows, r, b_cols).permute(0, 3, 2, 1).reshape(n * b_cols, r * a_rows)
-            A = self.A.reshape(r * a_rows, a_cols)
-            if b_cols == 1 and self.bias is not None:  # the GEMM's output is y itself: fuse the bias, as nn.Linear
-                return torch.addmm(self.bias, t, A).view(*lead_shape, self.out_features)
-            y = (t @ A).view(n, b_cols, a_cols).transpose(1, 2).reshape(n, self.out_features)
-        if self.bias is not None:
-            y = y + self.bias.to(y.dtype)  # under autocast, stay in the matmul's precision as nn.Linear does
-        return y.view(*lead_shape, self.out_features)
+        y = kronecker_matmul(x.reshape(-1, self.in_features), self.A, self.B, self.bias, self.a_first)
+        return y.view(*x.shape[:-1], self.out_features)
 
     def dense_weight(self):
         """The materialized W, shape (in_features, out_features): what x is multiplied by."""
@@ -134,11 +160,49 @@ class KroneckerLinear(nn.Module):
                 f"B={b_rows}x{b_cols}, bias={self.bias is not None}, order={order}")
 
 
-def kronecker_sum(A, B):
-    """sum_r kron(A[r], B[r]) for A (r, a_rows, a_cols), B (r, b_rows, b_cols), in one einsum."""
-    (_, a_rows, a_cols), (_, b_rows, b_cols) = A.shape, B.shape
-    w = torch.einsum("rij,rkl->ikjl", A, B)  # W[i*b_rows + k, j*b_cols + l] = sum_r A[r,i,j] B[r,k,l]
-    return w.reshape(a_rows * b_rows, a_cols * b_cols)
+class KroneckerEmbedding(nn.Module):
+    """The tied token embedding W (vocab x n_embd) = sum_r kron(A[r], B[r]), as a lookup and as lm_head.
+
+    Token t = i*b_rows + k has the row sum_r A[r, i, :] (x) B[r, k, :]: two small gathers and an outer product,
+    never the whole matrix. lm_head's logits h @ W^T contract h with the transposed factors
+    (W^T = sum_r A_r^T (x) B_r^T) in the cheaper order, as KroneckerLinear does.
+    """
+
+    def __init__(self, vocab_size, n_embd, a_rows, a_cols, factors=1):
+        super().__init__()
+        if vocab_size % a_rows or n_embd % a_cols:
+            raise ValueError(f"A of shape {a_rows}x{a_cols} must divide wte of shape {vocab_size}x{n_embd}")
+        self.vocab_size, self.n_embd = vocab_size, n_embd
+        self.A = nn.Parameter(torch.empty(factors, a_rows, a_cols))
+        self.B = nn.Parameter(torch.empty(factors, vocab_size // a_rows, n_embd // a_cols))
+        a_first, b_first = kron_flops(n_embd, vocab_size, a_cols, a_rows, factors)  # lm_head's W^T
+        self.a_first = a_first <= b_first
+        self.reset_parameters()
+
+    def reset_parameters(self, std=0.02):
+        init_factors(self.A, self.B, std)
+
+    def forward(self, idx):
+        r, a_rows, a_cols = self.A.shape
+        _, b_rows, b_cols = self.B.shape
+        a = F.embedding(idx // b_rows, self.A.permute(1, 0, 2).reshape(a_rows, r * a_cols))
+        b = F.embedding(idx % b_rows, self.B.permute(1, 0, 2).reshape(b_rows, r * b_cols))
+        rows = torch.einsum("...rj,...rl->...jl", a.unflatten(-1, (r, a_cols)), b.unflatten(-1, (r, b_cols)))
+        return rows.flatten(-2)
+
+    def unembed(self, h):
+        """Logits h @ W^T, shape (..., vocab_size)."""
+        y = kronecker_matmul(h.reshape(-1, self.n_embd), self.A.transpose(1, 2), self.B.transpose(1, 2), None,
+                             self.a_first)
+        return y.view(*h.shape[:-1], self.vocab_size)
+
+    def dense_weight(self):
+        """The materialized W, shape (vocab_size, n_embd): row t embeds token t."""
+        return kronecker_sum(self.A, self.B)
+
+    def extra_repr(self):
+        (r, a_rows, a_cols), (_, b_rows, b_cols) = self.A.shape, self.B.shape
+        return f"vocab={self.vocab_size}, n_embd={self.n_embd}, factors={r}, A={a_rows}x{a_cols}, B={b_rows}x{b_cols}"
 
 
 class OuterProduct(torch.autograd.Function):
@@ -183,6 +247,14 @@ class MatVec(torch.autograd.Function):
         return grad_x, grad_w
 
 
+def linear(config, name, in_features, out_features, layer):
+    """nn.Linear, or a KroneckerLinear where the plan factors matrix `name` in block `layer`."""
+    shape = config.factored(name, layer)
+    if shape is None:
+        return nn.Linear(in_features, out_features, bias=config.bias)
+    return KroneckerLinear(in_features, out_features, *shape, bias=config.bias)
+
+
 class LayerNorm(nn.Module):
     """LayerNorm with an optional bias (PyTorch's has no bias=False before 2.1); eps 1e-5 as GPT-2."""
 
@@ -197,10 +269,10 @@ class LayerNorm(nn.Module):
 
 class CausalSelfAttention(nn.Module):
 
-    def __init__(self, config):
+    def __init__(self, config, layer):
         super().__init__()
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_attn = linear(config, "c_attn", config.n_embd, 3 * config.n_embd, layer)
+        self.c_proj = linear(config, "attn_proj", config.n_embd, config.n_embd, layer)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head = config.n_head
         self.n_embd = config.n_embd
@@ -220,17 +292,10 @@ class CausalSelfAttention(nn.Module):
 
 class MLP(nn.Module):
 
-    def __init__(self, config):
+    def __init__(self, config, layer):
         super().__init__()
-        hidden = 4 * config.n_embd
-        if config.is_kronecker:
-            self.c_fc = KroneckerLinear(config.n_embd, hidden, config.dim_1, config.dim_2,
-                                        config.factors, config.bias)
-            self.c_proj = KroneckerLinear(hidden, config.n_embd, config.dim_2, config.dim_1,
-                                          config.factors, config.bias)
-        else:
-            self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
-            self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.c_fc = linear(config, "c_fc", config.n_embd, 4 * config.n_embd, layer)
+        self.c_proj = linear(config, "c_proj", 4 * config.n_embd, config.n_embd, layer)
         self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"
         self.dropout = nn.Dropout(config.dropout)
 
@@ -240,12 +305,12 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
 
-    def __init__(self, config):
+    def __init__(self, config, layer):
         super().__init__()
         self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, layer)
         self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = MLP(config)
+        self.mlp = MLP(config, layer)
 
     def forward(self, x):
         x = x + self.attn(self.ln_1(x))
@@ -258,15 +323,18 @@ class GPT(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
+        wte_shape = config.factored("wte")
         self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wte=(nn.Embedding(config.vocab_size, config.n_embd) if wte_shape is None
+                 else KroneckerEmbedding(config.vocab_size, config.n_embd, *wte_shape)),
             wpe=nn.Embedding(config.block_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            h=nn.ModuleList([Block(config, layer) for layer in range(config.n_layer)]),
             ln_f=LayerNorm(config.n_embd, bias=config.bias),
         ))
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.transformer.wte.weight = self.lm_head.weight  # tied, as in GPT-2
+        if wte_shape is None:
+            self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+            self.transformer.wte.weight = self.lm_head.weight  # tied, as in GPT-2
         self.apply(self._init_weights)
         # GPT-2's scaled init of the projections that write into the residual stream
         proj_std = 0.02 / math.sqrt(2 * config.n_layer)
@@ -284,7 +352,7 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        elif isinstance(module, KroneckerLinear):
+        elif isinstance(module, (KroneckerLinear, KroneckerEmbedding)):
             module.reset_parameters(std=0.02)
 
     def get_num_params(self, non_embedding=True):
@@ -294,23 +362,43 @@ class GPT(nn.Module):
             n_params -= self.transformer.wpe.weight.numel()
         return n_params
 
-    def get_num_mlp_params(self):
-        return sum(p.numel() for block in self.transformer.h for p in block.mlp.parameters())
+    def get_num_params_by_part(self):
+        """{"embedding": wte (tied to lm_head), "attention": every block's attn, "mlp": every block's mlp}."""
+        blocks = self.transformer.h
+        return {"embedding": sum(p.numel() for p in self.transformer.wte.parameters()),
+                "attention": sum(p.numel() for block in blocks for p in block.attn.parameters()),
+                "mlp": sum(p.numel() for block in blocks for p in block.mlp.parameters())}
 
-    def forward(self, idx, targets=None):
-        """Logits for every position; with targets (already shifted, -1 = ignore) also the mean loss."""
+    def residual_stream(self, idx, keep_all=False):
+        """ln_f of the last block's output, (b, t, n_embd); with keep_all also the list of residual streams after
+        the embedding and after each block (what intermediate-layer distillation matches)."""
         b, t = idx.size()
         if t > self.config.block_size:
             raise ValueError(f"sequence of length {t} exceeds block_size={self.config.block_size}")
         pos = torch.arange(0, t, dtype=torch.long, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        states = [x] if keep_all else None
         for block in self.transformer.h:
             x = block(x)
-        logits = self.lm_head(self.transformer.ln_f(x))
+            if keep_all:
+                states.append(x)
+        return self.transformer.ln_f(x), states
+
+    def unembed(self, x):
+        """Logits x @ wte^T: lm_head, or the factored embedding's own product."""
+        wte = self.transformer.wte
+        return wte.unembed(x) if isinstance(wte, KroneckerEmbedding) else self.lm_head(x)
+
+    def forward(self, idx, targets=None, return_hidden=False):
+        """(logits, loss) for every position; with targets (already shifted, IGNORE_INDEX = not scored) the mean
+        loss, else None. return_hidden adds the residual streams of residual_stream(keep_all=True)."""
+        x, states = self.residual_stream(idx, keep_all=return_hidden)
+        logits = self.unembed(x)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1),
+                                   ignore_index=IGNORE_INDEX)
+        return (logits, loss, states) if return_hidden else (logits, loss)
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         # Decay every tensor of 2 or more dimensions: matmul weights, embeddings and Kronecker factors;
@@ -327,8 +415,8 @@ class GPT(nn.Module):
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
         """Sample max_new_tokens continuations of idx (b, t); temperature 0 means greedy."""
         for _ in range(max_new_tokens):
-            idx_cond = idx[:, -self.config.block_size:]
-            logits = self(idx_cond)[0][:, -1, :]
+            x, _ = self.residual_stream(idx[:, -self.config.block_size:])
+            logits = self.unembed(x[:, -1, :])  # only the last position's: the others are not sampled
             if temperature == 0:
                 idx_next = logits.argmax(dim=-1, keepdim=True)
             else:
@@ -371,104 +459,62 @@ class GPT(nn.Module):
         return model
 
 
-# ----------------------------------------------------------------------------------------------------
-# Kronecker factors from dense weights: how kron_decompose.py and train.py initialise a compressed GPT.
-# Each function takes W (in, out), as in x @ W, and returns A (factors, a_rows, a_cols) and
-# B (factors, b_rows, b_cols) with kron's index convention kron(A, B)[i*b_rows + k, j*b_cols + l] = A[i,j] B[k,l].
-
-def rearrange(W, a_rows, a_cols):
-    """Van Loan's rearrangement: row i*a_cols + j is vec(block (i, j) of W), so that sum_r A_r (x) B_r becomes
-    sum_r vec(A_r) vec(B_r)^T and the nearest Kronecker sum of W is a truncated SVD of this matrix."""
-    b_rows, b_cols = W.shape[0] // a_rows, W.shape[1] // a_cols
-    return W.reshape(a_rows, b_rows, a_cols, b_cols).permute(0, 2, 1, 3).reshape(a_rows * a_cols, b_rows * b_cols)
-
-
-def nearest_kronecker(W, a_rows, a_cols, factors):
-    """vl: (A, B) minimising ||W - sum_r A_r (x) B_r||_F (Van Loan-Pitsianis, optimal by Eckart-Young): the top
-    singular triplets (s, u, v) of rearrange(W), A_r = sqrt(s) u, B_r = sqrt(s) v. A float64 SVD on the CPU, each
-    pair's sign fixed so that the largest-magnitude entry of u is positive: deterministic across LAPACKs."""
-    b_rows, b_cols = W.shape[0] // a_rows, W.shape[1] // a_cols
-    U, S, Vh = torch.linalg.svd(rearrange(W.detach().to("cpu", torch.float64), a_rows, a_cols), full_matrices=False)
-    U, S, Vh = U[:, :factors], S[:factors], Vh[:factors]
-    sign = torch.where(U.gather(0, U.abs().argmax(dim=0, keepdim=True)) < 0, -1.0, 1.0).to(U.dtype)
-    U, Vh = U * sign, Vh * sign.T
-    A = (U * S.sqrt()).T.reshape(factors, a_rows, a_cols)
-    B = (Vh * S.sqrt()[:, None]).reshape(factors, b_rows, b_cols)
-    return A.to(W.dtype), B.to(W.dtype)
-
-
-def normalized_kronecker(W, a_rows, a_cols, factors):
-    """vl_norm, the paper's modified Van Loan: the vl factors both scaled by sqrt(c), c = ||W||_F / ||W_vl||_F,
-    so that ||W_hat||_F = ||W||_F. The Van Loan terms are orthogonal, so c = sqrt(sum_i s_i^2 / sum_{r<R} s_r^2)
-    over the singular values s of rearrange(W): the discarded tail's energy is put back along the kept terms."""
-    A, B = nearest_kronecker(W, a_rows, a_cols, factors)
-    approx_norm = kronecker_sum(A.double(), B.double()).norm().item()
-    if approx_norm == 0:
-        return A, B
-    root_c = math.sqrt(W.double().norm().item() / approx_norm)
-    return A * root_c, B * root_c
-
-
-def pruned_kronecker(W, a_rows, a_cols, factors):
-    """prune, the paper's pruning init, for shapes where B is a single column or row of length k: B_r is the
-    one-hot e_r and A_r keeps the rows (B a column) or columns (B a row) r, r+k, r+2k, ... of W, so W_hat is W
-    with the other rows or columns zeroed (factors = k keeps them all). The 95M model's c_fc gets
-    A = W[0::2, :], B = [[1], [0]]; its c_proj A = W[:, 0::2], B = [[1, 0]]."""
-    b_rows, b_cols = W.shape[0] // a_rows, W.shape[1] // a_cols
-    if b_rows != 1 and b_cols != 1:
-        raise ValueError(f"prune needs B to be a single row or column, got {b_rows}x{b_cols}")
-    A = torch.empty(factors, a_rows, a_cols, dtype=W.dtype)
-    B = torch.zeros(factors, b_rows, b_cols, dtype=W.dtype)
-    for r in range(factors):
-        if b_cols == 1:  # kron(A, e_r)[i*b_rows + k, j] = A[i, j] if k == r
-            A[r], B[r, r, 0] = W[r::b_rows, :], 1.0
-        else:  # kron(A, e_r^T)[i, j*b_cols + l] = A[i, j] if l == r
-            A[r], B[r, 0, r] = W[:, r::b_cols], 1.0
-    return A, B
-
-
-# `random` keeps GPT's own init: W_hat entries of std 0.02, c_proj scaled as in GPT-2.
-INITS = {"vl": nearest_kronecker, "vl_norm": normalized_kronecker, "prune": pruned_kronecker, "random": None}
-
-
-def mlp_layers(model):
-    """("h.0.c_fc", module), ("h.0.c_proj", module), ("h.1.c_fc", module), ... for every MLP matrix."""
+def factorable_matrices(model):
+    """(name, layer, module) of every matrix a plan can factor: ("wte", None, wte), then per block
+    ("c_attn", i, ...), ("attn_proj", i, ...), ("c_fc", i, ...), ("c_proj", i, ...); dense or factored."""
+    yield "wte", None, model.transformer.wte
     for i, block in enumerate(model.transformer.h):
-        yield f"h.{i}.c_fc", block.mlp.c_fc
-        yield f"h.{i}.c_proj", block.mlp.c_proj
+        yield "c_attn", i, block.attn.c_attn
+        yield "attn_proj", i, block.attn.c_proj
+        yield "c_fc", i, block.mlp.c_fc
+        yield "c_proj", i, block.mlp.c_proj
 
 
-def weight_of(linear):
-    """W in x @ W orientation, (in, out), of an nn.Linear or a KroneckerLinear."""
-    return linear.dense_weight() if isinstance(linear, KroneckerLinear) else linear.weight.t()
+def weight_of(module):
+    """W of a factorable matrix in the plan's orientation: (in, out) as in x @ W, wte (vocab, n_embd)."""
+    if isinstance(module, (KroneckerLinear, KroneckerEmbedding)):
+        return module.dense_weight()
+    return module.weight if isinstance(module, nn.Embedding) else module.weight.t()
 
 
-@torch.no_grad()
-def compress(teacher, dim_1, dim_2, factors, init="vl", progress=False):
-    """A Kronecker GPT with the teacher's architecture: every MLP matrix (dense or Kronecker) initialised by
-    `init`, every other weight copied. On the CPU in float32; `random` draws from torch's global RNG."""
-    if init not in INITS:
-        raise ValueError(f"init={init!r} is not one of {', '.join(INITS)}")
-    config = replace(teacher.config, dim_1=dim_1, dim_2=dim_2, factors=factors)  # validates the shape
-    hidden = 4 * config.n_embd
-    if init == "prune" and dim_1 != config.n_embd and dim_2 != hidden:
-        raise ValueError(f"init=prune needs B to be a single row or column: dim_1={config.n_embd} (keeps every "
-                         f"k-th hidden unit) or dim_2={hidden} (keeps every k-th embedding dimension); got "
-                         f"{dim_1} {dim_2}: use vl, vl_norm or random")
-    student = GPT(config)
-    teacher_state = teacher.state_dict()
-    for name, tensor in student.state_dict().items():
-        if not name.endswith((".A", ".B")):
-            tensor.copy_(teacher_state[name])
-    if INITS[init] is not None:
-        pairs = list(zip(mlp_layers(teacher), mlp_layers(student)))
-        for (_, source), (_, target) in tqdm(pairs, desc=f"{init} {dim_1} {dim_2} {factors}", unit="matrix",
-                                             disable=not progress):
-            W = weight_of(source).detach().to("cpu", torch.float32)
-            A, B = INITS[init](W, target.A.shape[1], target.A.shape[2], factors)
-            target.A.copy_(A)
-            target.B.copy_(B)
-    return student
+# ----------------------------------------------------------------------------------------------------
+# Devices and precision: one meaning of --dtype in every script.
+
+def default_device():
+    """cuda, then mps, then cpu: the fastest device this PyTorch can use."""
+    return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+
+
+def setup_device(name="auto"):
+    """The torch.device of a name ("auto": default_device()), checked to exist here; TF32 matmuls on CUDA."""
+    try:
+        device = torch.device(default_device() if name == "auto" else name)
+    except RuntimeError:
+        raise ValueError(f"device={name!r} is not a torch device (cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} but this PyTorch sees no CUDA GPU")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={name!r} but MPS is not available here")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
+def resolve_dtype(dtype, device):
+    """"auto": bfloat16 where the GPU supports it, else float16 on CUDA, else float32."""
+    if dtype != "auto":
+        return dtype
+    if device.type != "cuda":
+        return "float32"
+    return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+
+
+def autocast_context(device, dtype):
+    """What --dtype means everywhere: float32 weights, the forward pass under autocast in dtype (none for float32)."""
+    if dtype == "float32":
+        return nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=getattr(torch, dtype))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -509,8 +555,7 @@ def load_checkpoint(path, map_location="cpu"):
         raise ValueError(f"{path} is not a readable krony checkpoint: not a torch file of tensors and plain values "
                          f"(it is loaded with weights_only=True, which never runs pickled code)") from None
     except Exception as e:
-        raise ValueError(f"{path} is not a readable krony checkpoint ({type(e).__name__}: "
-                         f"{(str(e).strip().splitlines() or [''])[0]})") from None
+        raise ValueError(f"{path} is not a readable krony checkpoint ({one_line(e)})") from None
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "model_args" not in checkpoint:
         raise ValueError(f"{path} is not a krony checkpoint (expected a dict with 'model' and 'model_args')")
     model = GPT(GPTConfig(**checkpoint["model_args"]))
@@ -525,14 +570,84 @@ def make_checkpoint(model, **extra):
     return {"model": model.state_dict(), "model_args": asdict(model.config), **extra}
 
 
-def load_model(source, map_location="cpu"):
-    """A GPT from a krony checkpoint file, a Hugging Face GPT-2 directory, or a hub name like "gpt2".
+def read_hf_config(path):
+    """The GPTConfig of a Hugging Face directory's config.json: GPT-2's, or krony's (krony_to_gpt.py
+    --keep_factors), whose plan it holds as kron and kron_layers (a list of blocks, empty with no block matrix)."""
+    with open(os.path.join(path, "config.json")) as f:
+        hf = json.load(f)
+    return GPTConfig(block_size=hf["n_positions"], vocab_size=hf["vocab_size"], n_layer=hf["n_layer"],
+                     n_head=hf["n_head"], n_embd=hf["n_embd"], kron=hf.get("kron") or None,
+                     kron_layers=hf.get("kron_layers") or "all")
 
-    Exported directories of Kronecker models load as dense GPTs: that is what export produces.
-    """
+
+def load_factored_hf(path, map_location="cpu"):
+    """Our GPT from a krony Hugging Face directory, read as data: config.json's plan and model.safetensors'
+    tensors, without running the directory's code. Refuses tensors that the plan does not have or shapes it."""
+    from safetensors.torch import load_file
+    model = GPT(read_hf_config(path))
+    stored = load_file(os.path.join(path, "model.safetensors"))
+    state, used = {}, set()
+    for key, like in model.state_dict().items():
+        stored_key = "transformer.wte.weight" if key == "lm_head.weight" else key  # tied: saved once
+        if stored_key not in stored:
+            raise ValueError(f"{path}: config.json's plan has {key} {tuple(like.shape)}, model.safetensors has not")
+        value = stored[stored_key].t() if key.endswith(HF_CONV1D_WEIGHTS) else stored[stored_key]
+        if value.shape != like.shape:
+            raise ValueError(f"{path}: {key} is {tuple(value.shape)} in model.safetensors but "
+                             f"{tuple(like.shape)} by config.json's plan")
+        state[key] = value
+        used.add(stored_key)
+    unused = sorted(set(stored) - used)
+    if unused:
+        raise ValueError(f"{path}: model.safetensors holds {unused[0]}, which config.json's plan has no place for"
+                         + (f" (and {len(unused) - 1} more)" if len(unused) > 1 else ""))
+    model.load_state_dict(state)
+    return model.to(map_location)
+
+
+def is_krony_dir(source):
+    """A directory written by krony_to_gpt.py --keep_factors: config.json with model_type krony."""
+    path = os.path.join(source, "config.json")
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        return json.load(f).get("model_type") == "krony"
+
+
+def load_model_config(source):
+    """The GPTConfig of a model source without its weights: a checkpoint's model_args (memory-mapped, so nothing
+    is read but them), or a Hugging Face model's config.json."""
+    if os.path.isdir(source) and os.path.isfile(os.path.join(source, "config.json")):
+        return read_hf_config(source)
     if os.path.isfile(source):
-        return load_checkpoint(source, map_location)[0]
+        try:
+            checkpoint = torch.load(source, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:
+            raise ValueError(f"{source} is not a readable krony checkpoint ({one_line(e)})") from None
+        if not isinstance(checkpoint, dict) or "model_args" not in checkpoint:
+            raise ValueError(f"{source} is not a krony checkpoint (expected a dict with 'model' and 'model_args')")
+        return GPTConfig(**checkpoint["model_args"])
+    check_source_path(source)
+    from transformers import AutoConfig
+    hf = AutoConfig.from_pretrained(source)
+    return GPTConfig(block_size=hf.n_positions, vocab_size=hf.vocab_size, n_layer=hf.n_layer, n_head=hf.n_head,
+                     n_embd=hf.n_embd)
+
+
+def check_source_path(source):
+    """A source that looks like a path must exist: fail fast instead of asking the hub for it."""
     looks_like_path = source.startswith(("/", "./", "../", "~")) or source.endswith((".pt", ".pth"))
     if looks_like_path and not os.path.exists(source):
         raise FileNotFoundError(f"no such file or directory: {source}")
+
+
+def load_model(source, map_location="cpu"):
+    """A GPT from a krony checkpoint file, a Hugging Face directory (GPT-2, or krony's factored export), or a hub
+    name like "gpt2". A dense export of a Kronecker model loads as the dense GPT it is.
+    """
+    if os.path.isfile(source):
+        return load_checkpoint(source, map_location)[0]
+    if os.path.isdir(source) and is_krony_dir(source):
+        return load_factored_hf(source, map_location)
+    check_source_path(source)
     return GPT.from_pretrained(source).to(map_location)

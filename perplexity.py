@@ -31,15 +31,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from contextlib import nullcontext
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from data.common import gpt2_encoding
-from model import default_device, load_model
+from common import EOT, UsageError, exit_on_usage_error, gpt2_encoding, one_line, open_tokens
+from model import IGNORE_INDEX, autocast_context, default_device, load_model, load_model_config, setup_device
 
 # name: (hub id, hub config, the JSON-lines file --data_dir must hold). The hub's lambada (cimec/lambada) is what
 # the paper's load_dataset("lambada") read; the local copy is OpenAI's rendering of the same 5,153 passages.
@@ -50,12 +49,6 @@ DATASETS = {
 }
 ALIASES = {"wiki1": "wiki2"}  # the original README's spelling
 FILE_TYPES = (".bin", ".jsonl", ".txt")
-EOT = 50256  # GPT-2's <|endoftext|>
-
-
-def fail(message):
-    print(f"perplexity.py: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -76,7 +69,7 @@ def read_jsonl(path):
                 except (ValueError, TypeError, KeyError):
                     text = None
                 if not isinstance(text, str):
-                    fail(f"{path}:{line_number}: expected a JSON object with a string 'text'")
+                    raise UsageError(f"{path}:{line_number}: expected a JSON object with a string 'text'")
                 texts.append(text)
     return texts
 
@@ -103,27 +96,24 @@ def load_texts(name, data_dir=None):
     if data_dir:
         path = os.path.join(data_dir, filename)
         if not os.path.isfile(path):
-            fail(f"{path} not found: --data_dir must hold {filename}")
+            raise UsageError(f"{path} not found: --data_dir must hold {filename}")
         return read_jsonl(path), path
     hub_name = " ".join(filter(None, (hub_id, config)))
     advice = f"pass --data_dir DIR holding {filename} (for example ../shared/eval)"
     if not hub_offline() and not hub_reachable():
-        fail(f"cannot reach the Hugging Face Hub to download {hub_id}; {advice}")
+        raise UsageError(f"cannot reach the Hugging Face Hub to download {hub_id}; {advice}")
     import datasets
     try:
         rows = datasets.load_dataset(hub_id, config, split="test")
     except Exception as e:
-        fail(f"cannot load {hub_name} ({type(e).__name__}: {str(e).splitlines()[0]}); {advice}")
+        raise UsageError(f"cannot load {hub_name} ({one_line(e)}); {advice}") from None
     return list(rows["text"]), f"{hub_name} test split"
 
 
 def load_tokens(dataset, data_dir=None, max_tokens=None):
     """(tokens as a 1-D LongTensor, the LAMBADA passages or None, where they came from) of a name or a file."""
     if dataset.endswith(".bin"):  # already GPT-2 tokens
-        try:
-            tokens = np.memmap(dataset, dtype=np.uint16, mode="r")
-        except ValueError as e:  # empty, or an odd number of bytes
-            fail(f"{dataset} is not a uint16 token file ({e})")
+        tokens = open_tokens(dataset)
         return torch.from_numpy(tokens[:max_tokens].astype(np.int64)), None, dataset
     passages = None
     if dataset in DATASETS:
@@ -136,7 +126,7 @@ def load_tokens(dataset, data_dir=None, max_tokens=None):
             with open(dataset, encoding="utf-8") as f:
                 texts, source = [f.read()], dataset
         except UnicodeDecodeError as e:
-            fail(f"{dataset} is not UTF-8 text ({e})")
+            raise UsageError(f"{dataset} is not UTF-8 text ({e})")
     return torch.tensor(encode("\n\n".join(texts))[:max_tokens], dtype=torch.long), passages, source
 
 
@@ -163,7 +153,7 @@ def windows(n_tokens, context, stride):
 
 
 @torch.inference_mode()
-def window_nlls(model, tokens, spans, batch_size=8, device="cpu", autocast=nullcontext(), desc=None):
+def window_nlls(model, tokens, spans, batch_size=8, device="cpu", dtype="float32", desc=None):
     """Summed negative log-likelihood of the scored tokens of each span, in span order (float64, on the CPU).
 
     Windows are batched; all but possibly the last have the same length, so batches need no padding.
@@ -174,12 +164,13 @@ def window_nlls(model, tokens, spans, batch_size=8, device="cpu", autocast=nullc
             for _, group in itertools.groupby(spans[i:i + batch_size], key=lambda s: s[1] - s[0]):
                 group = list(group)
                 x = torch.stack([tokens[begin:end] for begin, end, _ in group]).to(device)
-                with autocast:
+                with autocast_context(device, dtype):
                     logits = model(x)[0]
                 targets = x[:, 1:].clone()  # the logits at position p predict token p + 1
                 for row, (begin, _, first_target) in enumerate(group):
-                    targets[row, :first_target - begin - 1] = -100  # context only, scored by an earlier window
-                nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), reduction="none")
+                    targets[row, :first_target - begin - 1] = IGNORE_INDEX  # context only, scored by an earlier window
+                nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(),
+                                      ignore_index=IGNORE_INDEX, reduction="none")
                 sums.append(nll.view(len(group), -1).sum(dim=1).double().cpu())
                 bar.update(len(group))
     return torch.cat(sums)
@@ -217,7 +208,7 @@ def last_word_pair(text):
 
 
 @torch.inference_mode()
-def last_word(model, passages, batch_size=8, device="cpu", autocast=nullcontext(), desc=None):
+def last_word(model, passages, batch_size=8, device="cpu", dtype="float32", desc=None):
     """Accuracy (all target tokens are the argmax) and perplexity exp(-mean log p(target)) over the passages."""
     context = model.config.block_size
     pairs = [last_word_pair(text) for text in passages]
@@ -230,7 +221,7 @@ def last_word(model, passages, batch_size=8, device="cpu", autocast=nullcontext(
             x = torch.zeros(len(batch), max(map(len, inputs)), dtype=torch.long)
             for row, ids in enumerate(inputs):
                 x[row, :len(ids)] = torch.tensor(ids)  # right padding: causal attention never sees it
-            with autocast:
+            with autocast_context(device, dtype):
                 logits = model(x.to(device))[0]
             for row, j in enumerate(batch):
                 target = torch.tensor(pairs[j][1], device=logits.device)
@@ -277,10 +268,10 @@ def resolve_datasets(names):
             resolved.append(name)
         elif name.endswith(FILE_TYPES):
             if not os.path.isfile(name):
-                fail(f"no such file: {name}")
+                raise UsageError(f"no such file: {name}")
             resolved.append(name)
         else:
-            fail(f"unknown dataset {name!r}: use wiki103, wiki2, lambada, all, or a .bin/.jsonl/.txt file")
+            raise UsageError(f"unknown dataset {name!r}: use wiki103, wiki2, lambada, all, or a .bin/.jsonl/.txt file")
     return list(dict.fromkeys(resolved))
 
 
@@ -293,6 +284,7 @@ def print_table(results):
         print(f"{name:<{width}} {r['perplexity']:>10.3f} {r['tokens']:>11,} {r['windows']:>8,} {acc:>7} {word_ppl:>14}")
 
 
+@exit_on_usage_error("perplexity.py")
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="checkpoint file, Hugging Face GPT-2 directory, or hub name")
@@ -310,36 +302,37 @@ def main(argv=None):
     parser.add_argument("--out", help="write the results to this JSON file")
     args = parser.parse_args(argv)
     if args.batch_size is not None and args.batch_size < 1:
-        fail("--batch_size must be at least 1")
+        raise UsageError("--batch_size must be at least 1")
     if args.max_tokens is not None and args.max_tokens < 2:
-        fail("--max_tokens must be at least 2: perplexity needs a token to predict from and one to predict")
+        raise UsageError("--max_tokens must be at least 2: perplexity needs a token to predict from and one to predict")
+    if args.stride is not None and args.stride < 1:
+        raise UsageError(f"--stride must be at least 1, got {args.stride}")
     if args.data_dir and not os.path.isdir(args.data_dir):
-        fail(f"--data_dir {args.data_dir} is not a directory")
+        raise UsageError(f"--data_dir {args.data_dir} is not a directory")
+    if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        raise UsageError(f"--out {args.out}: no such directory {os.path.dirname(os.path.abspath(args.out))}")
     names = resolve_datasets(args.datasets)
     try:
-        device = torch.device(args.device)
-    except RuntimeError as e:
-        fail(f"--device {args.device}: {e}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        fail("--device cuda, but torch sees no CUDA GPU")
+        device = setup_device(args.device)
+        config = load_model_config(args.model)  # a missing model fails now, not after the data has loaded
+    except Exception as e:
+        raise UsageError(f"cannot load {args.model!r}: {one_line(e)}") from None
+    context = config.block_size
+    if args.stride is not None and args.stride > context:
+        raise UsageError(f"--stride must be between 1 and the model's context length {context}, got {args.stride}")
 
-    # All data first: a missing dataset should not wait for a large model to load.
+    # All data before the weights: a missing dataset should not wait for a large model to load.
     data = {name: load_tokens(name, args.data_dir, args.max_tokens) for name in names}
+    for dataset, (tokens, _, _) in data.items():
+        if len(tokens) < 2:
+            raise UsageError(f"{dataset} has {len(tokens)} token(s); perplexity needs at least 2")
+        if tokens.max() >= config.vocab_size:
+            raise UsageError(f"{dataset} holds token id {tokens.max().item()}, beyond the model's vocabulary of "
+                             f"{config.vocab_size}: not GPT-2 tokens")
     try:
         model = load_model(args.model, map_location=device).eval()
     except (OSError, ValueError, RuntimeError, TypeError) as e:
-        fail(f"cannot load {args.model!r}: {str(e).splitlines()[0]}")
-    context = model.config.block_size
-    if args.stride is not None and not 1 <= args.stride <= context:
-        fail(f"--stride must be between 1 and the model's context length {context}, got {args.stride}")
-    for dataset, (tokens, _, _) in data.items():
-        if len(tokens) < 2:
-            fail(f"{dataset} has {len(tokens)} token(s); perplexity needs at least 2")
-        if tokens.max() >= model.config.vocab_size:
-            fail(f"{dataset} holds token id {tokens.max().item()}, beyond the model's vocabulary of "
-                 f"{model.config.vocab_size}: not GPT-2 tokens")
-    autocast = (nullcontext() if args.dtype == "float32"
-                else torch.autocast(device.type, dtype=getattr(torch, args.dtype)))
+        raise UsageError(f"cannot load {args.model!r}: {one_line(e)}") from None
     protocol = (f"paper's protocol: windows of {context}, stride {context}, mean of window losses"
                 if args.stride is None else f"sliding windows of {context}, stride {args.stride}, mean over tokens")
     print(f"{args.model}: {model.get_num_params():,} parameters; {protocol}; {args.dtype} on {device}",
@@ -348,7 +341,7 @@ def main(argv=None):
     report = {"model": args.model, "parameters": model.get_num_params(), "device": str(device), "dtype": args.dtype,
               "datasets": {}}
     batch_size = args.batch_size or (1 if device.type == "cpu" else 8)
-    run = dict(batch_size=batch_size, device=device, autocast=autocast)
+    run = dict(batch_size=batch_size, device=device, dtype=args.dtype)
     for dataset, (tokens, passages, source) in data.items():
         t0 = time.time()
         result = perplexity(model, tokens, args.stride, desc=dataset, **run)

@@ -74,7 +74,8 @@ def main():
         iters = args.teacher_iters
         run("2/6 train a dense teacher", [
             "train.py", os.path.join("config", "train_shakespeare.py"), f"--out_dir={teacher_dir}",
-            f"--max_iters={iters}", f"--lr_decay_iters={iters}", f"--eval_interval={iters}", *device])
+            f"--max_iters={iters}", f"--lr_decay_iters={iters}", f"--eval_interval={iters}", "--overwrite=True",
+            *device])
         teacher = os.path.join(teacher_dir, "ckpt.pt")
 
     # The model's width decides the shape: dim_1 = dim_2 = n_embd is the paper's 81M shape (c_fc's A is
@@ -90,7 +91,7 @@ def main():
     run("4/6 fine-tune the compressed model", [
         "train.py", os.path.join("config", "finetune_shakespeare.py"), f"--init_from={init_path}",
         f"--out_dir={krony_dir}", f"--block_size={block_size}", f"--max_iters={iters}", f"--lr_decay_iters={iters}",
-        f"--eval_interval={iters}", *device])
+        f"--eval_interval={iters}", "--overwrite=True", *device])
     krony_ckpt = os.path.join(krony_dir, "ckpt.pt")
 
     export_dir = os.path.join(out, "krony_hf")
@@ -119,7 +120,7 @@ def main():
     for name, _, counted in models:
         model = teacher_model if counted == teacher else load_model(counted)
         ms = f"{step_ms[name]:.0f}" if name in step_ms else "-"
-        print(f"| {name} | {model.get_num_params(non_embedding=False):,} | {model.get_num_mlp_params():,} "
+        print(f"| {name} | {model.get_num_params(non_embedding=False):,} | {model.get_num_params_by_part()['mlp']:,} "
               f"| {perplexities[name]:.2f} | {ms} |")
     ratio = perplexities["compressed + fine-tuned"] / perplexities["teacher (dense)"]
     at_init = perplexities["compressed at init"] / perplexities["teacher (dense)"]

@@ -6,20 +6,15 @@ Sample text from a model: one of our checkpoints, an exported Hugging Face direc
 """
 
 import argparse
-import sys
 
 import torch
 
-from data.common import gpt2_encoding
-from model import default_device, load_model
+from common import UsageError, exit_on_usage_error, gpt2_encoding, one_line
+from model import autocast_context, default_device, load_model, load_model_config, setup_device
 
 
-def fail(message):
-    print(f"sample.py: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def main():
+@exit_on_usage_error("sample.py")
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="checkpoint file, Hugging Face GPT-2 directory, or hub name")
     parser.add_argument("--start", default="\n", help='prompt text, or "FILE:path" to read it from a file')
@@ -29,10 +24,11 @@ def main():
     parser.add_argument("--top_k", type=int, default=200, help="keep the k most likely tokens (0: all)")
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--device", default=default_device())
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    args = parser.parse_args()
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="autocast dtype of the forward pass, as in perplexity.py and train.py")
+    args = parser.parse_args(argv)
     if args.temperature < 0 or args.top_k < 0 or args.num_samples < 1 or args.max_new_tokens < 0:
-        parser.error("temperature and top_k must be >= 0, num_samples >= 1, max_new_tokens >= 0")
+        raise UsageError("temperature and top_k must be >= 0, num_samples >= 1, max_new_tokens >= 0")
 
     start = args.start
     if start.startswith("FILE:"):
@@ -40,21 +36,26 @@ def main():
             with open(start[len("FILE:"):], encoding="utf-8") as f:
                 start = f.read()
         except OSError as e:
-            fail(f"cannot read the prompt file: {e}")
-    enc = gpt2_encoding()
+            raise UsageError(f"cannot read the prompt file: {one_line(e)}") from None
     try:
-        model = load_model(args.model, map_location=args.device)
-    except (OSError, ValueError) as e:
-        fail(f"cannot load {args.model!r}: {str(e).splitlines()[0]}")
-    model.to(dtype=getattr(torch, args.dtype)).eval()
-
+        device = setup_device(args.device)
+        load_model_config(args.model)  # a missing model fails before the tokenizer and the weights load
+    except Exception as e:
+        raise UsageError(f"cannot load {args.model!r}: {one_line(e)}") from None
+    enc = gpt2_encoding()
     prompt = enc.encode(start, allowed_special={"<|endoftext|>"})
     if not prompt:
-        fail("the prompt is empty; give at least one character, e.g. --start='\\n'")
-    idx = torch.tensor([prompt] * args.num_samples, dtype=torch.long, device=args.device)
-    generator = torch.Generator(device=args.device).manual_seed(args.seed)
-    out = model.generate(idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k or None,
-                         generator=generator)
+        raise UsageError("the prompt is empty; give at least one character, e.g. --start='\\n'")
+    try:
+        model = load_model(args.model, map_location=device).eval()
+    except (OSError, ValueError, RuntimeError) as e:
+        raise UsageError(f"cannot load {args.model!r}: {one_line(e)}") from None
+
+    idx = torch.tensor([prompt] * args.num_samples, dtype=torch.long, device=device)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    with autocast_context(device, args.dtype):
+        out = model.generate(idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k or None,
+                             generator=generator)
     for row in out.tolist():
         print(enc.decode(row))
         print("---------------")

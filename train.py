@@ -6,15 +6,20 @@ Train a GPT-2 or a Kronecker-factored GPT-2 on nanoGPT token files, on one CPU o
 
 Settings are the defaults below, then config files, then --key=value overrides (see configurator.py).
 init_from chooses the starting point:
-    scratch          a new GPT from n_layer, n_head, n_embd, ...; Kronecker MLPs when dim_1, dim_2 and
-                     factors are set (init must then be random: there is no dense model to decompose)
+    scratch          a new GPT from n_layer, n_head, n_embd, ...; Kronecker matrices where the plan (kron,
+                     kron_layers, or the MLP shorthand dim_1, dim_2, factors) names them (init must then be
+                     random: there is no dense model to decompose)
     resume           out_dir/ckpt.pt, with its optimizer, iteration and random number generator states
     a file           one of our checkpoints: a Kronecker one (kron_decompose.py's output) is used as it is,
-                     a dense one is compressed here when dim_1, dim_2 and factors are set
-    anything else    a Hugging Face GPT-2 (hub name like gpt2, or a local directory), compressed here
-                     when dim_1, dim_2 and factors are set, with `init` (vl, vl_norm, prune, random)
-Writes out_dir/ckpt.pt (atomically, at evaluations) and out_dir/metrics.jsonl (one JSON line per log
-and evaluation step).
+                     a dense one is compressed here by the plan
+    anything else    a Hugging Face GPT-2 (hub name like gpt2, or a local directory), compressed here by the
+                     plan with `init` (vl, vl_norm, prune, random)
+A fresh run (anything but resume) refuses an out_dir that already holds a ckpt.pt unless overwrite=True.
+With a teacher (any model source), the loss mixes in knowledge distillation:
+    (1 - distill_alpha) * cross-entropy + distill_alpha * T^2 * KL(teacher || student) at temperature T
+    + distill_hidden * mean squared error of the residual streams (after the embedding and each block)
+Writes out_dir/ckpt.pt (atomically, at evaluations) and out_dir/metrics.jsonl (one JSON line per log and
+evaluation step, each with the run's id).
 """
 
 import json
@@ -23,72 +28,84 @@ import os
 import random
 import sys
 import time
-from contextlib import nullcontext
-from dataclasses import replace
+import uuid
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from common import UsageError, one_line, open_tokens
+from compress import INITS, PLAN_FIELDS, compress
 from configurator import ConfigError, load_config
-from model import INITS, GPT, GPTConfig, compress, default_device, load_checkpoint, make_checkpoint, save_checkpoint
+from kron_shapes import check_init, shorthand_plan
+from model import (GPT, GPTConfig, IGNORE_INDEX, autocast_context, load_checkpoint, load_model, make_checkpoint,
+                   resolve_dtype, save_checkpoint, setup_device)
 
-DEFAULTS = dict(
+OPTIONAL_INT, OPTIONAL_DICT = (int, None), (dict, None)
+SETTINGS = dict(  # key=(default, type)
     # I/O
-    out_dir="out",
-    eval_interval=2000,
-    log_interval=1,
-    eval_iters=200,
-    eval_only=False,  # evaluate once, then exit
-    always_save_checkpoint=True,  # else only when the val loss improves
-    init_from="scratch",  # scratch, resume, a checkpoint file, or a GPT-2 hub name or directory
+    out_dir=("out", str),
+    overwrite=(False, bool),  # let a fresh run replace the run already in out_dir
+    eval_interval=(2000, int),
+    log_interval=(1, int),
+    eval_iters=(200, int),
+    eval_only=(False, bool),  # evaluate once, then exit
+    always_save_checkpoint=(True, bool),  # else only when the val loss improves
+    init_from=("scratch", str),  # scratch, resume, a checkpoint file, or a GPT-2 hub name or directory
     # wandb logging (optional: pip install wandb)
-    wandb_log=False,
-    wandb_project="krony",
-    wandb_run_name="krony",
+    wandb_log=(False, bool),
+    wandb_project=("krony", str),
+    wandb_run_name=("krony", str),
     # data
-    dataset="owt",
-    data_dir="",  # empty: data/<dataset>
-    gradient_accumulation_steps=5 * 8,  # micro-batches per iteration, over all processes together
-    batch_size=12,  # sequences per micro-batch
-    block_size=1024,
+    dataset=("owt", str),
+    data_dir=("", str),  # empty: data/<dataset>
+    gradient_accumulation_steps=(5 * 8, int),  # micro-batches per iteration, over all processes together
+    batch_size=(12, int),  # sequences per micro-batch
+    block_size=(1024, int),
     # model
-    n_layer=12,
-    n_head=12,
-    n_embd=768,
-    vocab_size=50257,
-    dropout=0.0,
-    bias=True,
-    dim_1=None,  # Kronecker MLPs: A_r of c_fc is dim_1 x dim_2 (see model.py); all three None: dense
-    dim_2=None,
-    factors=None,
-    init="vl",  # how the factors start from a dense model: vl, vl_norm, prune, random
+    n_layer=(12, int),
+    n_head=(12, int),
+    n_embd=(768, int),
+    vocab_size=(50257, int),
+    dropout=(0.0, float),
+    bias=(True, bool),
+    # the Kronecker plan (model.GPTConfig): kron={'c_fc': (768, 768, 1), ...} for any of wte, c_attn, attn_proj,
+    # c_fc, c_proj; kron_layers all, odd, even or "0,2,4"; dim_1, dim_2, factors: the MLP shorthand
+    dim_1=(None, OPTIONAL_INT),
+    dim_2=(None, OPTIONAL_INT),
+    factors=(None, OPTIONAL_INT),
+    kron=(None, OPTIONAL_DICT),
+    kron_layers=("all", (str, tuple, list)),
+    init=("vl", str),  # how the factors start from a dense model: vl, vl_norm, prune, random
+    # knowledge distillation
+    teacher=("", str),  # a model source (hub name, Hugging Face directory, checkpoint); empty: none
+    distill_alpha=(0.0, float),  # weight of the teacher's softened distribution against the tokens
+    distill_temperature=(2.0, float),
+    distill_hidden=(0.0, float),  # weight of the residual streams' mean squared error
     # AdamW
-    learning_rate=6e-4,
-    max_iters=600000,
-    weight_decay=1e-1,
-    beta1=0.9,
-    beta2=0.95,
-    grad_clip=1.0,  # 0: no clipping
+    learning_rate=(6e-4, float),
+    max_iters=(600000, int),
+    weight_decay=(1e-1, float),
+    beta1=(0.9, float),
+    beta2=(0.95, float),
+    grad_clip=(1.0, float),  # 0: no clipping
     # learning rate: linear warmup, then cosine decay to min_lr at lr_decay_iters
-    decay_lr=True,
-    warmup_iters=2000,
-    lr_decay_iters=600000,
-    min_lr=6e-5,
+    decay_lr=(True, bool),
+    warmup_iters=(2000, int),
+    lr_decay_iters=(600000, int),
+    min_lr=(6e-5, float),
     # system
-    backend="auto",  # nccl on GPUs, gloo on CPU
-    device="auto",  # cuda, then mps, then cpu; or e.g. cpu, cuda:1
-    dtype="auto",  # bfloat16 where supported on cuda, else float16 on cuda, else float32
-    compile=True,
-    seed=1337,
+    backend=("auto", str),  # nccl on GPUs, gloo on CPU
+    device=("auto", str),  # cuda, then mps, then cpu; or e.g. cpu, cuda:1
+    dtype=("auto", str),  # autocast: bfloat16 where supported on cuda, else float16 on cuda, else float32
+    compile=(True, bool),
+    seed=(1337, int),
 )
-KRON_KEYS = ("dim_1", "dim_2", "factors")
-MODEL_KEYS = ("n_layer", "n_head", "n_embd", "vocab_size", "bias", "block_size") + KRON_KEYS
-
-
-class UsageError(Exception):
-    """A mistake in the settings or inputs: one line on stderr, exit status 2."""
+MODEL_KEYS = ("n_layer", "n_head", "n_embd", "vocab_size", "bias", "block_size")
+PLAN_KEYS = tuple(PLAN_FIELDS)
 
 
 class NonFiniteLoss(Exception):
@@ -107,21 +124,30 @@ def check_config(c):
         if c[key] < 1:
             raise UsageError(f"{key}={c[key]} must be at least 1")
     for key in ("max_iters", "warmup_iters", "lr_decay_iters", "learning_rate", "min_lr", "weight_decay",
-                "grad_clip"):
+                "grad_clip", "distill_hidden"):
         if c[key] < 0:
             raise UsageError(f"{key}={c[key]} must not be negative")
     for key in ("dropout", "beta1", "beta2"):
         if not 0 <= c[key] < 1:
             raise UsageError(f"{key}={c[key]} must be in [0, 1)")
-    if c["device"] != "auto":
+    if not 0 <= c["distill_alpha"] <= 1:
+        raise UsageError(f"distill_alpha={c['distill_alpha']} must be in [0, 1]")
+    if c["distill_temperature"] <= 0:
+        raise UsageError(f"distill_temperature={c['distill_temperature']} must be positive")
+    if not c["teacher"] and (c["distill_alpha"] > 0 or c["distill_hidden"] > 0):
+        raise UsageError("distill_alpha and distill_hidden need a teacher: set teacher= to a model source")
+    if c["init_from"] == "scratch":  # the whole model is known from the settings: check the plan now
         try:
-            device = torch.device(c["device"])
-        except RuntimeError:
-            raise UsageError(f"device={c['device']!r} is not a torch device (cpu, cuda, cuda:1, mps)") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise UsageError(f"device={c['device']!r} but this PyTorch sees no CUDA GPU")
-        if device.type == "mps" and not torch.backends.mps.is_available():
-            raise UsageError(f"device={c['device']!r} but MPS is not available here")
+            config = GPTConfig(**{k: c[k] for k in MODEL_KEYS + PLAN_KEYS})
+            check_init(config.plan, c["init"], config.n_embd, config.vocab_size)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        if config.is_kronecker and c["init"] != "random":
+            raise UsageError(f"init={c['init']} decomposes a dense model, but init_from=scratch has none: use "
+                             f"init=random, or init_from=gpt2 (or a dense checkpoint) to decompose it")
+    if c["init_from"] != "resume" and os.path.exists(os.path.join(c["out_dir"], "ckpt.pt")) and not c["overwrite"]:
+        raise UsageError(f"{c['out_dir']} already holds a run (ckpt.pt): continue it with --init_from=resume, "
+                         f"choose another out_dir, or replace it with --overwrite=True")
     if c["wandb_log"]:
         try:
             import wandb  # noqa: F401
@@ -142,13 +168,13 @@ def get_lr(it, c):
     return c["min_lr"] + coeff * (c["learning_rate"] - c["min_lr"])
 
 
-def check_tokens(data_dir, split, block_size):
-    """Fail unless the split's token file exists and holds at least one window."""
+def check_tokens(data_dir, split, block_size, vocab_size=None):
+    """Fail unless the split's token file is sound (common.open_tokens) and holds at least one window."""
     path = os.path.join(data_dir, f"{split}.bin")
     if not os.path.isfile(path):
         prepare = os.path.join(data_dir, "prepare.py")
         raise UsageError(f"{path} not found: run `python {prepare}` first (or set data_dir)")
-    data = np.memmap(path, dtype=np.uint16, mode="r")
+    data = open_tokens(path, vocab_size)
     if len(data) <= block_size:
         raise UsageError(f"{path} holds {len(data)} tokens, too few for one window of block_size={block_size}")
 
@@ -163,30 +189,6 @@ def get_batch(data_dir, split, batch_size, block_size, generator, device):
     if device.type == "cuda":
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
     return x.to(device), y.to(device)
-
-
-@torch.no_grad()
-def estimate_loss(model, c, data_dir, ctx, device, rank, world_size):
-    """Mean loss over eval_iters batches per split, the batches shared out over the processes.
-
-    The windows are drawn from a generator seeded afresh at every evaluation: each evaluation scores the
-    same windows, so successive losses differ by the model only, not by sampling noise.
-    """
-    model.eval()
-    losses = {}
-    for split in ("train", "val"):
-        generator = torch.Generator().manual_seed(c["seed"])
-        total = torch.zeros((), device=device)
-        for k in range(c["eval_iters"]):
-            x, y = get_batch(data_dir, split, c["batch_size"], c["block_size"], generator, device)
-            if k % world_size == rank:
-                with ctx:
-                    total += model(x, y)[1].float()
-        if world_size > 1:
-            dist.all_reduce(total)
-        losses[split] = total.item() / c["eval_iters"]
-    model.train()
-    return losses
 
 
 def with_dropout(model, dropout):
@@ -205,19 +207,25 @@ def crop_block_size(model, block_size):
     return model
 
 
+def plan_of(c):
+    """The plan fields the settings set, or {} when they name no matrix (kron_layers alone factors nothing)."""
+    plan = {key: c[key] for key in PLAN_KEYS if c[key] != PLAN_FIELDS[key]}
+    return plan if set(plan) - {"kron_layers"} else {}
+
+
+def plan_text(config):
+    """A config's plan as the user would write it: the MLP shorthand where it says it all."""
+    if config.plan == shorthand_plan(config.dim_1, config.dim_2, config.factors) and \
+            config.factored_layers == tuple(range(config.n_layer)):
+        return f"dim_1, dim_2, factors = {(config.dim_1, config.dim_2, config.factors)}"
+    return f"the plan {config.plan} in blocks {list(config.factored_layers)}"
+
+
 def init_model(c, master):
     """(model, checkpoint): the model init_from names, adapted to the run; checkpoint only when resuming."""
-    init_from, kron = c["init_from"], {k: c[k] for k in KRON_KEYS}
-    wants_kron = any(v is not None for v in kron.values())
+    init_from, plan = c["init_from"], plan_of(c)
     if init_from == "scratch":
-        try:
-            config = GPTConfig(**{k: c[k] for k in MODEL_KEYS}, dropout=c["dropout"])
-        except ValueError as e:
-            raise UsageError(str(e)) from None
-        if wants_kron and c["init"] != "random":
-            raise UsageError(f"init={c['init']} decomposes a dense model, but init_from=scratch has none: use "
-                             f"init=random, or init_from=gpt2 (or a dense checkpoint) to decompose it")
-        return GPT(config), None
+        return GPT(GPTConfig(**{k: c[k] for k in MODEL_KEYS + PLAN_KEYS}, dropout=c["dropout"])), None
     checkpoint = None
     try:
         if init_from == "resume":
@@ -232,34 +240,78 @@ def init_model(c, master):
         else:
             model = GPT.from_pretrained(init_from)
     except (OSError, ValueError) as e:
-        raise UsageError(f"cannot load init_from={init_from!r}: {str(e).strip().splitlines()[0]}") from None
-    loaded = {k: getattr(model.config, k) for k in KRON_KEYS}
-    if init_from != "resume" and model.config.is_kronecker and wants_kron and loaded != kron:
-        raise UsageError(f"{init_from} is a Kronecker model with dim_1, dim_2, factors = "
-                         f"{tuple(loaded.values())}, but the settings ask for {tuple(kron.values())}: "
-                         f"set them to match, or to None to take the checkpoint's")
-    if wants_kron and not model.config.is_kronecker and init_from != "resume":
-        if master:
-            print(f"compressing {init_from} ({model.get_num_params():,} parameters) with dim_1={c['dim_1']}, "
-                  f"dim_2={c['dim_2']}, factors={c['factors']}, init={c['init']}")
+        raise UsageError(f"cannot load init_from={init_from!r}: {one_line(e)}") from None
+    if init_from != "resume" and plan:
         try:
-            model = compress(model, c["dim_1"], c["dim_2"], c["factors"], init=c["init"], progress=master)
+            asked = replace(model.config, **{**PLAN_FIELDS, **plan})
         except ValueError as e:
-            raise UsageError(str(e)) from None
+            raise UsageError(f"{init_from}: {e}") from None
+        if model.config.is_kronecker:
+            if (asked.plan, asked.factored_layers) != (model.config.plan, model.config.factored_layers):
+                have, want = plan_text(model.config), plan_text(asked)
+                if have.startswith("dim_1") and want.startswith("dim_1"):
+                    want = want.split(" = ")[1]
+                raise UsageError(f"{init_from} is a Kronecker model with {have}, but the settings ask for {want}: "
+                                 f"set them to match, or unset them to take the checkpoint's")
+        else:
+            if master:
+                print(f"compressing {init_from} ({model.get_num_params():,} parameters) with "
+                      f"{', '.join(f'{k}={v}' for k, v in plan.items())}, init={c['init']}")
+            try:
+                model = compress(model, c["init"], progress=master, **plan)
+            except ValueError as e:
+                raise UsageError(f"{init_from}: {e}") from None
     if c["block_size"] < model.config.block_size:
         model = crop_block_size(model, c["block_size"])
     return with_dropout(model, c["dropout"]), checkpoint
 
 
-def adopt_model_shape(c, model, master):
-    """The run's settings take the model's shape wherever they differ (with a note), as nanoGPT does."""
-    for key in MODEL_KEYS:
+def adopted_shape(c, model, master):
+    """The model's shape and plan wherever they differ from the settings (with a note), as nanoGPT adopts them."""
+    adopted = {}
+    for key in MODEL_KEYS + PLAN_KEYS:
         value = getattr(model.config, key)
         if c[key] != value:
             if master:
                 print(f"note: {key}={c[key]} in the settings; the model from init_from={c['init_from']} has "
                       f"{key}={value}, which is used")
-            c[key] = value
+            adopted[key] = value
+    return adopted
+
+
+def load_teacher(c, model, device):
+    """The distillation teacher on the run's device, in eval mode and without gradients, checked against the
+    student: the same vocabulary, a context at least the student's (cropped to it), the same depth and width
+    when hidden states are matched."""
+    try:
+        teacher = load_model(c["teacher"])
+    except Exception as e:  # any failure to open the user's teacher is reported, not raised
+        raise UsageError(f"cannot load teacher={c['teacher']!r}: {one_line(e)}") from None
+    t, s = teacher.config, model.config
+    if t.vocab_size != s.vocab_size:
+        raise UsageError(f"teacher {c['teacher']} has vocab_size={t.vocab_size}, the student {s.vocab_size}")
+    if t.block_size < s.block_size:
+        raise UsageError(f"teacher {c['teacher']} has a context of {t.block_size} tokens, shorter than the "
+                         f"student's block_size={s.block_size}")
+    if c["distill_hidden"] > 0 and (t.n_layer, t.n_embd) != (s.n_layer, s.n_embd):
+        raise UsageError(f"distill_hidden matches hidden states layer by layer, but the teacher has n_layer="
+                         f"{t.n_layer}, n_embd={t.n_embd} and the student n_layer={s.n_layer}, n_embd={s.n_embd}")
+    if t.block_size > s.block_size:
+        teacher = crop_block_size(teacher, s.block_size)
+    return teacher.to(device).eval().requires_grad_(False)
+
+
+def distillation_losses(logits, targets, states, teacher_logits, teacher_states, c):
+    """{"loss", "ce_loss", "kd_loss", "hidden_loss"}: the loss train.py optimises and its parts (module doc)."""
+    ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
+    T = c["distill_temperature"]
+    student_log_probs = F.log_softmax(logits.float() / T, dim=-1)
+    teacher_log_probs = F.log_softmax(teacher_logits.float() / T, dim=-1)
+    kl = F.kl_div(student_log_probs, teacher_log_probs, log_target=True, reduction="none").sum(-1).mean()
+    kd = T * T * kl
+    hidden = sum(F.mse_loss(s.float(), t.float()) for s, t in zip(states, teacher_states)) / len(states)
+    loss = (1 - c["distill_alpha"]) * ce + c["distill_alpha"] * kd + c["distill_hidden"] * hidden
+    return {"loss": loss, "ce_loss": ce, "kd_loss": kd, "hidden_loss": hidden}
 
 
 def rng_state(batch_generator, device):
@@ -303,150 +355,228 @@ def truncate_metrics(path, iter_num):
         os.replace(f"{path}.tmp", path)
 
 
+# ----------------------------------------------------------------------------------------------------
+# The run: set-up, then the loop of evaluate-and-save and forward-backward steps.
+
+@dataclass
+class Runtime:
+    """Where and how this process computes."""
+    ddp: bool
+    rank: int
+    world_size: int
+    master: bool
+    device: torch.device
+    dtype: str
+    grad_accum: int  # micro-batches per iteration in this process
+
+    @property
+    def autocast(self):
+        return autocast_context(self.device, self.dtype)
+
+
+def setup_runtime(c):
+    """The process's rank, device and precision, from torchrun's environment and the settings."""
+    ddp = "RANK" in os.environ  # set by torchrun
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if c["gradient_accumulation_steps"] % world_size:
+        raise UsageError(f"gradient_accumulation_steps={c['gradient_accumulation_steps']} must be a multiple "
+                         f"of the number of processes ({world_size})")
+    device_name = c["device"]
+    if ddp and (device_name == "auto" and torch.cuda.is_available() or device_name.startswith("cuda")):
+        device_name = f"cuda:{int(os.environ['LOCAL_RANK'])}"  # one GPU per process
+    try:
+        device = setup_device(device_name)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if ddp:
+        backend = c["backend"] if c["backend"] != "auto" else "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+    return Runtime(ddp, rank, world_size, rank == 0, device, resolve_dtype(c["dtype"], device),
+                   c["gradient_accumulation_steps"] // world_size)
+
+
+@dataclass
+class State:
+    """What a checkpoint restores besides the weights."""
+    iter_num: int = 0
+    best_val_loss: float = float("inf")
+    elapsed_before: float = 0.0
+    run_id: str = ""
+
+
+def restore(checkpoint, optimizer, scaler, batch_generator, rt):
+    """The State of a resumed run; the optimizer, scaler and random number generators set as they were saved."""
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    if checkpoint["scaler"] and scaler.is_enabled():  # empty when saved by a run without float16
+        scaler.load_state_dict(checkpoint["scaler"])
+    states = checkpoint["rng"]
+    if rt.rank < len(states):  # ranks the checkpoint has no state for keep their fresh seed + rank streams
+        set_rng_state(states[rt.rank], batch_generator, rt.device)
+    if rt.master and len(states) != rt.world_size:
+        print(f"note: resuming {rt.world_size} processes from a checkpoint of {len(states)}: batches differ "
+              f"from those of an uninterrupted run")
+    return State(checkpoint["iter_num"], checkpoint["best_val_loss"], checkpoint["elapsed_s"],
+                 checkpoint.get("run_id", ""))
+
+
+@torch.no_grad()
+def estimate_loss(model, c, data_dir, rt):
+    """Mean loss over eval_iters batches per split, the batches shared out over the processes.
+
+    The windows are drawn from a generator seeded afresh at every evaluation: each evaluation scores the
+    same windows, so successive losses differ by the model only, not by sampling noise. Plain cross-entropy,
+    with or without distillation, so that runs compare.
+    """
+    model.eval()
+    losses = {}
+    for split in ("train", "val"):
+        generator = torch.Generator().manual_seed(c["seed"])
+        total = torch.zeros((), device=rt.device)
+        for k in range(c["eval_iters"]):
+            x, y = get_batch(data_dir, split, c["batch_size"], c["block_size"], generator, rt.device)
+            if k % rt.world_size == rt.rank:
+                with rt.autocast:
+                    total += model(x, y)[1].float()
+        if rt.world_size > 1:
+            dist.all_reduce(total)
+        losses[split] = total.item() / c["eval_iters"]
+    model.train()
+    return losses
+
+
+def forward_backward(model, teacher, c, data_dir, rt, batch_generator, scaler):
+    """One iteration's micro-batches through the model and back: {"loss"[, "ce_loss", "kd_loss", "hidden_loss"]}
+    averaged over them and over the processes, as floats (one device sync)."""
+    distill = teacher is not None and (c["distill_alpha"] > 0 or c["distill_hidden"] > 0)
+    sums = None
+    for micro_step in range(rt.grad_accum):
+        if rt.ddp:  # all-reduce the gradients on the last micro-step only
+            model.require_backward_grad_sync = micro_step == rt.grad_accum - 1
+        x, y = get_batch(data_dir, "train", c["batch_size"], c["block_size"], batch_generator, rt.device)
+        with rt.autocast:
+            if distill:
+                logits, _, states = model(x, return_hidden=True)
+                with torch.no_grad():
+                    teacher_logits, _, teacher_states = teacher(x, return_hidden=True)
+                parts = distillation_losses(logits, y, states, teacher_logits, teacher_states, c)
+            else:
+                parts = {"loss": model(x, y)[1]}
+        scaler.scale(parts["loss"] / rt.grad_accum).backward()
+        parts = torch.stack([v.detach().float() for v in parts.values()]) / rt.grad_accum
+        sums = parts if sums is None else sums + parts
+    if rt.ddp:
+        dist.all_reduce(sums)
+        sums /= rt.world_size
+    names = ("loss", "ce_loss", "kd_loss", "hidden_loss") if distill else ("loss",)
+    return dict(zip(names, sums.tolist()))
+
+
 def train(c):
     """Run the training loop the settings `c` describe; returns the last evaluation's losses."""
     check_config(c)
     data_dir = c["data_dir"] or os.path.join("data", c["dataset"])
     for split in ("train", "val"):
         check_tokens(data_dir, split, c["block_size"])
-
-    ddp = "RANK" in os.environ  # set by torchrun
-    rank = int(os.environ.get("RANK", 0))
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    master = rank == 0
-    if c["gradient_accumulation_steps"] % world_size:
-        raise UsageError(f"gradient_accumulation_steps={c['gradient_accumulation_steps']} must be a multiple "
-                         f"of the number of processes ({world_size})")
-    grad_accum = c["gradient_accumulation_steps"] // world_size
-    device_name = c["device"]
-    if device_name == "auto":
-        device_name = default_device()
-    if ddp and device_name.startswith("cuda"):  # one GPU per process
-        device_name = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    device = torch.device(device_name)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    dtype = c["dtype"]
-    if dtype == "auto":
-        dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if device.type == "cuda" else "float32"
-    if ddp:
-        backend = c["backend"] if c["backend"] != "auto" else "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
+    rt = setup_runtime(c)
 
     torch.manual_seed(c["seed"])  # the same initial model whatever the number of processes
-    model, checkpoint = init_model(c, master)
-    adopt_model_shape(c, model, master)
-    model.to(device)
-    ctx = nullcontext() if dtype == "float32" else torch.autocast(device.type, dtype=getattr(torch, dtype))
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == "float16")
+    model, checkpoint = init_model(c, rt.master)
+    run_settings = {**c, **adopted_shape(c, model, rt.master)}  # what the checkpoint records
+    for split in ("train", "val"):
+        check_tokens(data_dir, split, model.config.block_size, model.config.vocab_size)
+    teacher = load_teacher(c, model, rt.device) if c["teacher"] else None
+    model.to(rt.device)
+    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == "float16")
     optimizer = model.configure_optimizers(c["weight_decay"], c["learning_rate"], (c["beta1"], c["beta2"]),
-                                           device.type)
-
-    iter_num, best_val_loss, elapsed_before = 0, float("inf"), 0.0
-    batch_generator = seed_everything(c["seed"] + rank)
+                                           rt.device.type)
+    batch_generator = seed_everything(c["seed"] + rt.rank)
+    state = State(run_id=uuid.uuid4().hex[:12])
     if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        if checkpoint["scaler"] and scaler.is_enabled():  # empty when saved by a run without float16
-            scaler.load_state_dict(checkpoint["scaler"])
-        iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
-        elapsed_before = checkpoint["elapsed_s"]
-        states = checkpoint["rng"]
-        if rank < len(states):  # ranks the checkpoint has no state for keep their fresh seed + rank streams
-            set_rng_state(states[rank], batch_generator, device)
-        if master and len(states) != world_size:
-            print(f"note: resuming {world_size} processes from a checkpoint of {len(states)}: batches differ "
-                  f"from those of an uninterrupted run")
+        state = restore(checkpoint, optimizer, scaler, batch_generator, rt)
     raw_model = model
     if c["compile"]:
         model = torch.compile(model)
-    if ddp:
-        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if rt.ddp:
+        model = DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
 
-    tokens_per_iter = grad_accum * world_size * c["batch_size"] * c["block_size"]
+    c = dict(c, block_size=raw_model.config.block_size)  # batches have the model's context
+    tokens_per_iter = rt.grad_accum * rt.world_size * c["batch_size"] * c["block_size"]
     ckpt_path = os.path.join(c["out_dir"], "ckpt.pt")
     metrics_path = os.path.join(c["out_dir"], "metrics.jsonl")
-    if master:
+    if rt.master:
         os.makedirs(c["out_dir"], exist_ok=True)
         if checkpoint is not None:
-            truncate_metrics(metrics_path, iter_num)
-        kind = (f"Kronecker MLPs dim_1={c['dim_1']} dim_2={c['dim_2']} factors={c['factors']}"
-                if raw_model.config.is_kronecker else "dense MLPs")
-        print(f"model: {raw_model.get_num_params(non_embedding=False):,} parameters "
-              f"({raw_model.get_num_params():,} without position embeddings), "
-              f"{raw_model.get_num_mlp_params():,} in the MLPs ({kind})")
-        print(f"tokens per iteration: {tokens_per_iter:,} = {grad_accum} accumulation steps x {world_size} "
-              f"processes x {c['batch_size']} sequences x {c['block_size']} tokens")
-        print(f"device: {device}, {dtype}, compile={c['compile']}; data: {data_dir}")
-        when = "every evaluation" if c["always_save_checkpoint"] else "when the val loss improves"
-        print(f"checkpoints: {ckpt_path} ({when}, every {c['eval_interval']} iterations); "
-              f"metrics: {metrics_path}")
+            truncate_metrics(metrics_path, state.iter_num)
+        else:  # a fresh run: a new metrics file (check_config refused an unintended replacement)
+            for path in (metrics_path, ckpt_path):
+                if os.path.exists(path):
+                    os.remove(path)
+        report_run(raw_model, c, rt, data_dir, tokens_per_iter, ckpt_path, metrics_path, teacher)
         if c["wandb_log"]:
             import wandb
-            wandb.init(project=c["wandb_project"], name=c["wandb_run_name"], config=c)
-    if iter_num >= c["max_iters"] and not c["eval_only"]:
-        if master:
-            print(f"nothing to do: iteration {iter_num} is already max_iters={c['max_iters']}")
+            wandb.init(project=c["wandb_project"], name=c["wandb_run_name"], config=run_settings)
+    if state.iter_num >= c["max_iters"] and not c["eval_only"]:
+        if rt.master:
+            print(f"nothing to do: iteration {state.iter_num} is already max_iters={c['max_iters']}")
         return {}
 
-    last_eval_iter = iter_num if checkpoint is not None else -1  # the checkpoint was written at an evaluation
+    def log(record):
+        record = {"run": state.run_id, **record}
+        append_metrics(metrics_path, record)
+        if c["wandb_log"]:
+            wandb.log(record, step=record["iter"])
+
+    def evaluate_and_save(lr):
+        losses = estimate_loss(model.module if rt.ddp else model, c, data_dir, rt)
+        if not all(math.isfinite(v) for v in losses.values()):
+            raise NonFiniteLoss(f"iteration {state.iter_num}: train loss {losses['train']}, val loss "
+                                f"{losses['val']}")
+        elapsed = state.elapsed_before + time.time() - run_start
+        if rt.master:
+            print(f"iter {state.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            log({"iter": state.iter_num, "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr,
+                 "elapsed_s": elapsed})
+        if losses["val"] < state.best_val_loss or c["always_save_checkpoint"]:
+            state.best_val_loss = min(state.best_val_loss, losses["val"])
+            if state.iter_num > 0 and not c["eval_only"]:
+                states = [rng_state(batch_generator, rt.device)]
+                if rt.ddp:
+                    states = [None] * rt.world_size
+                    dist.all_gather_object(states, rng_state(batch_generator, rt.device))
+                if rt.master:
+                    ckpt = make_checkpoint(raw_model, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
+                                           iter_num=state.iter_num, best_val_loss=state.best_val_loss,
+                                           config=run_settings, rng=states, elapsed_s=elapsed, run_id=state.run_id)
+                    try:
+                        save_checkpoint(ckpt, ckpt_path)
+                    except OSError as e:  # disk full, quota: the previous checkpoint is still in place
+                        raise UsageError(f"cannot write {ckpt_path} ({one_line(e)}); the previous checkpoint is "
+                                         f"intact: free some space and resume with --init_from=resume") from None
+                    print(f"saved {ckpt_path} (iteration {state.iter_num})")
+        return losses
+
+    last_eval_iter = state.iter_num if checkpoint is not None else -1  # the checkpoint was written at an evaluation
     losses = {}
     run_start = time.time()
     train_time, logged_iters = 0.0, 0
     while True:
-        lr = get_lr(iter_num, c)
+        lr = get_lr(state.iter_num, c)
         for group in optimizer.param_groups:
             group["lr"] = lr
-
-        if c["eval_only"] or (iter_num != last_eval_iter and (iter_num % c["eval_interval"] == 0
-                                                               or iter_num == c["max_iters"])):
-            losses = estimate_loss(model.module if ddp else model, c, data_dir, ctx, device, rank, world_size)
-            last_eval_iter = iter_num
-            if not all(math.isfinite(v) for v in losses.values()):
-                raise NonFiniteLoss(f"iteration {iter_num}: train loss {losses['train']}, val loss "
-                                    f"{losses['val']}")
-            elapsed = elapsed_before + time.time() - run_start
-            if master:
-                print(f"iter {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-                record = {"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr,
-                          "elapsed_s": elapsed}
-                append_metrics(metrics_path, record)
-                if c["wandb_log"]:
-                    wandb.log(record, step=iter_num)
-            if losses["val"] < best_val_loss or c["always_save_checkpoint"]:
-                best_val_loss = min(best_val_loss, losses["val"])
-                if iter_num > 0 and not c["eval_only"]:
-                    states = [rng_state(batch_generator, device)]
-                    if ddp:
-                        states = [None] * world_size
-                        dist.all_gather_object(states, rng_state(batch_generator, device))
-                    if master:
-                        save_checkpoint(make_checkpoint(raw_model, optimizer=optimizer.state_dict(),
-                                                        scaler=scaler.state_dict(), iter_num=iter_num,
-                                                        best_val_loss=best_val_loss, config=dict(c), rng=states,
-                                                        elapsed_s=elapsed), ckpt_path)
-                        print(f"saved {ckpt_path} (iteration {iter_num})")
-        if c["eval_only"] or iter_num >= c["max_iters"]:
+        due = state.iter_num % c["eval_interval"] == 0 or state.iter_num == c["max_iters"]
+        if c["eval_only"] or (due and state.iter_num != last_eval_iter):
+            losses = evaluate_and_save(lr)
+            last_eval_iter = state.iter_num
+        if c["eval_only"] or state.iter_num >= c["max_iters"]:
             break
 
         step_start = time.time()
-        loss_sum = torch.zeros((), device=device)
-        for micro_step in range(grad_accum):
-            if ddp:  # all-reduce the gradients on the last micro-step only
-                model.require_backward_grad_sync = micro_step == grad_accum - 1
-            x, y = get_batch(data_dir, "train", c["batch_size"], c["block_size"], batch_generator, device)
-            with ctx:
-                loss = model(x, y)[1] / grad_accum
-            loss_sum += loss.detach()
-            scaler.scale(loss).backward()
-        if ddp:
-            dist.all_reduce(loss_sum)
-            loss_sum /= world_size
+        parts = forward_backward(model, teacher, c, data_dir, rt, batch_generator, scaler)
         # One device sync per iteration, so that a diverged loss stops the run before it reaches the weights.
-        lossf = loss_sum.item()
-        if not math.isfinite(lossf):
-            raise NonFiniteLoss(f"iteration {iter_num}: training loss {lossf}")
+        if not all(math.isfinite(v) for v in parts.values()):
+            raise NonFiniteLoss(f"iteration {state.iter_num}: training loss {parts['loss']}")
         if c["grad_clip"] > 0:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), c["grad_clip"])
@@ -456,34 +586,52 @@ def train(c):
         train_time += time.time() - step_start
         logged_iters += 1
 
-        if iter_num % c["log_interval"] == 0 and master:
+        if state.iter_num % c["log_interval"] == 0 and rt.master:
             tokens_per_sec = tokens_per_iter * logged_iters / train_time
             ms_per_iter = 1000 * train_time / logged_iters
-            elapsed = elapsed_before + time.time() - run_start
-            print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.3e}, {tokens_per_sec:,.0f} tokens/s, "
-                  f"{ms_per_iter:.0f} ms/iter, {elapsed:.0f} s")
-            record = {"iter": iter_num, "loss": lossf, "lr": lr, "tokens_per_sec": tokens_per_sec,
-                      "ms_per_iter": ms_per_iter, "elapsed_s": elapsed}
-            append_metrics(metrics_path, record)
-            if c["wandb_log"]:
-                wandb.log(record, step=iter_num)
+            elapsed = state.elapsed_before + time.time() - run_start
+            extra = "".join(f", {k} {v:.4f}" for k, v in parts.items() if k != "loss")
+            print(f"iter {state.iter_num}: loss {parts['loss']:.4f}{extra}, lr {lr:.3e}, {tokens_per_sec:,.0f} "
+                  f"tokens/s, {ms_per_iter:.0f} ms/iter, {elapsed:.0f} s")
+            log({"iter": state.iter_num, **parts, "lr": lr, "tokens_per_sec": tokens_per_sec,
+                 "ms_per_iter": ms_per_iter, "elapsed_s": elapsed})
             train_time, logged_iters = 0.0, 0
-        iter_num += 1
+        state.iter_num += 1
     return losses
+
+
+def report_run(model, c, rt, data_dir, tokens_per_iter, ckpt_path, metrics_path, teacher):
+    parts = model.get_num_params_by_part()
+    plan = model.config.plan
+    kind = (f"Kronecker {', '.join(f'{k} {a}x{b}:{f}' for k, (a, b, f) in plan.items())} in blocks "
+            f"{c['kron_layers'] if isinstance(c['kron_layers'], str) else list(model.config.factored_layers)}"
+            if plan else "dense")
+    print(f"model: {model.get_num_params(non_embedding=False):,} parameters "
+          f"({model.get_num_params():,} without position embeddings; embedding {parts['embedding']:,}, attention "
+          f"{parts['attention']:,}, MLPs {parts['mlp']:,}; {kind})")
+    print(f"tokens per iteration: {tokens_per_iter:,} = {rt.grad_accum} accumulation steps x {rt.world_size} "
+          f"processes x {c['batch_size']} sequences x {c['block_size']} tokens")
+    print(f"device: {rt.device}, {rt.dtype}, compile={c['compile']}; data: {data_dir}")
+    if teacher is not None:
+        print(f"teacher: {c['teacher']} ({teacher.get_num_params():,} parameters), distill_alpha="
+              f"{c['distill_alpha']}, distill_temperature={c['distill_temperature']}, distill_hidden="
+              f"{c['distill_hidden']}")
+    when = "every evaluation" if c["always_save_checkpoint"] else "when the val loss improves"
+    print(f"checkpoints: {ckpt_path} ({when}, every {c['eval_interval']} iterations); metrics: {metrics_path}")
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if any(arg in ("-h", "--help") for arg in argv):
         print(__doc__)
-        print("settings and their defaults:\n" + "\n".join(f"    --{k}={v}" for k, v in DEFAULTS.items()))
+        print("settings and their defaults:\n" + "\n".join(f"    --{k}={v}" for k, (v, _) in SETTINGS.items()))
         return
     master = os.environ.get("RANK", "0") == "0"
     try:
-        train(load_config(DEFAULTS, argv))
+        train(load_config(SETTINGS, argv))
     except (ConfigError, UsageError) as e:
         if master:
-            print(f"train.py: error: {e}", file=sys.stderr)
+            print(f"train.py: error: {' '.join(str(e).split())}", file=sys.stderr)
         sys.exit(2)
     except NonFiniteLoss as e:
         if master:

@@ -78,7 +78,7 @@ def test_cli_writes_directory_and_refuses_to_overwrite(tmp_path):
     run = subprocess.run([sys.executable, "krony_to_gpt.py", str(tmp_path / "ckpt.pt"), str(out)], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    assert "Kronecker MLPs (A 8x16, 2 factors)" in run.stdout and "wrote" in run.stdout
+    assert "Kronecker c_fc A 8x16:2, c_proj A 16x8:2" in run.stdout and "wrote" in run.stdout
     assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(out))
     before = os.path.getmtime(out / "model.safetensors")
     assert export_cli(tmp_path / "ckpt.pt", out) == 2

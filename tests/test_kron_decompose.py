@@ -7,10 +7,10 @@ import pytest
 import torch
 from conftest import move_off_defaults
 
-from kron_decompose import count_params, format_listing, list_shapes, main, mark_target, parse_size
-from kron_shapes import check_shape
-from model import (GPT, GPTConfig, compress, load_checkpoint, make_checkpoint, mlp_layers, nearest_kronecker,
-                   normalized_kronecker, pruned_kronecker, save_checkpoint, weight_of)
+from compress import compress, nearest_kronecker, normalized_kronecker, pruned_kronecker
+from kron_decompose import format_listing, main, mark_target, parse_size
+from kron_shapes import check_shape, count_params, list_shapes
+from model import GPT, GPTConfig, factorable_matrices, load_checkpoint, make_checkpoint, save_checkpoint, weight_of
 
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kron_decompose.py")
 
@@ -29,8 +29,9 @@ def rearranged_by_blocks(W, a_rows, a_cols):
 
 def relative_errors(teacher, student):
     """{"h.0.c_fc": ||W - W_hat||_F / ||W||_F, ...} of every MLP matrix."""
-    return {name: ((weight_of(t) - weight_of(s)).norm() / weight_of(t).norm()).item()
-            for (name, t), (_, s) in zip(mlp_layers(teacher), mlp_layers(student))}
+    return {f"h.{layer}.{name}": ((weight_of(t) - weight_of(s)).norm() / weight_of(t).norm()).item()
+            for (name, layer, t), (_, _, s) in zip(factorable_matrices(teacher), factorable_matrices(student))
+            if name in ("c_fc", "c_proj")}
 
 
 def tiny_gpt(seed=0, **kwargs):
@@ -115,7 +116,7 @@ def test_prune_matches_the_papers_95m_init():
 def test_prune_keeps_every_kth_row_or_column_and_zeros_the_rest(dim_1, dim_2, k, axis):
     teacher = tiny_gpt()
     for factors in (1, 2, k):
-        student = compress(teacher, dim_1, dim_2, factors, init="prune")
+        student = compress(teacher, dim_1=dim_1, dim_2=dim_2, factors=factors, init="prune")
         assert_other_weights_copied(teacher, student)
         for t_block, s_block in zip(teacher.transformer.h, student.transformer.h):
             W_fc, W_proj = t_block.mlp.c_fc.weight.T, t_block.mlp.c_proj.weight.T  # x @ W orientation
@@ -132,7 +133,7 @@ def test_prune_keeps_every_kth_row_or_column_and_zeros_the_rest(dim_1, dim_2, k,
 
 def test_prune_refuses_other_shapes_and_says_which_work():
     with pytest.raises(ValueError, match=r"prune needs .*dim_1=16 .* or dim_2=64"):
-        compress(tiny_gpt(), 8, 32, 1, init="prune")
+        compress(tiny_gpt(), dim_1=8, dim_2=32, factors=1, init="prune")
     with pytest.raises(ValueError, match="single row or column"):
         pruned_kronecker(torch.randn(16, 64), 8, 32, 1)
 
@@ -147,16 +148,16 @@ def test_full_rank_compression_of_hugging_face_gpt2_gives_its_logits(hf_gpt2_dir
     with torch.no_grad():
         want = hf(idx).logits
         for init in ("vl", "vl_norm"):
-            student = compress(teacher, 8, 16, 128, init=init).eval()
+            student = compress(teacher, dim_1=8, dim_2=16, factors=128, init=init).eval()
             assert student.config.factors == 128 and student.config.block_size == teacher.config.block_size
             assert max(relative_errors(teacher, student).values()) < 1e-6
             torch.testing.assert_close(student(idx)[0], want, rtol=0, atol=1e-4)
 
 
 def test_kronecker_teacher_is_decomposed_through_its_weights():
-    teacher = compress(tiny_gpt(), 4, 32, 2, init="random")  # a rank-2 Kronecker model
-    same = compress(teacher, 4, 32, 2)
-    other = compress(teacher, 8, 16, 1)
+    teacher = compress(tiny_gpt(), dim_1=4, dim_2=32, factors=2, init="random")  # a rank-2 Kronecker model
+    same = compress(teacher, dim_1=4, dim_2=32, factors=2)
+    other = compress(teacher, dim_1=8, dim_2=16, factors=1)
     idx = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(same(idx)[0], teacher(idx)[0], rtol=0, atol=1e-5)
@@ -167,7 +168,7 @@ def test_kronecker_teacher_is_decomposed_through_its_weights():
 
 def test_random_init_keeps_other_weights_and_has_scratch_std():
     teacher = tiny_gpt(n_embd=64, n_head=4)
-    student = compress(teacher, 8, 16, 2, init="random")
+    student = compress(teacher, dim_1=8, dim_2=16, factors=2, init="random")
     assert_other_weights_copied(teacher, student)
     W = student.transformer.h[0].mlp.c_fc.dense_weight()
     assert W.std().item() == pytest.approx(0.02, rel=0.15)
@@ -206,7 +207,7 @@ def test_listing_has_the_papers_shapes_and_is_fast():
     # the model issue's counts (tests/test_model.py builds these models)
     assert (by_shape[768, 768, 1]["params"], by_shape[768, 768, 1]["params_no_wpe"]) == (81_972_576, 81_186_144)
     assert (by_shape[384, 3072, 1]["params"], by_shape[384, 3072, 1]["params_no_wpe"]) == (96_128_304, 95_341_872)
-    assert by_shape[768, 768, 1]["mlp_flops"] == pytest.approx(0.2513, abs=1e-4)
+    assert by_shape[768, 768, 1]["matrix_flops"] == pytest.approx(0.2513, abs=1e-4)
     # the 67M class, the smallest factorisations: 123,653,376 - 12 * 2 * 768 * 3072 + 12 * 2 * 3072 parameters
     assert rows[0]["params_no_wpe"] == by_shape[24, 64, 1]["params_no_wpe"] == 67_104_000
     assert rows.index(by_shape[24, 64, 1]) in mark_target(rows, 67e6)
@@ -220,7 +221,7 @@ def test_listing_has_the_papers_shapes_and_is_fast():
 
 def test_cli_offers_every_initialisation_of_the_model():
     import kron_decompose
-    from model import INITS
+    from compress import INITS
     assert kron_decompose.INITS == tuple(INITS)  # named twice so that --list needs no torch
 
 
@@ -307,7 +308,8 @@ def run_main(argv, capsys):
 def kron_checkpoint(tmp_path):
     """One of our checkpoints holding a Kronecker model (n_embd 16), as train.py would write it."""
     path = str(tmp_path / "kron.pt")
-    save_checkpoint(make_checkpoint(compress(tiny_gpt(), 4, 32, 2, init="random"), iter_num=10), path)
+    model = compress(tiny_gpt(), dim_1=4, dim_2=32, factors=2, init="random")
+    save_checkpoint(make_checkpoint(model, iter_num=10), path)
     return path
 
 

@@ -14,7 +14,8 @@ from conftest import ROOT
 
 import train
 from configurator import ConfigError, load_config
-from model import GPT, compress, load_checkpoint, load_model
+from compress import compress
+from model import GPT, load_checkpoint, load_model
 
 VOCAB = 64
 
@@ -58,7 +59,7 @@ def tiny_args(data_dir, out_dir, /, **overrides):
 
 def run(args):
     """train.train with the settings of command-line args, in this process (cheaper than a subprocess)."""
-    return train.train(load_config(train.DEFAULTS, args))
+    return train.train(load_config(train.SETTINGS, args))
 
 
 def metrics(out_dir):
@@ -76,7 +77,7 @@ def file_hash(path):
 def test_overrides_are_type_checked_and_ordered(tmp_path):
     config_file = tmp_path / "conf.py"
     config_file.write_text("import math\nbatch_size = 4\nlearning_rate = 1\nwandb_run_name = 'file'\n")
-    config = load_config(train.DEFAULTS, [str(config_file), "--batch_size=6", "--dim_1=8", "--wandb_run_name=1e3",
+    config = load_config(train.SETTINGS, [str(config_file), "--batch_size=6", "--dim_1=8", "--wandb_run_name=1e3",
                                           "--compile=False"])
     assert config["batch_size"] == 6  # the override comes after the file
     assert config["learning_rate"] == 1.0 and isinstance(config["learning_rate"], float)
@@ -89,16 +90,16 @@ def test_overrides_are_type_checked_and_ordered(tmp_path):
                          ("--dim_1=8.0", "dim_1 must be an int or None"),
                          ("--max_iters", "expected --key=value")]:
         with pytest.raises(ConfigError, match=message):
-            load_config(train.DEFAULTS, [bad])
+            load_config(train.SETTINGS, [bad])
     config_file.write_text("n_layers = 4\n")
     with pytest.raises(ConfigError, match=f"unknown config key 'n_layers' in {config_file}.*n_layer"):
-        load_config(train.DEFAULTS, [str(config_file)])
+        load_config(train.SETTINGS, [str(config_file)])
 
 
 @pytest.mark.parametrize("name", ["train_gpt2.py", "train_gpt2_95M.py", "train_shakespeare.py",
                                   "finetune_shakespeare.py"])
 def test_shipped_configs_are_valid(name):
-    config = load_config(train.DEFAULTS, [os.path.join(ROOT, "config", name)])
+    config = load_config(train.SETTINGS, [os.path.join(ROOT, "config", name)])
     train.check_config(config)
     if "shakespeare" not in name:  # the paper's recipe, 131,072 tokens per iteration, on 8 GPUs
         assert config["gradient_accumulation_steps"] % 8 == 0
@@ -107,7 +108,7 @@ def test_shipped_configs_are_valid(name):
 
 
 def test_lr_schedule_matches_warmup_and_cosine():
-    c = dict(train.DEFAULTS, learning_rate=1.0, min_lr=0.1, warmup_iters=10, lr_decay_iters=110)
+    c = dict(load_config(train.SETTINGS, []), learning_rate=1.0, min_lr=0.1, warmup_iters=10, lr_decay_iters=110)
     assert train.get_lr(0, c) == pytest.approx(1 / 11)
     assert train.get_lr(9, c) == pytest.approx(10 / 11)
     assert train.get_lr(10, c) == pytest.approx(1.0)
@@ -179,7 +180,7 @@ def test_loss_falls_on_a_tiny_corpus(tmp_path, kron):
     assert losses["val"] == evals[-1]["val_loss"] < 1.0  # ln(64) = 4.16
     steps = [r for r in records if "loss" in r]
     assert [r["iter"] for r in steps] == list(range(30))
-    config = load_config(train.DEFAULTS, tiny_args("", ""))
+    config = load_config(train.SETTINGS, tiny_args("", ""))
     assert [r["lr"] for r in steps] == [train.get_lr(i, config) for i in range(30)]
     tokens_per_iter = config["batch_size"] * config["block_size"] * config["gradient_accumulation_steps"]
     assert all(r["tokens_per_sec"] * r["ms_per_iter"] / 1000 == pytest.approx(tokens_per_iter) for r in steps)
@@ -211,9 +212,10 @@ def test_resume_is_exact(tmp_path):
     run(tiny_args(data_dir, tmp_path / "resumed", max_iters=6, init_from="resume", **common))
 
     def losses(out_dir):  # every logged number but the timings
-        return [{k: v for k, v in r.items() if k not in ("tokens_per_sec", "ms_per_iter", "elapsed_s")}
+        return [{k: v for k, v in r.items() if k not in ("tokens_per_sec", "ms_per_iter", "elapsed_s", "run")}
                 for r in metrics(out_dir)]
     straight, resumed = losses(tmp_path / "straight"), losses(tmp_path / "resumed")
+    assert len({r["run"] for r in metrics(tmp_path / "resumed")}) == 1  # a resumed run keeps its id
     assert [(r["iter"], r.keys()) for r in resumed] == [(r["iter"], r.keys()) for r in straight]
     for a, b in zip(straight, resumed):
         assert all(abs(a[k] - b[k]) <= 1e-6 for k in a), (a, b)
@@ -259,7 +261,7 @@ def test_init_from_checkpoints_compresses_dense_and_keeps_kronecker(tmp_path, ca
     run(tiny_args(data_dir, tmp_path / "kron", init_from=dense_path, dim_1=16, dim_2=32, factors=2, init="vl",
                   **frozen))
     assert "note: n_layer=3 in the settings; the model from init_from=" in capsys.readouterr().out
-    expected = compress(load_checkpoint(dense_path)[0], 16, 32, 2, init="vl").state_dict()
+    expected = compress(load_checkpoint(dense_path)[0], dim_1=16, dim_2=32, factors=2, init="vl").state_dict()
     kron_model, kron_ckpt = load_checkpoint(str(tmp_path / "kron" / "ckpt.pt"))
     assert kron_ckpt["config"]["n_layer"] == 2 and kron_ckpt["config"]["dim_1"] == 16
     for name, tensor in expected.items():
@@ -285,7 +287,7 @@ def test_init_from_hugging_face_directory(tmp_path, hf_gpt2_dir):
     model, ckpt = load_checkpoint(str(out_dir / "ckpt.pt"))
     assert model.config.block_size == 16  # the 128 positions of the directory, cropped to the run's block_size
     teacher = GPT.from_pretrained(hf_gpt2_dir)
-    expected = compress(teacher, 32, 256, 1, init="prune").state_dict()
+    expected = compress(teacher, dim_1=32, dim_2=256, factors=1, init="prune").state_dict()
     expected["transformer.wpe.weight"] = expected["transformer.wpe.weight"][:16]
     for name, tensor in expected.items():
         torch.testing.assert_close(model.state_dict()[name], tensor, rtol=0, atol=0)
@@ -310,3 +312,51 @@ def test_torchrun_two_processes_then_resume_in_one(tmp_path):
     run(tiny_args(data_dir, out_dir, max_iters=6, init_from="resume", **common))
     assert [r["iter"] for r in metrics(out_dir) if "val_loss" in r] == [0, 4, 6]
     assert load_checkpoint(str(out_dir / "ckpt.pt"))[1]["iter_num"] == 6
+
+
+# --- nothing lost ------------------------------------------------------------------------------------------
+
+def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch, capsys):
+    """Disk full in the middle of torch.save: the run stops with one line, ckpt.pt is the last good one."""
+    import model as model_module
+    data_dir, out_dir = random_corpus(tmp_path), tmp_path / "out"
+    run(tiny_args(data_dir, out_dir, max_iters=4, eval_interval=2))
+    good = file_hash(out_dir / "ckpt.pt")
+    real_save = torch.save
+
+    def disk_full(obj, path):
+        real_save(obj, path)
+        with open(path, "r+b") as f:
+            f.truncate(100)  # half written
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(model_module.torch, "save", disk_full)
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(tiny_args(data_dir, out_dir, init_from="resume", max_iters=8, eval_interval=2))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "No space left on device" in err and err.count("\n") == 1, err
+    assert file_hash(out_dir / "ckpt.pt") == good and sorted(os.listdir(out_dir)) == ["ckpt.pt", "metrics.jsonl"]
+    monkeypatch.undo()
+    run(tiny_args(data_dir, out_dir, init_from="resume", max_iters=8, eval_interval=2))
+    assert load_checkpoint(str(out_dir / "ckpt.pt"))[1]["iter_num"] == 8
+
+
+def test_sigkill_during_training_leaves_a_checkpoint_to_resume_from(tmp_path):
+    import signal
+    import time
+    data_dir, out_dir = random_corpus(tmp_path), tmp_path / "out"
+    args = tiny_args(data_dir, out_dir, max_iters=100000, eval_interval=1, eval_iters=1, log_interval=1000)
+    process = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (out_dir / "ckpt.pt").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # many checkpoint writes later, most likely in the middle of one
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    saved_iter = load_checkpoint(str(out_dir / "ckpt.pt"))[1]["iter_num"]
+    assert saved_iter >= 1
+    run(tiny_args(data_dir, out_dir, init_from="resume", max_iters=saved_iter + 2, eval_interval=1, eval_iters=1))
+    assert load_checkpoint(str(out_dir / "ckpt.pt"))[1]["iter_num"] == saved_iter + 2
+    assert [r["iter"] for r in metrics(out_dir) if "val_loss" in r] == list(range(saved_iter + 3))

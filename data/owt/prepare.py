@@ -13,8 +13,8 @@ import glob
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import fail, one_line, tokenize, write_splits  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repository
+from common import UsageError, exit_on_usage_error, one_line, tokenize, write_splits  # noqa: E402
 
 BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
@@ -28,16 +28,16 @@ def expand_data_files(patterns):
         elif os.path.isdir(pattern):
             found = sorted(f for f in glob.glob(os.path.join(pattern, "*")) if os.path.splitext(f)[1] in BUILDERS)
             if not found:
-                fail(f"no .txt, .json, .jsonl or .parquet files in directory {pattern}")
+                raise UsageError(f"no .txt, .json, .jsonl or .parquet files in directory {pattern}")
             files += found
         else:
             found = sorted(glob.glob(pattern))
             if not found:
-                fail(f"no such file: {pattern}")
+                raise UsageError(f"no such file: {pattern}")
             files += found
     for f in files:
         if "://" not in f and os.path.getsize(f) == 0:
-            fail(f"empty input file: {f}")
+            raise UsageError(f"empty input file: {f}")
     return files
 
 
@@ -47,17 +47,18 @@ def load_data_files(patterns, num_proc):
     files = expand_data_files(patterns)
     extensions = {os.path.splitext(f)[1] for f in files}
     if not extensions <= BUILDERS.keys():
-        fail(f"unsupported input type {', '.join(sorted(extensions - BUILDERS.keys()))}: "
-             f"use .txt, .json, .jsonl or .parquet files")
+        raise UsageError(f"unsupported input type {', '.join(sorted(extensions - BUILDERS.keys()))}: "
+                         f"use .txt, .json, .jsonl or .parquet files")
     builders = {BUILDERS[e] for e in extensions}
     if len(builders) > 1:
-        fail(f"mixed input types ({', '.join(sorted(extensions))}): prepare one kind of file at a time")
+        raise UsageError(f"mixed input types ({', '.join(sorted(extensions))}): prepare one kind of file at a time")
     builder = builders.pop()
     kwargs = {"sample_by": "document"} if builder == "text" else {}
     try:
         return datasets.load_dataset(builder, data_files=files, split="train", num_proc=num_proc, **kwargs)
     except (FileNotFoundError, ValueError, datasets.exceptions.DatasetGenerationError) as e:
-        fail(f"cannot read {', '.join(patterns)}: {one_line(e.__cause__ or e)}")  # the parser's error, if wrapped
+        # the parser's error, if wrapped
+        raise UsageError(f"cannot read {', '.join(patterns)}: {one_line(e.__cause__ or e)}") from None
 
 
 def load_hub_dataset(dataset_id, num_proc):
@@ -73,13 +74,14 @@ def load_hub_dataset(dataset_id, num_proc):
             return datasets.load_dataset("parquet", data_files=f"{root}/data/*.parquet", split="train",
                                          num_proc=num_proc)
     except datasets.exceptions.DatasetNotFoundError:
-        fail(f"unknown dataset id {dataset_id!r} on the Hugging Face Hub (check the spelling, or log in for "
-             f"gated datasets)")
+        raise UsageError(f"unknown dataset id {dataset_id!r} on the Hugging Face Hub (check the spelling, or log in "
+                         f"for gated datasets)") from None
     except (ConnectionError, FileNotFoundError, ValueError) as e:
-        fail(f"cannot load dataset {dataset_id!r}: {one_line(e)}; check the id and your network connection, "
-             f"or prepare local files with --data_files")
+        raise UsageError(f"cannot load dataset {dataset_id!r}: {one_line(e)}; check the id and your network "
+                         f"connection, or prepare local files with --data_files") from None
 
 
+@exit_on_usage_error("data/owt/prepare.py")
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="Skylion007/openwebtext", help="Hugging Face dataset id (its train split)")
@@ -96,20 +98,20 @@ def main(argv=None):
     parser.add_argument("--out_dir", default=os.path.dirname(os.path.abspath(__file__)))
     args = parser.parse_args(argv)
     if not 0 < args.val_fraction < 1:
-        fail(f"--val_fraction must be between 0 and 1, got {args.val_fraction}")
+        raise UsageError(f"--val_fraction must be between 0 and 1, got {args.val_fraction}")
     if args.num_proc < 1 or (args.max_docs is not None and args.max_docs < 1):
-        fail("--num_proc and --max_docs must be at least 1")
+        raise UsageError("--num_proc and --max_docs must be at least 1")
 
     if args.data_files:
         dataset = load_data_files(args.data_files, args.num_proc)
     else:
         dataset = load_hub_dataset(args.dataset, args.num_proc)
     if len(dataset) < 2:
-        fail(f"the input has {len(dataset)} document(s): at least 2 are needed for a train and a val split")
+        raise UsageError(f"the input has {len(dataset)} document(s): at least 2 are needed for a train and a val split")
     try:
         split = dataset.train_test_split(test_size=args.val_fraction, seed=args.seed, shuffle=True)
     except ValueError as e:
-        fail(f"cannot split {len(dataset)} documents with --val_fraction {args.val_fraction}: {e}")
+        raise UsageError(f"cannot split {len(dataset)} documents with --val_fraction {args.val_fraction}: {e}")
     splits = {"train": split["train"], "val": split["test"]}
     if args.max_docs is not None:
         splits["train"] = splits["train"].select(range(min(args.max_docs, len(splits["train"]))))

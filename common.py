@@ -1,12 +1,18 @@
-"""Shared by the data/*/prepare.py scripts: GPT-2 tokenization with datasets.map and nanoGPT's token files.
+"""What every script shares that needs no torch: the error policy, GPT-2's tokenizer and nanoGPT's token files.
+
+Error policy: library code raises UsageError (a mistake in the user's input or set-up, told in one line) or
+ValueError; only a script's main() turns it into one line on stderr and exit status 2, through
+exit_on_usage_error.
 
 A token file is a flat uint16 array of GPT-2 token ids (np.memmap readable): each document's
-`encode_ordinary` tokens followed by the end-of-text token 50256.
+`encode_ordinary` tokens followed by the end-of-text token 50256. The data/*/prepare.py scripts write them
+with tokenize and write_splits.
 """
 import functools
 import math
 import os
 import sys
+from contextlib import contextmanager
 
 import numpy as np
 from tqdm import tqdm
@@ -15,15 +21,23 @@ EOT = 50256  # GPT-2's <|endoftext|>
 WRITE_SHARDS = 1024  # as nanoGPT: write in contiguous pieces so memory stays flat on 9 B tokens
 
 
-def fail(message):
-    """A user mistake or a missing resource: one clear line on stderr and exit status 2, no traceback."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+class UsageError(ValueError):
+    """A mistake in the user's input or set-up: reported as one line on stderr, exit status 2."""
 
 
 def one_line(error):
-    """`Type: first line of the message` of an exception, for fail()."""
+    """`Type: first line of the message` of an exception, safe on an empty message."""
     return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
+
+
+@contextmanager
+def exit_on_usage_error(prog):
+    """Around a script's main(): a UsageError becomes `prog: error: message` on stderr and exit status 2."""
+    try:
+        yield
+    except UsageError as e:
+        print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(2)
 
 
 @functools.cache
@@ -32,8 +46,27 @@ def gpt2_encoding():
     try:
         return tiktoken.get_encoding("gpt2")
     except Exception as e:
-        fail(f"cannot load tiktoken's gpt2 tokenizer ({type(e).__name__}): it is downloaded once, so connect to the "
-             f"network, or set TIKTOKEN_CACHE_DIR to a folder that holds its files (see ../shared/README.md)")
+        raise UsageError(f"cannot load tiktoken's gpt2 tokenizer ({type(e).__name__}): it is downloaded once, so "
+                         f"connect to the network, or set TIKTOKEN_CACHE_DIR to a folder that holds its files") \
+            from None
+
+
+def open_tokens(path, vocab_size=None):
+    """A token file as a read-only uint16 memmap, checked: it exists, its size is a positive multiple of 2 bytes,
+    and (given vocab_size) every id is below vocab_size. numpy's max streams the memmap at disk speed."""
+    if not os.path.isfile(path):
+        raise UsageError(f"{path}: no such token file")
+    size = os.path.getsize(path)
+    if size == 0 or size % 2:
+        raise UsageError(f"{path} is {size:,} bytes: a token file holds 2-byte token ids, so its size must be a "
+                         f"positive even number (a truncated or foreign file?)")
+    tokens = np.memmap(path, dtype=np.uint16, mode="r")
+    if vocab_size is not None:
+        largest = int(tokens.max())
+        if largest >= vocab_size:
+            raise UsageError(f"{path} holds token id {largest}, beyond the model's vocabulary of {vocab_size:,} "
+                             f"(not GPT-2 tokens, or a model with a smaller vocab_size)")
+    return tokens
 
 
 def _tokenize_batch(batch, text_column):
@@ -46,10 +79,10 @@ def tokenize(dataset, text_column="text", num_proc=1, desc="tokenizing"):
     """Per document: `ids` (uint16 token ids ending in EOT) and their count `len`; other columns are dropped."""
     import datasets
     if text_column not in dataset.column_names:
-        fail(f"no {text_column!r} column in the input (columns: {', '.join(dataset.column_names)}); "
-             f"choose one with --text_column")
+        raise UsageError(f"no {text_column!r} column in the input (columns: {', '.join(dataset.column_names)}); "
+                         f"choose one with --text_column")
     if dataset.features[text_column] not in (datasets.Value("string"), datasets.Value("large_string")):
-        fail(f"column {text_column!r} holds {dataset.features[text_column]}, not text")
+        raise UsageError(f"column {text_column!r} holds {dataset.features[text_column]}, not text")
     gpt2_encoding()  # fail here, once, rather than inside every worker
     # uint16 ids keep the map's cache files 4x smaller than the default int64 (72 GB -> 18 GB on OpenWebText)
     features = datasets.Features({"ids": datasets.List(datasets.Value("uint16")), "len": datasets.Value("int64")})
@@ -83,10 +116,10 @@ def write_splits(tokenized_splits, out_dir):
     counts = {}
     for split, tokenized in tokenized_splits.items():
         if len(tokenized) == 0:
-            fail(f"the {split} split has no documents")
+            raise UsageError(f"the {split} split has no documents")
         counts[split] = int(np.sum(tokenized.with_format("numpy")["len"][:], dtype=np.uint64))
         if counts[split] == len(tokenized):
-            fail(f"the {split} split's documents are all empty (no text to tokenize)")
+            raise UsageError(f"the {split} split's documents are all empty (no text to tokenize)")
     os.makedirs(out_dir, exist_ok=True)
     temp_paths = {split: os.path.join(out_dir, f"{split}.bin.tmp") for split in tokenized_splits}
     try:
