@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from kron_shapes import check_init
+from kron_shapes import INIT_NAMES, PLAN_FIELDS, check_init
 from model import GPT, KroneckerEmbedding, KroneckerLinear, factorable_matrices, kronecker_sum, weight_of
 
 
@@ -73,9 +73,9 @@ def pruned_kronecker(W, a_rows, a_cols, factors):
     return A, B
 
 
-# `random` keeps GPT's own init: W_hat entries of std 0.02, c_proj scaled as in GPT-2.
-INITS = {"vl": nearest_kronecker, "vl_norm": normalized_kronecker, "prune": pruned_kronecker, "random": None}
-PLAN_FIELDS = dict(dim_1=None, dim_2=None, factors=None, kron=None, kron_layers="all")  # GPTConfig's, unset
+# In kron_shapes.INIT_NAMES' order; `random` keeps GPT's own init: W_hat entries of std 0.02, c_proj scaled
+# as in GPT-2.
+INITS = dict(zip(INIT_NAMES, (nearest_kronecker, normalized_kronecker, pruned_kronecker, None)))
 
 
 @torch.no_grad()

@@ -27,10 +27,8 @@ import re
 import time
 
 from common import UsageError, exit_on_usage_error, one_line
-from kron_shapes import (BLOCK_MATRICES, MATRICES, PART_OF, check_init, count_params, list_shapes, matrix_shape,
-                         resolve_plan, weight_params)
-
-INITS = ("vl", "vl_norm", "prune", "random")  # compress.INITS, named here so that --list needs no torch
+from kron_shapes import (BLOCK_MATRICES, INIT_NAMES, MATRICES, PART_OF, check_init, count_params, list_shapes,
+                         matrix_shape, resolve_plan, weight_params)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -190,51 +188,55 @@ def report(args, teacher, student, plan, layers, errors, seconds):
         print(f"relative Frobenius error of wte: {errors['wte']:.4f}")
 
 
-def main(argv=None):
-    with exit_on_usage_error("kron_decompose.py"):
-        parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-        parser.add_argument("dim_1", type=int, nargs="?", help="c_fc's A has dim_1 rows (must divide n_embd)")
-        parser.add_argument("dim_2", type=int, nargs="?", help="c_fc's A has dim_2 columns (must divide 4*n_embd)")
-        parser.add_argument("n_factors", type=int, nargs="?", help="number of Kronecker products summed per matrix")
-        parser.add_argument("--kron", action="append", default=[], metavar="NAME=ROWSxCOLS:FACTORS",
-                            help=f"factor another matrix ({', '.join(MATRICES)}); repeat for several")
-        parser.add_argument("--layers", default="all", help="blocks whose matrices are factored: all, odd, even or "
-                                                            "a list like 0,2,4 (default all)")
-        parser.add_argument("--model", default="gpt2",
-                            help="teacher: a hub name, a local Hugging Face GPT-2 directory, or a krony checkpoint")
-        parser.add_argument("--init", default="vl", choices=INITS)
-        parser.add_argument("--out", help="checkpoint to write (default checks/krony_MODEL_SHAPE_INIT.pt)")
-        parser.add_argument("--list", action="store_true", help="list every valid shape instead; needs no weights")
-        parser.add_argument("--matrix", default="mlp", choices=("mlp",) + MATRICES,
-                            help="--list: the matrix whose shapes to list (default mlp: c_fc, c_proj its transpose)")
-        parser.add_argument("--n_embd", type=int, default=768, help="--list: model width")
-        parser.add_argument("--n_layer", type=int, default=12, help="--list: number of blocks")
-        parser.add_argument("--vocab_size", type=int, default=50257, help="--list: vocabulary")
-        parser.add_argument("--factors", default="1", help="--list: comma-separated factor counts, e.g. 1,2,4")
-        parser.add_argument("--target", help="--list: mark the shapes closest to this size, e.g. 81M")
-        args = parser.parse_args(argv)
-        shorthand = (args.dim_1, args.dim_2, args.n_factors)
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dim_1", type=int, nargs="?", help="c_fc's A has dim_1 rows (must divide n_embd)")
+    parser.add_argument("dim_2", type=int, nargs="?", help="c_fc's A has dim_2 columns (must divide 4*n_embd)")
+    parser.add_argument("n_factors", type=int, nargs="?", help="number of Kronecker products summed per matrix")
+    parser.add_argument("--kron", action="append", default=[], metavar="NAME=ROWSxCOLS:FACTORS",
+                        help=f"factor another matrix ({', '.join(MATRICES)}); repeat for several")
+    parser.add_argument("--layers", default="all", help="blocks whose matrices are factored: all, odd, even or "
+                                                        "a list like 0,2,4 (default all)")
+    parser.add_argument("--model", default="gpt2",
+                        help="teacher: a hub name, a local Hugging Face GPT-2 directory, or a krony checkpoint")
+    parser.add_argument("--init", default="vl", choices=INIT_NAMES)
+    parser.add_argument("--out", help="checkpoint to write (default checks/krony_MODEL_SHAPE_INIT.pt)")
+    parser.add_argument("--list", action="store_true", help="list every valid shape instead; needs no weights")
+    parser.add_argument("--matrix", default="mlp", choices=("mlp",) + MATRICES,
+                        help="--list: the matrix whose shapes to list (default mlp: c_fc, c_proj its transpose)")
+    parser.add_argument("--n_embd", type=int, default=768, help="--list: model width")
+    parser.add_argument("--n_layer", type=int, default=12, help="--list: number of blocks")
+    parser.add_argument("--vocab_size", type=int, default=50257, help="--list: vocabulary")
+    parser.add_argument("--factors", default="1", help="--list: comma-separated factor counts, e.g. 1,2,4")
+    parser.add_argument("--target", help="--list: mark the shapes closest to this size, e.g. 81M")
+    return parser
 
-        if args.list:
-            if any(v is not None for v in shorthand) or args.kron:
-                raise UsageError("--list takes no DIM_1 DIM_2 N_FACTORS nor --kron")
-            try:
-                factors_list = sorted({int(f) for f in args.factors.split(",")})
-            except ValueError:
-                raise UsageError(f"--factors {args.factors!r} is not a comma-separated list of integers") from None
-            if min(args.n_embd, args.n_layer, args.vocab_size, *factors_list) < 1:
-                raise UsageError("--n_embd, --n_layer, --vocab_size and --factors must be positive")
-            target = parse_size(args.target) if args.target else None
-            rows = list_shapes(args.n_embd, factors_list, args.n_layer, args.vocab_size, name=args.matrix)
-            print(format_listing(rows, args.n_embd, args.n_layer, target, args.matrix, args.vocab_size))
-            return
-        kron = parse_kron(args.kron)
-        if any(v is None for v in shorthand) and not (kron and all(v is None for v in shorthand)):
-            raise UsageError("give DIM_1 DIM_2 N_FACTORS, or --kron NAME=ROWSxCOLS:FACTORS, or --list to see the "
-                             "valid shapes")
-        if any(v is not None and v < 1 for v in shorthand) or any(min(shape) < 1 for shape in kron.values()):
-            raise UsageError("shapes and factor counts must be positive")
-        decompose(args, shorthand, kron)
+
+@exit_on_usage_error("kron_decompose.py")
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    shorthand = (args.dim_1, args.dim_2, args.n_factors)
+
+    if args.list:
+        if any(v is not None for v in shorthand) or args.kron:
+            raise UsageError("--list takes no DIM_1 DIM_2 N_FACTORS nor --kron")
+        try:
+            factors_list = sorted({int(f) for f in args.factors.split(",")})
+        except ValueError:
+            raise UsageError(f"--factors {args.factors!r} is not a comma-separated list of integers") from None
+        if min(args.n_embd, args.n_layer, args.vocab_size, *factors_list) < 1:
+            raise UsageError("--n_embd, --n_layer, --vocab_size and --factors must be positive")
+        target = parse_size(args.target) if args.target else None
+        rows = list_shapes(args.n_embd, factors_list, args.n_layer, args.vocab_size, name=args.matrix)
+        print(format_listing(rows, args.n_embd, args.n_layer, target, args.matrix, args.vocab_size))
+        return
+    kron = parse_kron(args.kron)
+    if any(v is None for v in shorthand) and not (kron and all(v is None for v in shorthand)):
+        raise UsageError("give DIM_1 DIM_2 N_FACTORS, or --kron NAME=ROWSxCOLS:FACTORS, or --list to see the "
+                         "valid shapes")
+    if any(v is not None and v < 1 for v in shorthand) or any(min(shape) < 1 for shape in kron.values()):
+        raise UsageError("shapes and factor counts must be positive")
+    decompose(args, shorthand, kron)
 
 
 if __name__ == "__main__":

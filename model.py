@@ -72,8 +72,8 @@ class GPTConfig:
 
 
 def kronecker_matmul(x, A, B, bias, a_first):
-    """x (n, in) @ sum_r kron(A[r], B[r]) + bias without building W (in, out); A (r, a_rows, a_cols), B (r, b_rows,
-    b_cols).
+    """x (..., in) @ sum_r kron(A[r], B[r]) + bias without building W (in, out); A (r, a_rows, a_cols), B (r, b_rows,
+    b_cols), either possibly transposed views (KroneckerEmbedding's lm_head).
 
     x is viewed as (a_rows, b_rows) per row and contracted with the factors in the order a_first chooses:
     (A^T X) B or A^T (X B). Stacking the r factors along one GEMM dimension turns the sum over r into part of the
@@ -81,28 +81,30 @@ def kronecker_matmul(x, A, B, bias, a_first):
     product (B a single row or column, as in the paper's 81M model) takes OuterProduct or MatVec instead, which
     run at memory speed.
     """
-    n = x.shape[0]
     r, a_rows, a_cols = A.shape
     _, b_rows, b_cols = B.shape
-    out_features = a_cols * b_cols
+    in_features, out_features = a_rows * b_rows, a_cols * b_cols
+    lead_shape = x.shape[:-1]
+    x = x.reshape(-1, in_features)
+    n = x.shape[0]
     if a_first:  # (A^T X) B
         t = x.view(n, a_rows, b_rows).transpose(1, 2).reshape(n * b_rows, a_rows)
         t = t @ A.permute(1, 0, 2).reshape(a_rows, r * a_cols)  # (n, b_rows, r, a_cols)
         t = t.view(n, b_rows, r, a_cols).permute(0, 3, 2, 1).reshape(n * a_cols, r * b_rows)
         if r * b_rows == 1:  # B is one row: the second contraction has length 1
-            return OuterProduct.apply(t.view(n, a_cols), B.reshape(b_cols), bias)
+            return OuterProduct.apply(t.view(n, a_cols), B.reshape(b_cols), bias).view(*lead_shape, out_features)
         y = (t @ B.reshape(r * b_rows, b_cols)).view(n, out_features)
     else:  # A^T (X B)
-        x_rows, B = x.reshape(n * a_rows, b_rows), B.permute(1, 0, 2).reshape(b_rows, r * b_cols)
-        t = MatVec.apply(x_rows, B.view(b_rows)) if r * b_cols == 1 else x_rows @ B  # B one column, or not
+        x_rows, Bm = x.reshape(n * a_rows, b_rows), B.permute(1, 0, 2).reshape(b_rows, r * b_cols)
+        t = MatVec.apply(x_rows, Bm.reshape(b_rows)) if r * b_cols == 1 else x_rows @ Bm  # B one column, or not
         t = t.view(n, a_rows, r, b_cols).permute(0, 3, 2, 1).reshape(n * b_cols, r * a_rows)
-        A = A.reshape(r * a_rows, a_cols)
+        Am = A.reshape(r * a_rows, a_cols)
         if b_cols == 1 and bias is not None:  # the GEMM's output is y itself: fuse the bias, as nn.Linear
-            return torch.addmm(bias, t, A)
-        y = (t @ A).view(n, b_cols, a_cols).transpose(1, 2).reshape(n, out_features)
+            return torch.addmm(bias, t, Am).view(*lead_shape, out_features)
+        y = (t @ Am).view(n, b_cols, a_cols).transpose(1, 2).reshape(n, out_features)
     if bias is not None:
         y = y + bias.to(y.dtype)  # under autocast, stay in the matmul's precision as nn.Linear does
-    return y
+    return y.view(*lead_shape, out_features)
 
 
 def kronecker_sum(A, B):
@@ -146,8 +148,7 @@ class KroneckerLinear(nn.Module):
             nn.init.zeros_(self.bias)
 
     def forward(self, x):
-        y = kronecker_matmul(x.reshape(-1, self.in_features), self.A, self.B, self.bias, self.a_first)
-        return y.view(*x.shape[:-1], self.out_features)
+        return kronecker_matmul(x, self.A, self.B, self.bias, self.a_first)
 
     def dense_weight(self):
         """The materialized W, shape (in_features, out_features): what x is multiplied by."""
@@ -192,9 +193,7 @@ class KroneckerEmbedding(nn.Module):
 
     def unembed(self, h):
         """Logits h @ W^T, shape (..., vocab_size)."""
-        y = kronecker_matmul(h.reshape(-1, self.n_embd), self.A.transpose(1, 2), self.B.transpose(1, 2), None,
-                             self.a_first)
-        return y.view(*h.shape[:-1], self.vocab_size)
+        return kronecker_matmul(h, self.A.transpose(1, 2), self.B.transpose(1, 2), None, self.a_first)
 
     def dense_weight(self):
         """The materialized W, shape (vocab_size, n_embd): row t embeds token t."""

@@ -99,7 +99,7 @@ def load_texts(name, data_dir=None):
             raise UsageError(f"{path} not found: --data_dir must hold {filename}")
         return read_jsonl(path), path
     hub_name = " ".join(filter(None, (hub_id, config)))
-    advice = f"pass --data_dir DIR holding {filename} (for example ../shared/eval)"
+    advice = f"pass --data_dir DIR holding {filename}, or connect to the network once"
     if not hub_offline() and not hub_reachable():
         raise UsageError(f"cannot reach the Hugging Face Hub to download {hub_id}; {advice}")
     import datasets

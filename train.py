@@ -38,9 +38,9 @@ from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from common import UsageError, one_line, open_tokens
-from compress import INITS, PLAN_FIELDS, compress
+from compress import INITS, compress
 from configurator import ConfigError, load_config
-from kron_shapes import check_init, shorthand_plan
+from kron_shapes import PLAN_FIELDS, check_init, shorthand_plan
 from model import (GPT, GPTConfig, IGNORE_INDEX, autocast_context, load_checkpoint, load_model, make_checkpoint,
                    resolve_dtype, save_checkpoint, setup_device)
 

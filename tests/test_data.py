@@ -114,8 +114,8 @@ def test_owt_text_jsonl_parquet_and_directory_agree(tmp_path, enc):
     pq.write_table(pa.table({"text": docs[:5]}), tmp_path / "a.parquet")
     pq.write_table(pa.table({"text": docs[5:]}), tmp_path / "b.parquet")
     inputs = {"txt": [tmp_path / "txt" / "*.txt"], "dir": [tmp_path / "txt"],
-              "jsonl": [write_jsonl(tmp_path / "docs.jsonl", docs)], "parquet": [tmp_path / "a.parquet",
-                                                                             tmp_path / "b.parquet"]}
+              "jsonl": [write_jsonl(tmp_path / "docs.jsonl", docs)],
+              "parquet": [tmp_path / "a.parquet", tmp_path / "b.parquet"]}
     outputs = {}
     for kind, files in inputs.items():
         run_owt("--data_files", *files, "--out_dir", tmp_path / kind / "out", "--val_fraction", "0.25")

@@ -18,6 +18,7 @@ import torch
 from conftest import ROOT, hf_tokenizer_or_skip, move_off_defaults
 
 from hf_remote_code.configuration_krony import KronyConfig
+from hf_remote_code import modeling_krony
 from hf_remote_code.modeling_krony import KroneckerEmbedding, KroneckerLinear, KronyForCausalLM
 
 REMOTE_DIR = os.path.join(ROOT, "hf_remote_code")
@@ -342,3 +343,24 @@ def test_weights_that_do_not_match_the_plan_are_refused(tmp_path):
     x = ids(1, 8)
     with torch.no_grad():  # and the untouched folder still loads, to the same model
         torch.testing.assert_close(load_with().eval()(x).logits, model(x).logits, rtol=0, atol=0)
+
+
+def test_shipped_kronecker_code_is_the_repositorys():
+    """modeling_krony.py must run without this repository, so it carries copies of model.py's contractions and
+    kron_shapes.py's cost model: the same code (docstrings aside), or the shipped model computes differently."""
+    import ast
+    import inspect
+
+    import kron_shapes
+    import model
+
+    def code(obj):
+        tree = ast.parse(inspect.getsource(obj))
+        for node in ast.walk(tree):
+            body = getattr(node, "body", None)
+            if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and \
+                    isinstance(getattr(body[0], "value", None), ast.Constant) and isinstance(body[0].value.value, str):
+                node.body = body[1:]
+        return ast.dump(tree)
+    for ours in (model.kronecker_matmul, model.kronecker_sum, model.OuterProduct, model.MatVec, kron_shapes.kron_flops):
+        assert code(ours) == code(getattr(modeling_krony, ours.__name__)), ours.__name__

@@ -111,8 +111,8 @@ def test_prune_matches_the_papers_95m_init():
     assert torch.equal(A[0], W_proj[:, 0::2]) and torch.equal(B[0], torch.tensor([[1.0, 0.0]]))
 
 
-@pytest.mark.parametrize("dim_1,dim_2,k,axis", [(8, 64, 2, "embedding"), (16, 16, 4, "hidden"), (16, 32, 2, "hidden"),
-                                                 (4, 64, 4, "embedding")])
+@pytest.mark.parametrize("dim_1,dim_2,k,axis", [(8, 64, 2, "embedding"), (16, 16, 4, "hidden"),
+                                                (16, 32, 2, "hidden"), (4, 64, 4, "embedding")])
 def test_prune_keeps_every_kth_row_or_column_and_zeros_the_rest(dim_1, dim_2, k, axis):
     teacher = tiny_gpt()
     for factors in (1, 2, k):
@@ -222,7 +222,10 @@ def test_listing_has_the_papers_shapes_and_is_fast():
 def test_cli_offers_every_initialisation_of_the_model():
     import kron_decompose
     from compress import INITS
-    assert kron_decompose.INITS == tuple(INITS)  # named twice so that --list needs no torch
+    from kron_shapes import INIT_NAMES
+    assert INIT_NAMES == tuple(INITS)  # the names live torch-free, so that --list needs no torch
+    init_action = next(a for a in kron_decompose.build_parser()._actions if a.dest == "init")
+    assert tuple(init_action.choices) == INIT_NAMES
 
 
 def test_list_command_never_imports_torch():
