@@ -152,3 +152,21 @@ def test_distill_config_differs_from_train_gpt2_in_distillation_alone():
     assert differing == {"out_dir", "wandb_run_name", "teacher", "distill_alpha"}
     assert distill["teacher"] == "gpt2" and 0 < distill["distill_alpha"] <= 1
     json.dumps(distill)  # plain values only
+
+
+def test_distillation_under_torchrun_with_two_processes(tmp_path, teacher_path):
+    """DDP: each process loads the teacher once, unwrapped; the logged parts are averaged over the processes."""
+    import subprocess
+    import sys
+    data_dir = random_corpus(tmp_path)
+    args = tiny_args(data_dir, tmp_path / "ddp", teacher=teacher_path, distill_alpha=0.5, distill_hidden=0.5,
+                     max_iters=4, eval_interval=4, gradient_accumulation_steps=4)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=180, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = [r for r in metrics(tmp_path / "ddp") if "kd_loss" in r]
+    assert [r["iter"] for r in steps] == [0, 1, 2, 3]
+    for r in steps:
+        assert r["loss"] == pytest.approx(0.5 * r["ce_loss"] + 0.5 * r["kd_loss"] + 0.5 * r["hidden_loss"], rel=1e-5)
+    assert load_checkpoint(str(tmp_path / "ddp" / "ckpt.pt"))[1]["iter_num"] == 4
