@@ -12,8 +12,8 @@ Each step is the real script with its real arguments, printed before it runs so 
   4. fine-tune the compression  train.py config/finetune_shakespeare.py
   5. export it                  krony_to_gpt.py: a standard Hugging Face GPT-2 directory
   6. score all three models     perplexity.py on the held-out works (data/shakespeare/val.bin)
-It ends with a table of parameters, validation perplexity and training time per step. Everything goes
-under --out_dir (default checks/quickstart).
+It ends with a table of parameters, validation perplexity and training time per step, and the runs' loss
+curves in losses.png (drawn by plot.py). Everything goes under --out_dir (default checks/quickstart).
 """
 
 import argparse
@@ -25,6 +25,7 @@ import sys
 import time
 
 from model import load_model
+from plot import plot_losses, read_metrics
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 VAL_TOKENS = os.path.join("data", "shakespeare", "val.bin")
@@ -126,6 +127,11 @@ def main():
     at_init = perplexities["compressed at init"] / perplexities["teacher (dense)"]
     print(f"\ncompressed + fine-tuned perplexity is {ratio:.2f}x the teacher's (at init: {at_init:.2f}x); goal: "
           f"within {RECOVERY_GOAL}x, {'met' if ratio <= RECOVERY_GOAL else 'NOT met'}")
+
+    runs = {name: read_metrics(os.path.join(ROOT, out, run_dir)) for name, run_dir in
+            (("teacher (dense)", "teacher"), ("compressed + fine-tuned", "krony")) if name in step_ms}
+    plot_losses(runs, os.path.join(ROOT, out, "losses.png"), "quickstart: loss against iteration")
+    print(f"loss curves: {os.path.join(out, 'losses.png')}")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,8 @@ def test_quickstart_trains_compresses_exports_and_scores(tmp_path):
     assert krony_mlp <= teacher_mlp / 2  # 128 128 1: a quarter of the weights, plus the biases
     assert rows["teacher (dense)"][3] != "-" and rows["compressed at init"][3] == "-"
     assert (tmp_path / "krony_hf" / "model.safetensors").exists()
+    with open(tmp_path / "losses.png", "rb") as f:  # both runs' curves, drawn by plot.py
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 def test_quickstart_from_a_given_teacher(tmp_path):

@@ -1,0 +1,369 @@
+"""
+Answer compression questions with paired runs of the real pipeline, and write tables and plots.
+
+    python study.py config/study_smoke.py                  # two variants, one seed, a tiny teacher: ~2 minutes
+    python study.py config/study_paper_questions.py        # the paper's open questions on Shakespeare
+
+Seed noise is larger than the differences between compression choices, so the design is paired: for each
+seed every variant is fine-tuned on exactly the same batches in the same order (train.py's seed), and every
+model is scored by perplexity.py on the same fixed held-out tokens (the first eval_tokens of val.bin). Each
+variant is reported as its paired differences to a baseline, seed by seed, with their mean and range.
+
+A study config is plain Python, like train.py's (see STUDY_SETTINGS below): a teacher (a model source, or
+teacher_config, a train.py config trained first into out_dir/teacher), train.py settings shared by every
+fine-tuning run, seeds, variants {name: {"plan": GPTConfig plan fields, "init": vl|vl_norm|prune|random,
+"distill": train.py distill_* settings, "finetune": train.py settings for this variant only}}, and questions
+{title: (baseline variant, [variants])}. For each variant: kron_decompose.py once, then for each seed
+train.py and perplexity.py. A run whose result.json exists is skipped, so a study can be stopped and restarted
+at any point; a run that fails is reported as failed with its log's last line and the others go on.
+Writes out_dir/results.json, results.md, val_loss.png (val loss against iteration, mean over seeds) and
+frontier.png (fine-tuned perplexity against parameters, teacher marked).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from common import UsageError, exit_on_usage_error, one_line
+from configurator import ConfigError, checked, load_config
+from kron_shapes import INIT_NAMES, PLAN_FIELDS, check_init, count_parts, resolve_plan
+
+STUDY_SETTINGS = dict(  # key=(default, type)
+    out_dir=("studies/study", str),
+    teacher=("", str),  # a model source; empty: train teacher_config into out_dir/teacher
+    teacher_config=("", str),
+    teacher_overrides=({}, dict),  # train.py settings on top of teacher_config
+    data_dir=("data/shakespeare", str),
+    eval_tokens=(100_000, int),  # the held-out prefix of val.bin every model is scored on
+    seeds=([1, 2, 3], list),
+    finetune=({}, dict),  # train.py settings shared by every variant's fine-tuning
+    variants=({}, dict),
+    questions=({}, dict),
+    device=("cpu", str),
+)
+VARIANT_KEYS = ("plan", "init", "distill", "finetune")
+DISTILL_KEYS = ("distill_alpha", "distill_temperature", "distill_hidden")
+RUN_OWNED = ("out_dir", "init_from", "seed", "teacher", "overwrite", "data_dir", "device") + tuple(PLAN_FIELDS) + \
+    DISTILL_KEYS
+
+
+def write_json(obj, path):
+    tmp_path = f"{path}.tmp{os.getpid()}"
+    with open(tmp_path, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp_path, path)
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def run_step(args, log_path):
+    """`python args...` from the repository root, output to log_path; None on success, else the log's last line."""
+    with open(log_path, "w") as log:
+        status = subprocess.run([sys.executable, *args], cwd=os.path.dirname(os.path.abspath(__file__)),
+                                stdout=log, stderr=subprocess.STDOUT).returncode
+    if status == 0:
+        return None
+    with open(log_path) as f:
+        lines = [line.strip() for line in f if line.strip()]
+    return f"{args[0]} exited {status}: {lines[-1] if lines else 'no output'}"
+
+
+def settings_args(settings):
+    """train.py's --key=value arguments for a settings dict."""
+    return [f"--{k}={v}" if isinstance(v, str) else f"--{k}={v!r}" for k, v in settings.items()]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checking a study before its first run
+
+def check_study(s, train_settings):
+    """Fail, naming the variant, on anything that would fail later: before any run starts."""
+    if not s["variants"]:
+        raise UsageError("the study has no variants")
+    if not s["seeds"] or not all(isinstance(seed, int) for seed in s["seeds"]):
+        raise UsageError(f"seeds must be a list of integers, got {s['seeds']!r}")
+    if s["eval_tokens"] < 2:
+        raise UsageError("eval_tokens must be at least 2")
+    val_path = os.path.join(s["data_dir"], "val.bin")
+    if not os.path.isfile(val_path):
+        raise UsageError(f"{val_path} not found: run data/shakespeare/prepare.py (or set data_dir)")
+    shape = teacher_shape(s, train_settings)
+    check_train_settings(s["finetune"], train_settings, "finetune")
+    for name, variant in s["variants"].items():
+        where = f"variant {name!r}"
+        if not isinstance(variant, dict) or set(variant) - set(VARIANT_KEYS):
+            raise UsageError(f"{where}: expected a dict with keys among {', '.join(VARIANT_KEYS)}, got {variant!r}")
+        plan = variant.get("plan", {})
+        if not isinstance(plan, dict) or set(plan) - set(PLAN_FIELDS) or not set(plan) - {"kron_layers"}:
+            raise UsageError(f"{where}: plan must name matrices with the fields {', '.join(PLAN_FIELDS)}, got "
+                             f"{plan!r}")
+        try:
+            resolved, _ = resolve_plan(shape.n_embd, shape.n_layer, shape.vocab_size, **plan)
+            check_init(resolved, variant.get("init", "vl"), shape.n_embd, shape.vocab_size)
+        except ValueError as e:
+            raise UsageError(f"{where}: {e}") from None
+        if variant.get("init", "vl") not in INIT_NAMES:
+            raise UsageError(f"{where}: init={variant['init']!r} is not one of {', '.join(INIT_NAMES)}")
+        distill = variant.get("distill", {})
+        if set(distill) - set(DISTILL_KEYS):
+            raise UsageError(f"{where}: distill takes {', '.join(DISTILL_KEYS)}, got {sorted(distill)}")
+        check_train_settings({**distill, **variant.get("finetune", {})}, train_settings, where, allow=DISTILL_KEYS)
+    for title, (baseline, names) in s["questions"].items():
+        for name in [baseline, *names]:
+            if name not in s["variants"]:
+                raise UsageError(f"question {title!r} names the unknown variant {name!r}")
+
+
+def check_train_settings(settings, train_settings, where, allow=()):
+    for key, value in settings.items():
+        if key in RUN_OWNED and key not in allow:
+            raise UsageError(f"{where}: {key} is set by study.py for every run")
+        try:
+            checked(key, value, train_settings, where)
+        except ConfigError as e:
+            raise UsageError(str(e)) from None
+
+
+def teacher_shape(s, train_settings):
+    """The teacher's GPTConfig, from its checkpoint or config.json, or from teacher_config's settings."""
+    from model import GPTConfig, load_model_config
+    if s["teacher"]:
+        try:
+            return load_model_config(s["teacher"])
+        except Exception as e:
+            raise UsageError(f"cannot load teacher={s['teacher']!r}: {one_line(e)}") from None
+    if not s["teacher_config"]:
+        raise UsageError("set teacher (a model source) or teacher_config (a train.py config to train it)")
+    try:
+        c = load_config(train_settings, [s["teacher_config"], *settings_args(s["teacher_overrides"])])
+    except ConfigError as e:
+        raise UsageError(f"teacher_config: {e}") from None
+    return GPTConfig(**{k: c[k] for k in ("n_layer", "n_head", "n_embd", "vocab_size", "block_size")})
+
+
+# ----------------------------------------------------------------------------------------------------
+# Runs
+
+def score(model_path, s, out_path, log_path):
+    """perplexity.py on the held-out prefix: (perplexity, None) or (None, the failure)."""
+    if not os.path.exists(out_path):
+        error = run_step(["perplexity.py", model_path, os.path.join(s["data_dir"], "val.bin"),
+                          f"--max_tokens={s['eval_tokens']}", f"--device={s['device']}", "--out", out_path], log_path)
+        if error:
+            return None, error
+    return next(iter(read_json(out_path)["datasets"].values()))["perplexity"], None
+
+
+def decompose_args(variant, teacher):
+    plan = variant.get("plan", {})
+    args = ["kron_decompose.py"]
+    if plan.get("dim_1") is not None:
+        args += [str(plan["dim_1"]), str(plan["dim_2"]), str(plan["factors"])]
+    for name, (rows, cols, factors) in (plan.get("kron") or {}).items():
+        args += ["--kron", f"{name}={rows}x{cols}:{factors}"]
+    layers = plan.get("kron_layers", "all")
+    args += ["--layers", layers if isinstance(layers, str) else ",".join(map(str, layers))]
+    return args + ["--model", teacher, "--init", variant.get("init", "vl")]
+
+
+def run_variant(name, variant, s, teacher):
+    """Decompose once, score the init, then fine-tune and score each seed; returns the variant's results."""
+    folder = os.path.join(s["out_dir"], "runs", name)
+    os.makedirs(folder, exist_ok=True)
+    init_path = os.path.join(folder, "init.pt")
+    result = {"variant": name, "runs": {}}
+    error = None
+    if not os.path.exists(init_path):
+        error = run_step(decompose_args(variant, teacher) + ["--out", init_path],
+                         os.path.join(folder, "decompose.log"))
+    if error is None:
+        result["init_perplexity"], error = score(init_path, s, os.path.join(folder, "init_ppl.json"),
+                                                 os.path.join(folder, "init_ppl.log"))
+    if error is not None:
+        return {**result, "error": error}
+    from model import load_model_config
+    config = load_model_config(init_path)
+    parts = count_parts(config.n_embd, config.n_layer, config.vocab_size, config.block_size, config.bias,
+                        config.plan, config.factored_layers)
+    result["parameters"] = sum(parts.values())
+    result.update({f"{part}_parameters": parts[part] for part in ("mlp", "attention", "embedding")})
+    for seed in s["seeds"]:
+        result["runs"][seed] = run_seed(folder, init_path, variant, seed, s, teacher)
+    return result
+
+
+def run_seed(folder, init_path, variant, seed, s, teacher):
+    """One fine-tuning run and its score, or the result.json it left when it finished before."""
+    run_dir = os.path.join(folder, f"seed{seed}")
+    result_path = os.path.join(run_dir, "result.json")
+    if os.path.exists(result_path):
+        return read_json(result_path)
+    os.makedirs(run_dir, exist_ok=True)
+    distill = variant.get("distill", {})
+    settings = {**s["finetune"], **variant.get("finetune", {}), **distill,
+                "teacher": teacher if distill else "", "init_from": init_path, "out_dir": run_dir, "seed": seed,
+                "data_dir": s["data_dir"], "device": s["device"], "overwrite": True}
+    error = run_step(["train.py", *settings_args(settings)], os.path.join(run_dir, "train.log"))
+    perplexity = None
+    if error is None:
+        perplexity, error = score(os.path.join(run_dir, "ckpt.pt"), s, os.path.join(run_dir, "ppl.json"),
+                                  os.path.join(run_dir, "ppl.log"))
+    if error is not None:
+        return {"status": "failed", "error": error}  # not saved: a restart tries it again
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    ms = [r["ms_per_iter"] for r in records if "ms_per_iter" in r]
+    result = {"status": "ok", "perplexity": perplexity, "ms_per_iter": sum(ms) / len(ms) if ms else None,
+              "val_loss": [[r["iter"], r["val_loss"]] for r in records if "val_loss" in r]}
+    write_json(result, result_path)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------
+# Results
+
+def finetuned(variant_result):
+    """{seed: perplexity} of the variant's finished runs."""
+    return {int(seed): run["perplexity"] for seed, run in variant_result["runs"].items() if run["status"] == "ok"}
+
+
+def paired_differences(results, baseline, name):
+    """[(seed, perplexity of name - perplexity of baseline)] over the seeds both finished."""
+    base, other = finetuned(results[baseline]), finetuned(results[name])
+    return [(seed, other[seed] - base[seed]) for seed in sorted(base) if seed in other]
+
+
+def spread(values):
+    return f"{sum(values) / len(values):.2f} ({min(values):.2f} to {max(values):.2f})"
+
+
+def results_markdown(s, results, teacher_perplexity):
+    lines = [f"# {os.path.basename(os.path.normpath(s['out_dir']))}: results", "",
+             f"Teacher {s['teacher'] or s['teacher_config']}: val perplexity {teacher_perplexity:.2f} on the first "
+             f"{s['eval_tokens']:,} tokens of {os.path.join(s['data_dir'], 'val.bin')}; seeds {s['seeds']}. "
+             "Perplexities as mean (min to max) over seeds.", "",
+             "| variant | parameters | MLP | attention | embedding | val ppl at init | val ppl fine-tuned "
+             "| / teacher | train ms/step |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in results.items():
+        if "error" in r:
+            lines.append(f"| {name} | failed: {r['error']} | | | | | | | |")
+            continue
+        ppl = list(finetuned(r).values())
+        failed = [f"seed {seed} failed: {run['error']}" for seed, run in r["runs"].items() if run["status"] != "ok"]
+        ms = [run["ms_per_iter"] for run in r["runs"].values() if run.get("ms_per_iter")]
+        finetuned_text = "; ".join(([spread(ppl)] if ppl else []) + failed)
+        ratio = f"{sum(ppl) / len(ppl) / teacher_perplexity:.3f}" if ppl else "-"
+        lines.append(f"| {name} | {r['parameters']:,} | {r['mlp_parameters']:,} | {r['attention_parameters']:,} "
+                     f"| {r['embedding_parameters']:,} | {r['init_perplexity']:.2f} | {finetuned_text} | {ratio} "
+                     f"| {f'{sum(ms) / len(ms):.0f}' if ms else '-'} |")
+    for title, (baseline, names) in s["questions"].items():
+        lines += ["", f"## {title}", "", f"Paired differences in fine-tuned val perplexity to {baseline}, seed by "
+                  "seed (negative: better than the baseline); a range that includes zero is no difference.", "",
+                  "| variant | per seed | mean | range | verdict |", "| --- | --- | --- | --- | --- |"]
+        for name in names:
+            diffs = paired_differences(results, baseline, name) if "error" not in results[name] and \
+                "error" not in results[baseline] else []
+            if not diffs:
+                lines.append(f"| {name} | no paired runs | | | |")
+                continue
+            values = [d for _, d in diffs]
+            low, high = min(values), max(values)
+            verdict = "no difference" if low <= 0 <= high else "better" if high < 0 else "worse"
+            lines.append(f"| {name} | {', '.join(f'{seed}: {d:+.2f}' for seed, d in diffs)} "
+                         f"| {sum(values) / len(values):+.2f} | {low:+.2f} to {high:+.2f} | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_results(s, results, teacher_perplexity, teacher_parameters):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from plot import plot_losses
+    curves = {}
+    for name, r in results.items():  # the mean val loss over the seeds at each evaluation
+        by_iter = {}
+        for run in r.get("runs", {}).values():
+            for it, loss in run.get("val_loss", []):
+                by_iter.setdefault(it, []).append(loss)
+        curves[name] = [{"iter": it, "val_loss": sum(v) / len(v)} for it, v in sorted(by_iter.items())]
+    plot_losses(curves, os.path.join(s["out_dir"], "val_loss.png"), "val loss during fine-tuning (mean over seeds)")
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
+    for i, (name, r) in enumerate(results.items()):
+        ppl = list(finetuned(r).values()) if "error" not in r else []
+        if ppl:
+            mean = sum(ppl) / len(ppl)
+            ax.errorbar(r["parameters"] / 1e6, mean, yerr=[[mean - min(ppl)], [max(ppl) - mean]], fmt="o",
+                        color=f"C{i % 10}", capsize=3, label=name)
+    ax.axhline(teacher_perplexity, color="black", linestyle="--", linewidth=0.8)
+    ax.plot([teacher_parameters / 1e6], [teacher_perplexity], marker="*", markersize=12, color="black",
+            linestyle="none", label="teacher")
+    ax.set_xlabel("parameters (millions)")
+    ax.set_ylabel("val perplexity after fine-tuning")
+    ax.set_title("size against quality (bars: range over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(s["out_dir"], "frontier.png"))
+    plt.close(fig)
+
+
+@exit_on_usage_error("study.py")
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or any(arg in ("-h", "--help") for arg in argv):
+        print(__doc__)
+        return
+    import train  # its settings table checks the fine-tuning settings
+    try:
+        s = load_config(STUDY_SETTINGS, argv)
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+    check_study(s, train.SETTINGS)
+    start = time.time()
+    os.makedirs(s["out_dir"], exist_ok=True)
+    teacher, teacher_seconds = s["teacher"], None
+    if not teacher:
+        teacher_dir = os.path.join(s["out_dir"], "teacher")
+        teacher = os.path.join(teacher_dir, "ckpt.pt")
+        finished_path = os.path.join(s["out_dir"], "teacher_finished.json")  # train.py saves ckpt.pt at every eval
+        if not os.path.exists(finished_path):
+            print(f"training the teacher: {s['teacher_config']} into {teacher_dir}", flush=True)
+            error = run_step(["train.py", s["teacher_config"], *settings_args(s["teacher_overrides"]),
+                              f"--out_dir={teacher_dir}", f"--device={s['device']}", "--overwrite=True"],
+                             os.path.join(s["out_dir"], "teacher.log"))
+            if error:
+                raise UsageError(f"the teacher failed: {error}")
+            write_json({"seconds": time.time() - start}, finished_path)
+        teacher_seconds = read_json(finished_path)["seconds"]
+    teacher_perplexity, error = score(teacher, s, os.path.join(s["out_dir"], "teacher_ppl.json"),
+                                      os.path.join(s["out_dir"], "teacher_ppl.log"))
+    if error:
+        raise UsageError(f"scoring the teacher failed: {error}")
+    results = {}
+    for name, variant in s["variants"].items():
+        print(f"{name}: {len(s['seeds'])} seed(s) ({time.time() - start:.0f} s)", flush=True)
+        results[name] = run_variant(name, variant, s, teacher)
+    from model import load_model_config
+    t = load_model_config(teacher)
+    teacher_parameters = sum(count_parts(t.n_embd, t.n_layer, t.vocab_size, t.block_size, t.bias).values())
+    write_json({"study": s, "teacher": teacher, "teacher_perplexity": teacher_perplexity,
+                "teacher_parameters": teacher_parameters, "teacher_seconds": teacher_seconds,
+                "seconds": time.time() - start, "variants": results},
+               os.path.join(s["out_dir"], "results.json"))
+    markdown = results_markdown(s, results, teacher_perplexity)
+    with open(os.path.join(s["out_dir"], "results.md"), "w") as f:
+        f.write(markdown)
+    plot_results(s, results, teacher_perplexity, teacher_parameters)
+    print(markdown)
+    print(f"wrote {s['out_dir']}/results.json, results.md, val_loss.png, frontier.png in {time.time() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
