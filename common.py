@@ -9,6 +9,7 @@ A token file is a flat uint16 array of GPT-2 token ids (np.memmap readable): eac
 with tokenize and write_splits.
 """
 import functools
+import json
 import math
 import os
 import sys
@@ -38,6 +39,14 @@ def exit_on_usage_error(prog):
     except UsageError as e:
         print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
         sys.exit(2)
+
+
+def write_json(obj, path):
+    """Atomically: a crash mid-write never leaves a truncated results file."""
+    tmp_path = f"{path}.tmp{os.getpid()}"
+    with open(tmp_path, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp_path, path)
 
 
 @functools.cache

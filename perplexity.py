@@ -37,7 +37,7 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from common import EOT, UsageError, exit_on_usage_error, gpt2_encoding, one_line, open_tokens
+from common import EOT, UsageError, exit_on_usage_error, gpt2_encoding, one_line, open_tokens, write_json
 from model import IGNORE_INDEX, autocast_context, default_device, load_model, load_model_config, setup_device
 
 # name: (hub id, hub config, the JSON-lines file --data_dir must hold). The hub's lambada (cimec/lambada) is what
@@ -248,14 +248,6 @@ def passages_within(passages, max_tokens):
 
 
 # ----------------------------------------------------------------------------------------------------
-
-def write_json(obj, path):
-    """Atomically: a crash mid-write never leaves a truncated results file."""
-    tmp_path = f"{path}.tmp{os.getpid()}"
-    with open(tmp_path, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp_path, path)
-
 
 def resolve_datasets(names):
     """Dataset arguments as a list of names and local files, failing on anything else before the model loads."""

@@ -15,9 +15,10 @@ fine-tuning run, seeds, variants {name: {"plan": GPTConfig plan fields, "init": 
 "distill": train.py distill_* settings, "finetune": train.py settings for this variant only}}, and questions
 {title: (baseline variant, [variants])}. For each variant: kron_decompose.py once, then for each seed
 train.py and perplexity.py. A run whose result.json exists is skipped, so a study can be stopped and restarted
-at any point; a run that fails is reported as failed with its log's last line and the others go on.
-Writes out_dir/results.json, results.md, val_loss.png (val loss against iteration, mean over seeds) and
-frontier.png (fine-tuned perplexity against parameters, teacher marked).
+at any point (a teacher whose training did not finish is trained again; a different teacher needs a new
+out_dir); a run that fails is reported as failed with its log's last line and the others go on. Writes
+out_dir/results.json, results.md, val_loss.png (val loss against iteration, mean over seeds) and frontier.png
+(fine-tuned perplexity against parameters, teacher marked).
 """
 
 import json
@@ -26,7 +27,7 @@ import subprocess
 import sys
 import time
 
-from common import UsageError, exit_on_usage_error, one_line
+from common import UsageError, exit_on_usage_error, one_line, write_json
 from configurator import ConfigError, checked, load_config
 from kron_shapes import INIT_NAMES, PLAN_FIELDS, check_init, count_parts, resolve_plan
 
@@ -47,13 +48,6 @@ VARIANT_KEYS = ("plan", "init", "distill", "finetune")
 DISTILL_KEYS = ("distill_alpha", "distill_temperature", "distill_hidden")
 RUN_OWNED = ("out_dir", "init_from", "seed", "teacher", "overwrite", "data_dir", "device") + tuple(PLAN_FIELDS) + \
     DISTILL_KEYS
-
-
-def write_json(obj, path):
-    tmp_path = f"{path}.tmp{os.getpid()}"
-    with open(tmp_path, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp_path, path)
 
 
 def read_json(path):
@@ -329,6 +323,7 @@ def main(argv=None):
     start = time.time()
     os.makedirs(s["out_dir"], exist_ok=True)
     teacher, teacher_seconds = s["teacher"], None
+    teacher_score_path = os.path.join(s["out_dir"], "teacher_ppl.json")
     if not teacher:
         teacher_dir = os.path.join(s["out_dir"], "teacher")
         teacher = os.path.join(teacher_dir, "ckpt.pt")
@@ -341,9 +336,10 @@ def main(argv=None):
             if error:
                 raise UsageError(f"the teacher failed: {error}")
             write_json({"seconds": time.time() - start}, finished_path)
+            if os.path.exists(teacher_score_path):  # a score of the teacher trained before
+                os.remove(teacher_score_path)
         teacher_seconds = read_json(finished_path)["seconds"]
-    teacher_perplexity, error = score(teacher, s, os.path.join(s["out_dir"], "teacher_ppl.json"),
-                                      os.path.join(s["out_dir"], "teacher_ppl.log"))
+    teacher_perplexity, error = score(teacher, s, teacher_score_path, os.path.join(s["out_dir"], "teacher_ppl.log"))
     if error:
         raise UsageError(f"scoring the teacher failed: {error}")
     results = {}

@@ -202,7 +202,7 @@ def test_listing_has_the_papers_shapes_and_is_fast():
     rows = list_shapes(768, (1, 2, 4))
     text = format_listing(rows, 768, 12, parse_size("81M"))
     seconds = time.perf_counter() - t0
-    assert seconds < 0.5
+    assert seconds < 5  # arithmetic (~0.1 s alone): building even one GPT-2 per row would take minutes
     by_shape = {(r["dim_1"], r["dim_2"], r["factors"]): r for r in rows}
     # the model issue's counts (tests/test_model.py builds these models)
     assert (by_shape[768, 768, 1]["params"], by_shape[768, 768, 1]["params_no_wpe"]) == (81_972_576, 81_186_144)

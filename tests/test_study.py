@@ -60,17 +60,21 @@ def test_smoke_study_writes_paired_results_tables_and_plots(smoke):
     assert "| diverges |" in markdown and "failed: train.py exited 1" in markdown
     for png in ("val_loss.png", "frontier.png"):
         assert 1_000 < os.path.getsize(smoke / png) < 200_000
+    assert results["teacher_seconds"] > 0 and results["seconds"] > results["teacher_seconds"]
 
 
 def test_a_restarted_study_skips_finished_runs_and_redoes_the_rest(smoke):
     before = json.loads((smoke / "results.json").read_text())
     train_log = smoke / "runs" / "vl" / "seed1" / "train.log"
-    mtime = os.path.getmtime(train_log)
+    mtime, teacher_mtime = os.path.getmtime(train_log), os.path.getmtime(smoke / "teacher_ppl.json")
     os.remove(smoke / "runs" / "random" / "seed1" / "result.json")
+    os.remove(smoke / "teacher_finished.json")  # as if the teacher was killed: its ckpt.pt is there, but not final
     result = run_study(f"--out_dir={smoke}", f"--variants={VARIANTS!r}")
     assert result.returncode == 0, result.stderr[-2000:]
     after = json.loads((smoke / "results.json").read_text())
     assert os.path.getmtime(train_log) == mtime  # finished: not run again
+    assert os.path.getmtime(smoke / "teacher_ppl.json") > teacher_mtime  # trained and scored again: the same
+    assert after["teacher_perplexity"] == pytest.approx(before["teacher_perplexity"], rel=1e-6)
     for name in ("vl", "random"):  # the redone run sees the same batches: the same numbers
         assert after["variants"][name]["runs"]["1"]["perplexity"] == \
             pytest.approx(before["variants"][name]["runs"]["1"]["perplexity"], rel=1e-6)
