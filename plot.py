@@ -42,8 +42,8 @@ def plot_losses(runs, path, title="loss against iteration"):
         evals = [(r["iter"], r["val_loss"]) for r in records if "val_loss" in r]
         if steps:
             ax.plot(*zip(*steps), color=colour, alpha=0.35, linewidth=0.8)
-        if evals:
-            ax.plot(*zip(*evals), color=colour, marker="o", markersize=3, label=label)
+        if evals:  # past ten runs the colours repeat: the markers tell them apart
+            ax.plot(*zip(*evals), color=colour, marker="os^D"[i // 10 % 4], markersize=3, label=label)
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss (val: points; train: thin line)")
     ax.set_title(title)

@@ -293,13 +293,14 @@ def plot_results(s, results, teacher_perplexity, teacher_parameters):
         ppl = list(finetuned(r).values()) if "error" not in r else []
         if ppl:
             mean = sum(ppl) / len(ppl)
-            ax.errorbar(r["parameters"] / 1e6, mean, yerr=[[mean - min(ppl)], [max(ppl) - mean]], fmt="o",
-                        color=f"C{i % 10}", capsize=3, label=name)
+            ax.errorbar(r["parameters"] / 1e6, mean, yerr=[[mean - min(ppl)], [max(ppl) - mean]],
+                        fmt="os^D"[i // 10 % 4], color=f"C{i % 10}", capsize=3, label=name)
     ax.axhline(teacher_perplexity, color="black", linestyle="--", linewidth=0.8)
     ax.plot([teacher_parameters / 1e6], [teacher_perplexity], marker="*", markersize=12, color="black",
             linestyle="none", label="teacher")
     ax.set_xlabel("parameters (millions)")
-    ax.set_ylabel("val perplexity after fine-tuning")
+    ax.set_yscale("log")  # a failed init lands far above the rest
+    ax.set_ylabel("val perplexity after fine-tuning (log)")
     ax.set_title("size against quality (bars: range over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
