@@ -30,6 +30,7 @@ import time
 from common import UsageError, exit_on_usage_error, one_line, write_json
 from configurator import ConfigError, checked, load_config
 from kron_shapes import INIT_NAMES, PLAN_FIELDS, check_init, count_parts, resolve_plan
+from plot import plot_losses, read_metrics
 
 STUDY_SETTINGS = dict(  # key=(default, type)
     out_dir=("studies/study", str),
@@ -209,8 +210,7 @@ def run_seed(folder, init_path, variant, seed, s, teacher):
                                   os.path.join(run_dir, "ppl.log"))
     if error is not None:
         return {"status": "failed", "error": error}  # not saved: a restart tries it again
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        records = [json.loads(line) for line in f if line.strip()]
+    records = read_metrics(run_dir)
     ms = [r["ms_per_iter"] for r in records if "ms_per_iter" in r]
     result = {"status": "ok", "perplexity": perplexity, "ms_per_iter": sum(ms) / len(ms) if ms else None,
               "val_loss": [[r["iter"], r["val_loss"]] for r in records if "val_loss" in r]}
@@ -278,7 +278,6 @@ def plot_results(s, results, teacher_perplexity, teacher_parameters):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from plot import plot_losses
     curves = {}
     for name, r in results.items():  # the mean val loss over the seeds at each evaluation
         by_iter = {}
