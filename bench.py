@@ -30,8 +30,10 @@ import torch
 import torch.nn as nn
 
 from kron_shapes import matrix_shape
-from model import (GPT, GPTConfig, KroneckerEmbedding, KroneckerLinear, autocast_context, default_device, load_model,
-                   setup_device)
+from checkpoints import load_model
+from devices import autocast_context, default_device, setup_device
+from kronecker import KroneckerEmbedding, KroneckerLinear
+from model import GPT, GPTConfig
 
 # (model, matrix, (A rows, A cols, factors)) of GPT-2 small's matrices (kron_shapes.matrix_shape)
 LAYER_SHAPES = [
@@ -177,7 +179,7 @@ def bench_models(args):
     print("| --- | --- | --- | --- | --- | --- |")
     train_steps, generate_steps, params = {}, {}, {}
     for name, kron_args in MODELS:
-        train_steps[name], generate_steps[name], params[name] = model_steps(GPTConfig(**kron_args), args)
+        train_steps[name], generate_steps[name], params[name] = model_steps(GPTConfig.from_settings(**kron_args), args)
     train_s = median_seconds(train_steps, args.device, args.iters, args.warmup)
     generate_s = median_seconds(generate_steps, args.device, max(1, args.iters // 2), 1)
     dense = MODELS[0][0]
@@ -232,7 +234,7 @@ def bench_export(args):
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, plan in MODELS[1:3]:
         torch.manual_seed(0)
-        model = GPT(GPTConfig(**plan)).eval()
+        model = GPT(GPTConfig.from_settings(**plan)).eval()
         with torch.no_grad():
             model.transformer.wte.weight.mul_(20)
         factored_params = model.get_num_params(non_embedding=False)

@@ -121,7 +121,8 @@ def write_splits(tokenized_splits, out_dir):
     """Write each tokenized split to out_dir/<split>.bin and print its size.
 
     All files are written under temporary names and renamed only once every one is complete, so a crash
-    never leaves a truncated .bin, nor a new train.bin beside a stale val.bin."""
+    never leaves a truncated .bin, nor a new train.bin beside a stale val.bin. The temporary names are this
+    process's own, so that two runs writing the same out_dir at once never write into each other's file."""
     counts = {}
     for split, tokenized in tokenized_splits.items():
         if len(tokenized) == 0:
@@ -130,7 +131,7 @@ def write_splits(tokenized_splits, out_dir):
         if counts[split] == len(tokenized):
             raise UsageError(f"the {split} split's documents are all empty (no text to tokenize)")
     os.makedirs(out_dir, exist_ok=True)
-    temp_paths = {split: os.path.join(out_dir, f"{split}.bin.tmp") for split in tokenized_splits}
+    temp_paths = {split: os.path.join(out_dir, f"{split}.bin.tmp{os.getpid()}") for split in tokenized_splits}
     try:
         for split, tokenized in tokenized_splits.items():
             _write_bin(tokenized, counts[split], temp_paths[split], desc=f"writing {split}.bin")

@@ -1,10 +1,10 @@
 """
 Kronecker factors from dense weights: how kron_decompose.py and train.py initialise a compressed GPT.
 
-compress(teacher, init, **plan) builds a GPT with the teacher's architecture and the plan's factored matrices
-(GPTConfig's dim_1, dim_2, factors, kron, kron_layers), every factored matrix initialised from the teacher's W
-by `init` and every other weight copied. With no plan it multiplies every factor out: a dense GPT computing
-the same function.
+compress(teacher, plan, init) is the one way to make a compressed student: a GPT with the teacher's architecture
+and the plan's factored matrices (a kron_shapes.Plan), every factored matrix initialised from the teacher's W by
+`init` and every other weight copied. materialize(model) multiplies every factor out: a dense GPT computing the
+same function.
 
 Each decomposition takes W (in, out), as in x @ W (wte: vocab x n_embd), and returns A (factors, a_rows,
 a_cols) and B (factors, b_rows, b_cols) with kron's index convention
@@ -12,14 +12,14 @@ kron(A, B)[i*b_rows + k, j*b_cols + l] = A[i,j] B[k,l].
 """
 
 import math
-from dataclasses import replace
 
 import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from kron_shapes import INIT_NAMES, PLAN_FIELDS, check_init
-from model import GPT, KroneckerEmbedding, KroneckerLinear, factorable_matrices, kronecker_sum, weight_of
+from kron_shapes import INIT_NAMES, Plan
+from kronecker import KroneckerEmbedding, KroneckerLinear, kronecker_sum
+from model import GPT, factorable_matrices, weight_of
 
 
 def rearrange(W, a_rows, a_cols):
@@ -73,33 +73,31 @@ def pruned_kronecker(W, a_rows, a_cols, factors):
     return A, B
 
 
-# In kron_shapes.INIT_NAMES' order; `random` keeps GPT's own init: W_hat entries of std 0.02, c_proj scaled
-# as in GPT-2.
-INITS = dict(zip(INIT_NAMES, (nearest_kronecker, normalized_kronecker, pruned_kronecker, None)))
+INITS = {  # name -> decomposition; `random` keeps GPT's own init (W_hat entries of std 0.02, c_proj scaled as GPT-2)
+    "vl": nearest_kronecker,
+    "vl_norm": normalized_kronecker,
+    "prune": pruned_kronecker,
+    "random": None,
+}
+assert tuple(INITS) == INIT_NAMES, "kron_shapes.INIT_NAMES lists the inits for --list, which needs no torch"
 
 
 @torch.no_grad()
-def compress(teacher, init="vl", progress=False, **plan):
-    """A GPT with the teacher's architecture and the given plan (GPTConfig's plan fields; those not given are
-    unset, so no plan gives a dense GPT): every factored matrix initialised from the teacher's W (dense or itself
-    factored) by `init`, every matrix the plan leaves dense set to the teacher's W, every other weight copied.
-    On the CPU in float32; `random` draws from torch's global RNG. Raises ValueError on a plan that cannot be
-    built, before any work."""
+def compress(teacher, plan, init="vl", progress=False):
+    """A GPT with the teacher's architecture and `plan` (a Plan for the teacher's shape; an empty one gives a dense
+    GPT): every factored matrix initialised from the teacher's W (dense or itself factored) by `init`, every matrix
+    the plan leaves dense set to the teacher's W, every other weight copied. On the CPU in float32; `random` draws
+    from torch's global RNG. Raises ValueError on a plan or init that cannot be used, before any work."""
     if init not in INITS:
         raise ValueError(f"init={init!r} is not one of {', '.join(INITS)}")
-    unknown = set(plan) - set(PLAN_FIELDS)
-    if unknown:
-        raise ValueError(f"compress takes the plan fields {', '.join(PLAN_FIELDS)}, not {', '.join(sorted(unknown))}")
-    config = replace(teacher.config, **{**PLAN_FIELDS, **plan})  # validates the plan
-    check_init(config.plan, init, config.n_embd, config.vocab_size)
-    student = GPT(config)
+    plan.check_init(init)
+    student = GPT(teacher.config.with_plan(plan))
     teacher_state, student_state = teacher.state_dict(), student.state_dict()
     for name, tensor in student_state.items():  # LayerNorms, biases, wpe and dense weights; factors come below
         if name in teacher_state and not name.endswith((".A", ".B")):
             tensor.copy_(teacher_state[name])
     pairs = list(zip(factorable_matrices(teacher), factorable_matrices(student)))
-    description = f"{init} " + " ".join(f"{name} {'x'.join(map(str, shape))}" for name, shape in config.plan.items())
-    for (_, _, source), (_, _, target) in tqdm(pairs, desc=description, unit="matrix", disable=not progress):
+    for (_, _, source), (_, _, target) in tqdm(pairs, desc=f"{init} {plan}", unit="matrix", disable=not progress):
         if type(source) is type(target) and not isinstance(target, (KroneckerLinear, KroneckerEmbedding)):
             continue  # dense in both: copied above
         W = weight_of(source).detach().to("cpu", torch.float32)
@@ -112,3 +110,21 @@ def compress(teacher, init="vl", progress=False, **plan):
             target.A.copy_(A)
             target.B.copy_(B)
     return student
+
+
+def materialize(model):
+    """A dense GPT computing the same function: every Kronecker factor multiplied out."""
+    config = model.config
+    return compress(model, Plan(config.n_embd, config.n_layer, config.vocab_size))
+
+
+@torch.no_grad()
+def weight_errors(teacher, student):
+    """{"wte" or "h.<block>.<matrix>": ||W - W_hat||_F / ||W||_F} of every matrix the student factors."""
+    errors = {}
+    for (name, block, source), (_, _, target) in zip(factorable_matrices(teacher), factorable_matrices(student)):
+        if student.config.plan.shape(name, block):
+            W = weight_of(source).double()
+            errors[name if block is None else f"h.{block}.{name}"] = \
+                ((W - weight_of(target).double()).norm() / W.norm()).item()
+    return errors

@@ -4,14 +4,16 @@ Step 1 of the pipeline: choose Kronecker factor shapes, and initialise a compres
     python kron_decompose.py 768 768 1 --model gpt2 --init vl    # writes checks/krony_gpt2_768_768_1_vl.pt
     python kron_decompose.py 768 768 1 --kron c_attn=768x768:1 --kron attn_proj=384x384:1 --kron wte=50257x384:1 \\
         --layers odd                                             # MLP, attention and embedding, odd blocks
+    python kron_decompose.py 768 768 1 --kron c_fc@3=768x768:2  # per block: block 3's c_fc with 2 factors
     python kron_decompose.py --list --target 81M                 # every valid MLP shape; needs no weights
     python kron_decompose.py --list --matrix c_attn              # ... or of any other factorable matrix
 
-DIM_1 DIM_2 N_FACTORS factor the MLP (c_fc's A is DIM_1 x DIM_2, c_proj's its transpose); --kron NAME=RxC:F
+DIM_1 DIM_2 FACTORS factor the MLP (c_fc's A is DIM_1 x DIM_2, c_proj's its transpose); --kron NAME=RxC:F
 factors any of wte (vocab x n_embd, tied to lm_head), c_attn (n_embd x 3 n_embd), attn_proj (n_embd x n_embd),
 c_fc (n_embd x 4 n_embd), c_proj (4 n_embd x n_embd) with F products of an R x C matrix A (x @ W orientation);
---layers picks the blocks. Every factored matrix of the teacher becomes W_hat = sum_r A_r (x) B_r, every other
-weight is copied. Initialisations:
+--layers picks the blocks, and NAME@BLOCKS=RxC:F sets a matrix in the blocks listed (e.g. c_fc@1,3) over the
+rest. Every factored matrix of the teacher becomes W_hat = sum_r A_r (x) B_r, every other weight is copied.
+Initialisations:
   vl       Van Loan-Pitsianis nearest Kronecker sum: the Frobenius-optimal W_hat (Eckart-Young).
   vl_norm  vl rescaled so that ||W_hat||_F = ||W||_F (the paper's modified Van Loan).
   prune    the paper's pruning init: A_r keeps every k-th row (or column) of W, B_r is a one-hot vector.
@@ -26,9 +28,9 @@ import os
 import re
 import time
 
-from common import UsageError, exit_on_usage_error, one_line
-from kron_shapes import (BLOCK_MATRICES, INIT_NAMES, MATRICES, PART_OF, check_init, count_params, list_shapes,
-                         matrix_shape, resolve_plan, weight_params)
+from common import UsageError, exit_on_usage_error
+from kron_shapes import (BLOCK_MATRICES, INIT_NAMES, MATRICES, PART_OF, Plan, count_params, list_shapes, matrix_shape,
+                         parse_kron, weight_params)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -73,22 +75,6 @@ def parse_size(text):
     return round(float(number) * {"": 1, "k": 1e3, "m": 1e6, "b": 1e9}[unit.lower()])
 
 
-def parse_kron(entries):
-    """{name: (a_rows, a_cols, factors)} from --kron NAME=ROWSxCOLS:FACTORS arguments."""
-    kron = {}
-    for entry in entries:
-        match = re.fullmatch(r"(\w+)=(\d+)x(\d+):(\d+)", entry.strip())
-        if not match:
-            raise UsageError(f"--kron {entry!r} is not NAME=ROWSxCOLS:FACTORS, e.g. c_attn=768x768:1")
-        name, shape = match.group(1), tuple(int(v) for v in match.groups()[1:])
-        if name not in MATRICES:
-            raise UsageError(f"--kron {entry!r}: {name!r} is not one of {', '.join(MATRICES)}")
-        if name in kron:
-            raise UsageError(f"--kron names {name} twice")
-        kron[name] = shape
-    return kron
-
-
 # ----------------------------------------------------------------------------------------------------
 # Command line
 
@@ -96,10 +82,11 @@ def default_out(source, plan, init):
     name = os.path.basename(os.path.normpath(source))
     name = re.sub(r"\.(pt|pth|ckpt)$", "", name)
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", name)
-    if set(plan) == {"c_fc", "c_proj"} and plan["c_proj"] == plan["c_fc"][1::-1] + plan["c_fc"][2:]:
-        shape = "_".join(map(str, plan["c_fc"]))  # the shorthand's name: krony_gpt2_768_768_1_vl.pt
+    kron = plan.to_kron()
+    if set(kron) == {"c_fc", "c_proj"} and kron["c_proj"] == kron["c_fc"][1::-1] + kron["c_fc"][2:]:
+        shape = "_".join(map(str, kron["c_fc"]))  # the shorthand's name: krony_gpt2_768_768_1_vl.pt
     else:
-        shape = "_".join(f"{k}-{a}x{b}-{f}" for k, (a, b, f) in plan.items())
+        shape = "_".join(f"{key.replace('@', '-at-').replace(',', '.')}-{a}x{b}-{f}" for key, (a, b, f) in kron.items())
     return os.path.join("checks", f"krony_{name}_{shape}_{init}.pt")
 
 
@@ -107,42 +94,28 @@ def decompose(args, shorthand, kron):
     """Decompose --model by the plan, report the errors and write the checkpoint."""
     # torch takes seconds to import: only now, so that --list and argument errors answer at once
     import torch
-    from compress import compress
-    from model import factorable_matrices, load_model, load_model_config, make_checkpoint, save_checkpoint, weight_of
+    from checkpoints import load_model, load_model_config, make_checkpoint, save_checkpoint
+    from compress import compress, weight_errors
 
-    plan_args = dict(zip(("dim_1", "dim_2", "factors"), shorthand), kron=kron or None, kron_layers=args.layers)
-
-    def load(read):
-        try:
-            return read(args.model)
-        except Exception as e:  # any failure to open the user's --model is reported, not raised
-            raise UsageError(f"cannot load --model {args.model}: {one_line(e)}") from None
-
-    shape = load(load_model_config)  # the plan is checked against the teacher's config, before its weights load
+    what = f"--model {args.model}"
+    shape = load_model_config(args.model, what)  # the plan is checked against the teacher's shape before its weights
     try:
-        plan, layers = resolve_plan(shape.n_embd, shape.n_layer, shape.vocab_size, **plan_args)
-        check_init(plan, args.init, shape.n_embd, shape.vocab_size)
+        plan = Plan.from_settings(shape.n_embd, shape.n_layer, shape.vocab_size, *shorthand, kron=kron or None,
+                                  kron_layers=args.layers)
+        plan.check_init(args.init)
     except ValueError as e:
         raise UsageError(f"{args.model}: {e}") from None
     out = args.out or default_out(args.model, plan, args.init)
     if os.path.isdir(out):
         raise UsageError(f"--out {out} is a directory; give a file name")
-    teacher = load(load_model)
+    teacher = load_model(args.model, what=what)
     torch.manual_seed(1337)  # --init random is reproducible
     t0 = time.time()
-    student = compress(teacher, args.init, progress=True, **plan_args)
-    errors = {}  # ||W - W_hat|| / ||W|| of every factored matrix, "wte" and "h.<layer>.<name>"
-    with torch.no_grad():
-        for (name, layer, source), (_, _, target) in zip(factorable_matrices(teacher), factorable_matrices(student)):
-            if student.config.factored(name, layer):
-                W = weight_of(source).double()
-                key = name if layer is None else f"h.{layer}.{name}"
-                errors[key] = ((W - weight_of(target).double()).norm() / W.norm()).item()
-    seconds = time.time() - t0
-    report(args, teacher, student, plan, layers, errors, seconds)
+    student = compress(teacher, plan, args.init, progress=True)
+    errors = weight_errors(teacher, student)  # "wte" and "h.<block>.<matrix>"
+    report(args, teacher, student, errors, time.time() - t0)
 
-    init_info = {"teacher": args.model, "method": args.init, "dim_1": shorthand[0], "dim_2": shorthand[1],
-                 "factors": shorthand[2], "kron": plan, "kron_layers": list(layers),
+    init_info = {"teacher": args.model, "method": args.init, "kron": plan.to_kron(),
                  "teacher_params": teacher.get_num_params(False), "params": student.get_num_params(False),
                  "errors": errors}
     try:
@@ -153,38 +126,44 @@ def decompose(args, shorthand, kron):
     if shorthand[0] is not None and not kron and args.layers == "all":
         settings = f"--dim_1={shorthand[0]} --dim_2={shorthand[1]} --factors={shorthand[2]}"
     else:
-        settings = f'--kron="{dict(plan)}" --kron_layers={args.layers}'
+        settings = f'--dim_1=None --dim_2=None --factors=None --kron="{plan.to_kron()}"'
     print(f"next: python train.py config/train_gpt2.py --init_from={out} {settings}")
 
 
-def report(args, teacher, student, plan, layers, errors, seconds):
-    c = teacher.config
+def report(args, teacher, student, errors, seconds):
+    config, plan = teacher.config, student.config.plan
     teacher_params, student_params = teacher.get_num_params(False), student.get_num_params(False)
-    kind = "Kronecker" if c.is_kronecker else "dense"
+    kind = "Kronecker" if config.plan else "dense"
     print(f"teacher {args.model} ({kind}): {teacher_params:,} parameters, {teacher.get_num_params():,} without wpe")
     print(f"krony ({args.init}): {student_params:,} parameters, {student.get_num_params():,} without wpe: "
           f"{student_params / teacher_params:.1%} of the teacher ({teacher_params / student_params:.2f}x smaller), "
-          f"built in {seconds:.1f}s; blocks {', '.join(map(str, layers))}")
-    print(f"{'matrix':>9} {'part':>9} {'W':>12} {'A':>11} {'B':>9} {'factors':>7} {'mean error':>10} "
+          f"built in {seconds:.1f}s; plan {plan}")
+    print(f"{'matrix':>9} {'part':>9} {'W':>12} {'A':>11} {'B':>9} {'factors':>7} {'blocks':>8} {'mean error':>10} "
           f"{'parameters':>13} {'saved':>13}")
-    for name, shape in plan.items():
-        copies = 1 if name == "wte" else len(layers)
-        in_features, out_features = matrix_shape(name, c.n_embd, c.vocab_size)
-        dense = weight_params(name, None, c.n_embd, c.vocab_size) * copies
-        factored = weight_params(name, shape, c.n_embd, c.vocab_size) * copies
-        mean = sum(v for k, v in errors.items() if k.split(".")[-1] == name) / copies
-        print(f"{name:>9} {PART_OF[name]:>9} {f'{in_features}x{out_features}':>12} "
-              f"{f'{shape[0]}x{shape[1]}':>11} {f'{in_features // shape[0]}x{out_features // shape[1]}':>9} "
-              f"{shape[2]:>7} {mean:>10.4f} {factored:>13,} {dense - factored:>13,}")
-    print(f"{'total':>9} {'':>9} {'':>12} {'':>11} {'':>9} {'':>7} {'':>10} {student_params:>13,} "
+    for name in plan.names:
+        by_shape = {}
+        for block, shape in plan.places(name):
+            by_shape.setdefault(shape, []).append(block)
+        for shape, blocks in by_shape.items():
+            in_features, out_features = matrix_shape(name, config.n_embd, config.vocab_size)
+            dense = weight_params(name, None, config.n_embd, config.vocab_size) * len(blocks)
+            factored = weight_params(name, shape, config.n_embd, config.vocab_size) * len(blocks)
+            keys = ["wte"] if name == "wte" else [f"h.{block}.{name}" for block in blocks]
+            mean = sum(errors[key] for key in keys) / len(keys)
+            where = "-" if name == "wte" else ",".join(map(str, blocks)) if len(blocks) < config.n_layer else "all"
+            print(f"{name:>9} {PART_OF[name]:>9} {f'{in_features}x{out_features}':>12} "
+                  f"{f'{shape[0]}x{shape[1]}':>11} {f'{in_features // shape[0]}x{out_features // shape[1]}':>9} "
+                  f"{shape[2]:>7} {where:>8} {mean:>10.4f} {factored:>13,} {dense - factored:>13,}")
+    print(f"{'total':>9} {'':>9} {'':>12} {'':>11} {'':>9} {'':>7} {'':>8} {'':>10} {student_params:>13,} "
           f"{teacher_params - student_params:>13,}")
-    block_names = [name for name in BLOCK_MATRICES if name in plan]
+    block_names = [name for name in BLOCK_MATRICES if name in plan.names]
     if block_names:
-        print("relative Frobenius error ||W - W_hat|| / ||W|| per block:")
+        print("relative Frobenius error ||W - W_hat|| / ||W|| per block (-: dense):")
         print(f"{'layer':>5} " + " ".join(f"{name:>9}" for name in block_names))
-        for i in layers:
-            print(f"{i:>5} " + " ".join(f"{errors[f'h.{i}.{name}']:>9.4f}" for name in block_names))
-    if "wte" in plan:
+        for block in plan.blocks:
+            print(f"{block:>5} " + " ".join(f"{errors[f'h.{block}.{name}']:>9.4f}" if f"h.{block}.{name}" in errors
+                                            else f"{'-':>9}" for name in block_names))
+    if "wte" in plan.names:
         print(f"relative Frobenius error of wte: {errors['wte']:.4f}")
 
 
@@ -192,11 +171,13 @@ def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dim_1", type=int, nargs="?", help="c_fc's A has dim_1 rows (must divide n_embd)")
     parser.add_argument("dim_2", type=int, nargs="?", help="c_fc's A has dim_2 columns (must divide 4*n_embd)")
-    parser.add_argument("n_factors", type=int, nargs="?", help="number of Kronecker products summed per matrix")
-    parser.add_argument("--kron", action="append", default=[], metavar="NAME=ROWSxCOLS:FACTORS",
-                        help=f"factor another matrix ({', '.join(MATRICES)}); repeat for several")
-    parser.add_argument("--layers", default="all", help="blocks whose matrices are factored: all, odd, even or "
-                                                        "a list like 0,2,4 (default all)")
+    parser.add_argument("factors", type=int, nargs="?", help="number of Kronecker products summed per matrix")
+    parser.add_argument("--kron", action="append", default=[], metavar="NAME[@BLOCKS]=ROWSxCOLS:FACTORS",
+                        help=f"factor another matrix ({', '.join(MATRICES)}), in the --layers blocks or, with @BLOCKS "
+                             f"(e.g. c_fc@3=128x128:2), in those; repeat for several")
+    parser.add_argument("--layers", default="all",
+                        help="blocks whose matrices (the MLP shorthand and NAME entries) are factored: all, odd, even "
+                             "or a list like 0,2,4 (default all)")
     parser.add_argument("--model", default="gpt2",
                         help="teacher: a hub name, a local Hugging Face GPT-2 directory, or a krony checkpoint")
     parser.add_argument("--init", default="vl", choices=INIT_NAMES)
@@ -207,7 +188,8 @@ def build_parser():
     parser.add_argument("--n_embd", type=int, default=768, help="--list: model width")
     parser.add_argument("--n_layer", type=int, default=12, help="--list: number of blocks")
     parser.add_argument("--vocab_size", type=int, default=50257, help="--list: vocabulary")
-    parser.add_argument("--factors", default="1", help="--list: comma-separated factor counts, e.g. 1,2,4")
+    parser.add_argument("--factors", dest="factor_counts", default="1",
+                        help="--list: the factor counts to list, comma-separated, e.g. 1,2,4")
     parser.add_argument("--target", help="--list: mark the shapes closest to this size, e.g. 81M")
     return parser
 
@@ -215,24 +197,27 @@ def build_parser():
 @exit_on_usage_error("kron_decompose.py")
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    shorthand = (args.dim_1, args.dim_2, args.n_factors)
+    shorthand = (args.dim_1, args.dim_2, args.factors)
 
     if args.list:
         if any(v is not None for v in shorthand) or args.kron:
-            raise UsageError("--list takes no DIM_1 DIM_2 N_FACTORS nor --kron")
+            raise UsageError("--list takes no DIM_1 DIM_2 FACTORS nor --kron")
         try:
-            factors_list = sorted({int(f) for f in args.factors.split(",")})
+            factors_list = sorted({int(f) for f in args.factor_counts.split(",")})
         except ValueError:
-            raise UsageError(f"--factors {args.factors!r} is not a comma-separated list of integers") from None
+            raise UsageError(f"--factors {args.factor_counts!r} is not a comma-separated list of integers") from None
         if min(args.n_embd, args.n_layer, args.vocab_size, *factors_list) < 1:
             raise UsageError("--n_embd, --n_layer, --vocab_size and --factors must be positive")
         target = parse_size(args.target) if args.target else None
         rows = list_shapes(args.n_embd, factors_list, args.n_layer, args.vocab_size, name=args.matrix)
         print(format_listing(rows, args.n_embd, args.n_layer, target, args.matrix, args.vocab_size))
         return
-    kron = parse_kron(args.kron)
+    try:
+        kron = parse_kron(args.kron)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if any(v is None for v in shorthand) and not (kron and all(v is None for v in shorthand)):
-        raise UsageError("give DIM_1 DIM_2 N_FACTORS, or --kron NAME=ROWSxCOLS:FACTORS, or --list to see the "
+        raise UsageError("give DIM_1 DIM_2 FACTORS, or --kron NAME=ROWSxCOLS:FACTORS, or --list to see the "
                          "valid shapes")
     if any(v is not None and v < 1 for v in shorthand) or any(min(shape) < 1 for shape in kron.values()):
         raise UsageError("shapes and factor counts must be positive")

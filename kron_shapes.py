@@ -1,20 +1,30 @@
 """
-The arithmetic of Kronecker factor plans: which matrices can be factored, which shapes are valid, and what a
-plan costs in parameters and multiply-adds.
+The arithmetic of Kronecker factor plans: which matrices can be factored, which shapes are valid, what a plan
+costs in parameters and multiply-adds, and the Plan type itself.
 
-Pure Python, no torch: model.py validates its config with it, and `python kron_decompose.py --list`
-enumerates thousands of shapes without waiting seconds for torch to import.
+Pure Python, no torch: model.py validates its config with it, `python kron_decompose.py --list` enumerates
+thousands of shapes without waiting seconds for torch to import, and a factored Hugging Face export ships this
+file beside kronecker.py (the exported folder reads its plan with it).
 
 A matrix W (in_features x out_features, as in x @ W) factored as sum_r A_r (x) B_r has
 A_r: a_rows x a_cols and B_r: (in_features / a_rows) x (out_features / a_cols).
-A plan names the factored matrices, {name: (a_rows, a_cols, factors)}, and the blocks whose matrices it
-factors ("all", "odd", "even" or a list such as "0,2,4"); every matrix it does not name stays dense.
+A Plan says, block by block, which matrices are factored and with which (a_rows, a_cols, factors); every matrix
+it does not name stays dense. Its one written form is the `--kron` syntax, one entry per matrix:
+
+    c_fc=128x128:1              c_fc's A is 128x128, 1 factor, in every block
+    c_fc@3=128x128:2            ... in block 3 only (or @1,3,5: in those blocks)
+    wte=50257x384:1             the token embedding (once per model, tied to lm_head)
+
+`str(plan)` writes it, `parse_kron` reads it; as a dict ({"c_fc": (128, 128, 1), "c_fc@3": (128, 128, 2)}) it is
+what config files, checkpoints and exported config.json files hold.
 """
+
+import re
 
 BLOCK_MATRICES = ("c_attn", "attn_proj", "c_fc", "c_proj")  # in every block: attention's two, the MLP's two
 MATRICES = ("wte",) + BLOCK_MATRICES  # wte: the token embedding, tied to lm_head, once per model
 INIT_NAMES = ("vl", "vl_norm", "prune", "random")  # compress.INITS: here, so that --list needs no torch
-PLAN_FIELDS = dict(dim_1=None, dim_2=None, factors=None, kron=None, kron_layers="all")  # GPTConfig's, unset
+PLAN_SETTINGS = dict(dim_1=None, dim_2=None, factors=None, kron=None, kron_layers="all")  # unset: a dense model
 PART_OF = {"wte": "embedding", "c_attn": "attention", "attn_proj": "attention", "c_fc": "mlp", "c_proj": "mlp"}
 
 
@@ -52,14 +62,6 @@ def kron_flops(in_features, out_features, a_rows, a_cols, factors):
     return a_first, b_first
 
 
-def check_factors(factors, in_features, out_features, a_rows, a_cols, what):
-    max_rank = max_factors(in_features, out_features, a_rows, a_cols)
-    if not (isinstance(factors, int) and 1 <= factors <= max_rank):
-        raise ValueError(f"{what}factors={factors} must be between 1 and {max_rank}, the rank limit of "
-                         f"{a_rows}x{a_cols} (x) {in_features // a_rows}x{out_features // a_cols} factors (more add "
-                         f"parameters, not expressiveness)")
-
-
 def check_shape(n_embd, dim_1, dim_2, factors):
     """Raise ValueError, naming the nearest valid values, unless c_fc (n_embd x 4n_embd) factors as
     `factors` products with A_r of shape dim_1 x dim_2 (and c_proj as their transposes)."""
@@ -70,33 +72,26 @@ def check_shape(n_embd, dim_1, dim_2, factors):
     if dim_2 < 1 or hidden % dim_2:
         raise ValueError(f"dim_2={dim_2} does not divide 4*n_embd={hidden}; nearest valid dim_2: "
                          f"{nearest(dim_2, divisors(hidden))} (all: {', '.join(map(str, divisors(hidden)))})")
-    check_factors(factors, n_embd, hidden, dim_1, dim_2, "")
+    check_matrix("c_fc", (dim_1, dim_2, factors), n_embd, 1, "")
 
 
-def check_matrix(name, shape, n_embd, vocab_size):
-    """Raise ValueError naming the matrix unless `shape` = (a_rows, a_cols, factors) factors it."""
-    if name not in MATRICES:
-        raise ValueError(f"{name!r} is not a factorable matrix: use {', '.join(MATRICES)}")
+def check_matrix(name, shape, n_embd, vocab_size, where):
+    """Raise ValueError naming the matrix (and `where`, e.g. " in block 3") unless shape = (a_rows, a_cols,
+    factors) factors it."""
     if not (isinstance(shape, (tuple, list)) and len(shape) == 3
             and all(isinstance(v, int) and not isinstance(v, bool) for v in shape)):
-        raise ValueError(f"{name}: expected (a_rows, a_cols, factors) as three integers, got {shape!r}")
+        raise ValueError(f"{name}{where}: expected (a_rows, a_cols, factors) as three integers, got {shape!r}")
     a_rows, a_cols, factors = shape
     in_features, out_features = matrix_shape(name, n_embd, vocab_size)
     for what, value, size in (("rows", a_rows, in_features), ("columns", a_cols, out_features)):
         if value < 1 or size % value:
-            raise ValueError(f"{name} is {in_features}x{out_features}: A's {what}={value} do not divide {size}; "
-                             f"nearest valid: {nearest(value, divisors(size))}")
-    check_factors(factors, in_features, out_features, a_rows, a_cols, f"{name}: ")
-
-
-def shorthand_plan(dim_1, dim_2, factors):
-    """The seed's three numbers as a plan: c_fc's A is dim_1 x dim_2, c_proj's its transpose; all None: {}."""
-    given = (dim_1, dim_2, factors)
-    if all(v is None for v in given):
-        return {}
-    if any(v is None for v in given):
-        raise ValueError(f"dim_1, dim_2 and factors must be set together or not at all, got {given}")
-    return {"c_fc": (dim_1, dim_2, factors), "c_proj": (dim_2, dim_1, factors)}
+            raise ValueError(f"{name}{where} is {in_features}x{out_features}: A's {what}={value} do not divide "
+                             f"{size}; nearest valid: {nearest(value, divisors(size))}")
+    max_rank = max_factors(in_features, out_features, a_rows, a_cols)
+    if not 1 <= factors <= max_rank:
+        raise ValueError(f"{name}{where}: factors={factors} must be between 1 and {max_rank}, the rank limit of "
+                         f"{a_rows}x{a_cols} (x) {in_features // a_rows}x{out_features // a_cols} factors (more add "
+                         f"parameters, not expressiveness)")
 
 
 def parse_layers(spec, n_layer):
@@ -117,43 +112,179 @@ def parse_layers(spec, n_layer):
     return tuple(sorted(set(items)))
 
 
-def resolve_plan(n_embd, n_layer, vocab_size, dim_1=None, dim_2=None, factors=None, kron=None, kron_layers="all"):
-    """(plan, layers): {name: (a_rows, a_cols, factors)} in MATRICES order, and the factored blocks' indices.
+def parse_kron(entries):
+    """{key: (a_rows, a_cols, factors)} from `--kron` entries NAME[@BLOCKS]=ROWSxCOLS:FACTORS (see the top)."""
+    kron = {}
+    for entry in entries:
+        match = re.fullmatch(r"(\w+(?:@[\d,]+)?)=(\d+)x(\d+):(\d+)", entry.strip())
+        if not match:
+            raise ValueError(f"--kron {entry!r} is not NAME=ROWSxCOLS:FACTORS or NAME@BLOCKS=ROWSxCOLS:FACTORS, e.g. "
+                             f"c_attn=768x768:1 or c_fc@3=768x768:2")
+        key, shape = match.group(1), tuple(int(v) for v in match.groups()[1:])
+        if key.partition("@")[0] not in MATRICES:
+            raise ValueError(f"--kron {entry!r}: {key.partition('@')[0]!r} is not one of {', '.join(MATRICES)}")
+        if key in kron:
+            raise ValueError(f"--kron names {key} twice")
+        kron[key] = shape
+    return kron
 
-    dim_1, dim_2, factors is the shorthand for the MLP; kron names any of MATRICES; where both name c_fc or c_proj
-    they must agree. Raises ValueError naming the matrix on anything that cannot be built.
-    """
-    plan = shorthand_plan(dim_1, dim_2, factors)
-    if plan:
-        check_shape(n_embd, dim_1, dim_2, factors)
-    if kron is not None and not isinstance(kron, dict):
-        raise ValueError(f"kron must be a dict like {{'c_fc': (768, 768, 1)}}, got {kron!r}")
-    for name, shape in (kron or {}).items():
-        check_matrix(name, shape, n_embd, vocab_size)
-        if plan.get(name, tuple(shape)) != tuple(shape):
-            raise ValueError(f"{name}: kron gives {tuple(shape)} but dim_1, dim_2, factors give {plan[name]}")
-        plan[name] = tuple(shape)
-    layers = parse_layers(kron_layers, n_layer)
-    return {name: plan[name] for name in MATRICES if name in plan}, layers
+
+class Plan:
+    """Which weight matrices of a GPT are Kronecker-factored, block by block: {(matrix, block): (a_rows, a_cols,
+    factors)}, block None for wte. Tied to a model's n_embd, n_layer and vocab_size, and valid for them: every
+    constructor checks every shape. Build one with Plan.from_settings (any written form) or Plan(...) directly."""
+
+    def __init__(self, n_embd, n_layer, vocab_size, shapes=None):
+        self.n_embd, self.n_layer, self.vocab_size = n_embd, n_layer, vocab_size
+        checked = {}
+        for (name, block), shape in (shapes or {}).items():
+            if name not in MATRICES:
+                raise ValueError(f"{name!r} is not a factorable matrix: use {', '.join(MATRICES)}")
+            if (name == "wte") != (block is None):
+                raise ValueError(f"{name}: wte is once per model (no block), every other matrix is in a block")
+            if block is not None and not (isinstance(block, int) and 0 <= block < n_layer):
+                raise ValueError(f"{name} in block {block}: the model's blocks are 0 to {n_layer - 1}")
+            check_matrix(name, shape, n_embd, vocab_size, "" if block is None else f" in block {block}")
+            checked[name, block] = tuple(shape)
+        order = {name: i for i, name in enumerate(MATRICES)}
+        self.shapes = dict(sorted(checked.items(), key=lambda item: (order[item[0][0]], item[0][1] or 0)))
+
+    @classmethod
+    def from_settings(cls, n_embd, n_layer, vocab_size, dim_1=None, dim_2=None, factors=None, kron=None,
+                      kron_layers="all"):
+        """The plan of train.py's and GPTConfig's settings: dim_1, dim_2, factors (the MLP shorthand: c_fc's A is
+        dim_1 x dim_2, c_proj's its transpose) and kron ({NAME or NAME@BLOCKS: (a_rows, a_cols, factors)}), the
+        NAME entries in the blocks kron_layers lists (all, odd, even, "0,2,4"), NAME@BLOCKS entries in theirs."""
+        shorthand = (dim_1, dim_2, factors)
+        entries = {}
+        if any(v is not None for v in shorthand):
+            if any(v is None for v in shorthand):
+                raise ValueError(f"dim_1, dim_2 and factors must be set together or not at all, got {shorthand}")
+            check_shape(n_embd, *shorthand)
+            entries = {"c_fc": (dim_1, dim_2, factors), "c_proj": (dim_2, dim_1, factors)}
+        if kron is not None and not isinstance(kron, dict):
+            raise ValueError(f"kron must be a dict like {{'c_fc': (768, 768, 1)}}, got {kron!r}")
+        for key, shape in (kron or {}).items():
+            shape = tuple(shape) if isinstance(shape, list) else shape  # JSON gives lists
+            if entries.get(key, shape) != shape:
+                raise ValueError(f"{key}: kron gives {shape} but dim_1, dim_2, factors give {entries[key]}")
+            entries[key] = shape
+        layers = parse_layers(kron_layers, n_layer)
+        shapes, given_by = {}, {}
+        for key, shape in sorted(entries.items(), key=lambda item: "@" in item[0]):  # NAME@BLOCKS override NAME
+            name, per_block, blocks = key.partition("@")  # "c_fc@" is a per-block entry with no blocks: refused
+            if name not in MATRICES:
+                raise ValueError(f"{key}: {name!r} is not a factorable matrix: use {', '.join(MATRICES)}")
+            if name == "wte":
+                if per_block:
+                    raise ValueError(f"{key}: wte is once per model, not per block")
+                shapes["wte", None] = shape
+                continue
+            try:
+                targets = [int(b) for b in blocks.split(",")] if per_block else layers
+            except ValueError:
+                raise ValueError(f"{key}: blocks must be a list of block indices like {name}@1,3") from None
+            for block in targets:
+                if not 0 <= block < n_layer:
+                    raise ValueError(f"{key}: block {block} is out of range; the model's blocks are 0 to "
+                                     f"{n_layer - 1}")
+                if per_block and given_by.get((name, block), "").count("@"):
+                    raise ValueError(f"{name} in block {block} is given twice ({given_by[name, block]} and {key})")
+                shapes[name, block], given_by[name, block] = shape, key
+        return cls(n_embd, n_layer, vocab_size, shapes)
+
+    @classmethod
+    def from_hf(cls, hf):
+        """The plan of an exported config.json (a dict): its kron, and kron_layers where an older export wrote
+        the blocks apart ([] with wte alone)."""
+        layers = hf.get("kron_layers")
+        return cls.from_settings(hf["n_embd"], hf["n_layer"], hf["vocab_size"], kron=hf.get("kron") or None,
+                                 kron_layers=layers if layers else "all")
+
+    def to_kron(self):
+        """The plan as a kron dict: a matrix with one shape in every block as NAME, any other as NAME@BLOCKS
+        entries, one per shape. Lists, so that it reads back the same from JSON."""
+        kron = {}
+        for name in MATRICES:
+            by_shape = {}
+            for (matrix, block), shape in self.shapes.items():
+                if matrix == name:
+                    by_shape.setdefault(shape, []).append(block)
+            for shape, blocks in by_shape.items():
+                whole = name == "wte" or (len(by_shape) == 1 and blocks == list(range(self.n_layer)))
+                kron[name if whole else f"{name}@{','.join(map(str, blocks))}"] = list(shape)
+        return kron
+
+    def __str__(self):
+        """The plan in --kron syntax, "c_fc=128x128:1 c_proj=128x128:1"; "dense" for none."""
+        return " ".join(f"{key}={r}x{c}:{f}" for key, (r, c, f) in self.to_kron().items()) or "dense"
+
+    def __repr__(self):
+        return f"Plan({self.n_embd}, {self.n_layer}, {self.vocab_size}, {str(self)!r})"
+
+    def __eq__(self, other):
+        return isinstance(other, Plan) and (self.n_embd, self.n_layer, self.vocab_size, self.shapes) == \
+            (other.n_embd, other.n_layer, other.vocab_size, other.shapes)
+
+    def __bool__(self):
+        return bool(self.shapes)
+
+    def shape(self, name, block=None):
+        """(a_rows, a_cols, factors) of matrix `name` in `block` (None for wte), or None where it is dense."""
+        return self.shapes.get((name, block))
+
+    @property
+    def names(self):
+        """The matrices factored in at least one place, in MATRICES order."""
+        return tuple(name for name in MATRICES if any(matrix == name for matrix, _ in self.shapes))
+
+    @property
+    def blocks(self):
+        """The blocks with at least one factored matrix."""
+        return tuple(sorted({block for _, block in self.shapes if block is not None}))
+
+    def places(self, name):
+        """[(block, shape)] of every place where matrix `name` is factored (block None for wte)."""
+        return [(block, shape) for (matrix, block), shape in self.shapes.items() if matrix == name]
+
+    def check_init(self, init):
+        """prune keeps every k-th row or column of W: it needs every factored matrix's B to be one row or column."""
+        if init != "prune":
+            return
+        for (name, block), shape in self.shapes.items():
+            b_rows, b_cols = b_shape(name, shape, self.n_embd, self.vocab_size)
+            if b_rows != 1 and b_cols != 1:
+                in_features, out_features = matrix_shape(name, self.n_embd, self.vocab_size)
+                rows, cols = ("dim_1", "dim_2") if name == "c_fc" else (f"{name}'s A rows", "A columns")
+                where = "" if block is None else f" in block {block}"
+                raise ValueError(f"init=prune needs B to be a single row or column, but {name}'s B{where} is "
+                                 f"{b_rows}x{b_cols}: use {rows}={in_features} (keeps every k-th column of W) or "
+                                 f"{cols}={out_features} (keeps every k-th row), or init vl, vl_norm or random")
+
+    def count_parts(self, block_size=1024, bias=True):
+        """Parameters of GPT(GPTConfig(...)) with this plan by part: embedding (wte, tied to lm_head), position
+        (wpe), attention, mlp and norms (every LayerNorm)."""
+        n_embd, vocab_size, b = self.n_embd, self.vocab_size, int(bias)
+        parts = {"embedding": weight_params("wte", self.shape("wte"), n_embd, vocab_size),
+                 "position": block_size * n_embd, "attention": 0, "mlp": 0,
+                 "norms": (2 * self.n_layer + 1) * (n_embd + n_embd * b)}
+        for block in range(self.n_layer):
+            for name in BLOCK_MATRICES:
+                parts[PART_OF[name]] += weight_params(name, self.shape(name, block), n_embd, vocab_size) + \
+                    matrix_shape(name, n_embd, vocab_size)[1] * b
+        return parts
+
+    def flops(self):
+        """Multiply-adds per token in all weight matrices (attention's and the MLP's, lm_head); attention's score
+        and value products, which grow with the context, are left out."""
+        blocks = sum(matrix_flops(name, self.shape(name, block), self.n_embd, self.vocab_size)
+                     for block in range(self.n_layer) for name in BLOCK_MATRICES)
+        return blocks + matrix_flops("wte", self.shape("wte"), self.n_embd, self.vocab_size)
 
 
 def b_shape(name, shape, n_embd, vocab_size):
     in_features, out_features = matrix_shape(name, n_embd, vocab_size)
     return in_features // shape[0], out_features // shape[1]
-
-
-def check_init(plan, init, n_embd, vocab_size):
-    """prune keeps every k-th row or column of W: it needs every factored matrix's B to be one row or column."""
-    if init != "prune":
-        return
-    for name, shape in plan.items():
-        b_rows, b_cols = b_shape(name, shape, n_embd, vocab_size)
-        if b_rows != 1 and b_cols != 1:
-            in_features, out_features = matrix_shape(name, n_embd, vocab_size)
-            rows, cols = ("dim_1", "dim_2") if name == "c_fc" else (f"{name}'s A rows", "A columns")
-            raise ValueError(f"init=prune needs B to be a single row or column, but {name}'s B is {b_rows}x{b_cols}: "
-                             f"use {rows}={in_features} (keeps every k-th column of W) or {cols}={out_features} "
-                             f"(keeps every k-th row), or init vl, vl_norm or random")
 
 
 def weight_params(name, shape, n_embd, vocab_size):
@@ -165,26 +296,10 @@ def weight_params(name, shape, n_embd, vocab_size):
     return factors * (a_rows * a_cols + (in_features // a_rows) * (out_features // a_cols))
 
 
-def count_parts(n_embd, n_layer=12, vocab_size=50257, block_size=1024, bias=True, plan=None, layers=None):
-    """Parameters of GPT(GPTConfig(...)) by part: embedding (wte, tied to lm_head), position (wpe), attention,
-    mlp and norms (every LayerNorm), for a resolved plan (resolve_plan) applied to `layers` (default all)."""
-    plan, b = plan or {}, int(bias)
-    layers = range(n_layer) if layers is None else layers
-    parts = {"embedding": weight_params("wte", plan.get("wte"), n_embd, vocab_size), "position": block_size * n_embd,
-             "attention": 0, "mlp": 0, "norms": (2 * n_layer + 1) * (n_embd + n_embd * b)}
-    for i in range(n_layer):
-        for name in BLOCK_MATRICES:
-            shape = plan.get(name) if i in layers else None
-            parts[PART_OF[name]] += weight_params(name, shape, n_embd, vocab_size) + \
-                matrix_shape(name, n_embd, vocab_size)[1] * b
-    return parts
-
-
-def count_params(n_embd, dim_1=None, dim_2=None, factors=None, n_layer=12, vocab_size=50257, block_size=1024,
-                 bias=True, kron=None, kron_layers="all"):
-    """(parameters, parameters without wpe) of GPT(GPTConfig(...)), the plan given as GPTConfig takes it."""
-    plan, layers = resolve_plan(n_embd, n_layer, vocab_size, dim_1, dim_2, factors, kron, kron_layers)
-    parts = count_parts(n_embd, n_layer, vocab_size, block_size, bias, plan, layers)
+def count_params(n_embd, n_layer=12, vocab_size=50257, block_size=1024, bias=True, **plan_settings):
+    """(parameters, parameters without wpe) of GPT(GPTConfig(...)), the plan given as train.py's settings
+    (dim_1, dim_2, factors, kron, kron_layers)."""
+    parts = Plan.from_settings(n_embd, n_layer, vocab_size, **plan_settings).count_parts(block_size, bias)
     total = sum(parts.values())
     return total, total - parts["position"]
 
@@ -201,23 +316,13 @@ def matrix_flops(name, shape, n_embd, vocab_size):
     return min(kron_flops(in_features, out_features, a_rows, a_cols, factors))
 
 
-def model_flops(n_embd, n_layer=12, vocab_size=50257, plan=None, layers=None):
-    """Multiply-adds per token in all weight matrices (attention's and the MLP's, lm_head); attention's score and
-    value products, which grow with the context, are left out."""
-    plan = plan or {}
-    layers = range(n_layer) if layers is None else layers
-    blocks = sum(matrix_flops(name, plan.get(name) if i in layers else None, n_embd, vocab_size)
-                 for i in range(n_layer) for name in BLOCK_MATRICES)
-    return blocks + matrix_flops("wte", plan.get("wte"), n_embd, vocab_size)
-
-
 def list_shapes(n_embd=768, factors_list=(1,), n_layer=12, vocab_size=50257, block_size=1024, name="mlp"):
     """A row for every valid (a_rows, a_cols, factors) of one matrix, smallest model first, the matrix factored in
     every block. "mlp" factors c_fc with A a_rows x a_cols and c_proj with its transpose (the dim_1 dim_2 shorthand);
     model counts and FLOPs are those of GPT-2 with only that matrix (or the MLP) factored."""
     matrix = "c_fc" if name == "mlp" else name
     in_features, out_features = matrix_shape(matrix, n_embd, vocab_size)
-    dense_flops = model_flops(n_embd, n_layer, vocab_size)
+    dense_flops = Plan(n_embd, n_layer, vocab_size).flops()
     rows = []
     for a_rows in divisors(in_features):
         for a_cols in divisors(out_features):
@@ -225,18 +330,21 @@ def list_shapes(n_embd=768, factors_list=(1,), n_layer=12, vocab_size=50257, blo
                 if factors > max_factors(in_features, out_features, a_rows, a_cols):
                     continue
                 shape = (a_rows, a_cols, factors)
-                plan = shorthand_plan(*shape) if name == "mlp" else {name: shape}
-                parts = count_parts(n_embd, n_layer, vocab_size, block_size, True, plan)
+                plan = Plan.from_settings(n_embd, n_layer, vocab_size, *shape) if name == "mlp" else \
+                    Plan.from_settings(n_embd, n_layer, vocab_size, kron={name: shape})
+                parts = plan.count_parts(block_size, True)
                 params = sum(parts.values())
                 b_rows, b_cols = in_features // a_rows, out_features // a_cols
-                dense_matrices = sum(matrix_flops(m, None, n_embd, vocab_size) for m in plan)
+                plan_shapes = {m: s for (m, _), s in plan.shapes.items()}
+                dense_matrices = sum(matrix_flops(m, None, n_embd, vocab_size) for m in plan_shapes)
                 rows.append(dict(
                     dim_1=a_rows, dim_2=a_cols, factors=factors, a_shape=f"{a_rows}x{a_cols}",
                     b_shape=f"{b_rows}x{b_cols}",
                     matrix_params=weight_params(matrix, shape, n_embd, vocab_size),
                     params=params, params_no_wpe=params - parts["position"],
-                    matrix_flops=sum(matrix_flops(m, s, n_embd, vocab_size) for m, s in plan.items()) / dense_matrices,
-                    model_flops=model_flops(n_embd, n_layer, vocab_size, plan) / dense_flops,
+                    matrix_flops=sum(matrix_flops(m, s, n_embd, vocab_size) for m, s in plan_shapes.items())
+                    / dense_matrices,
+                    model_flops=plan.flops() / dense_flops,
                 ))
     rows.sort(key=lambda r: (r["params"], r["dim_1"], r["dim_2"], r["factors"]))
     return rows

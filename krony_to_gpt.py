@@ -9,11 +9,12 @@ The whole config comes from the checkpoint (Kronecker or dense; DDP/torch.compil
 By default every Kronecker matrix is materialized as W = sum_r A_r (x) B_r, so OUT_DIR is a plain
 GPT2LMHeadModel (config.json, model.safetensors, generation_config.json) plus GPT-2's tokenizer files:
 AutoModelForCausalLM, AutoTokenizer, pipeline("text-generation") and lm-evaluation-harness load it with nothing
-else. --keep_factors writes the factors themselves instead, with hf_remote_code/'s configuration_krony.py and
-modeling_krony.py (transformers' own GPT-2 with the factored modules swapped in) and an auto_map: the model stays
-as small on disk and in memory as it trained, and loads with
+else. --keep_factors writes the factors themselves instead, with an auto_map and the code that runs them, copied
+byte for byte from this repository: hf_remote_code/'s configuration_krony.py and modeling_krony.py (transformers'
+own GPT-2 with the factored modules swapped in) and the Kronecker layers and plans they import, kronecker.py and
+kron_shapes.py. The model stays as small on disk and in memory as it trained, and loads with
     AutoModelForCausalLM.from_pretrained(OUT_DIR, trust_remote_code=True)
-(perplexity.py, sample.py and model.load_model read it without running its code). Either export is checked
+(perplexity.py, sample.py and checkpoints.load_model read it without running its code). Either export is checked
 (its logits must equal ours) before it is renamed into place, so OUT_DIR is never half written.
 """
 
@@ -23,12 +24,17 @@ import shutil
 
 import torch
 
+from checkpoints import load_checkpoint
 from common import UsageError, exit_on_usage_error, one_line
-from compress import compress
-from model import HF_CONV1D_WEIGHTS, load_checkpoint
+from compress import materialize
+from model import HF_CONV1D_WEIGHTS
 
 LOGIT_TOLERANCE = 1e-3  # round-off is ~2e-6 on a random GPT-2 124M; one misplaced matrix moves logits by ~1
 FACTORED_TOLERANCE = 1e-5  # relative to the largest logit: the same factors, the same contractions
+ROOT = os.path.dirname(os.path.abspath(__file__))
+# what a --keep_factors folder runs, relative to ROOT: the glue, and the modules it imports (as .kronecker, ...)
+REMOTE_CODE = ("hf_remote_code/configuration_krony.py", "hf_remote_code/modeling_krony.py", "kronecker.py",
+               "kron_shapes.py")
 
 
 def gpt2_fields(config):
@@ -58,22 +64,28 @@ def hf_state_dict(model, hf_model):
 
 @torch.no_grad()
 def to_hf(model):
-    """A GPT2LMHeadModel with our model's weights, every Kronecker factor multiplied out (compress with no plan)."""
+    """A GPT2LMHeadModel with our model's weights, every Kronecker factor multiplied out."""
     from transformers import GPT2Config, GPT2LMHeadModel
     hf_model = GPT2LMHeadModel(GPT2Config(**gpt2_fields(model.config)))
-    hf_model.load_state_dict(hf_state_dict(compress(model), hf_model))
+    hf_model.load_state_dict(hf_state_dict(materialize(model), hf_model))
     return hf_model.eval()
 
 
+def copy_remote_code(folder):
+    """Put the repository's REMOTE_CODE files, byte for byte, into folder (flat, as transformers imports them)."""
+    for path in REMOTE_CODE:
+        shutil.copyfile(os.path.join(ROOT, path), os.path.join(folder, os.path.basename(path)))
+
+
 @torch.no_grad()
-def to_hf_factored(model):
-    """A KronyForCausalLM (hf_remote_code/) with our model's weights and plan, the factors kept."""
-    from hf_remote_code.configuration_krony import KronyConfig  # as a package module, so save_pretrained copies it
-    from hf_remote_code.modeling_krony import KronyForCausalLM
-    c = model.config
-    has_block_matrices = any(name != "wte" for name in c.plan)
-    config = KronyConfig(**gpt2_fields(c), kron={name: list(shape) for name, shape in c.plan.items()},
-                         kron_layers=list(c.factored_layers) if has_block_matrices else [])
+def to_hf_factored(model, folder):
+    """A KronyForCausalLM with our model's weights and plan, the factors kept. Its classes are imported from folder,
+    where the remote code is copied first, as transformers imports an export's: this process runs the very code
+    the export ships."""
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+    copy_remote_code(folder)
+    KronyForCausalLM = get_class_from_dynamic_module("modeling_krony.KronyForCausalLM", folder)
+    config = KronyForCausalLM.config_class(**gpt2_fields(model.config), kron=model.config.plan.to_kron())
     hf_model = KronyForCausalLM(config)
     hf_model.load_state_dict(hf_state_dict(model, hf_model))
     return hf_model.eval()
@@ -99,7 +111,12 @@ def export(model, out_dir, tokenizer, keep_factors=False):
     # no dot in the temporary name: transformers imports remote code under the directory's name
     tmp_dir, old_dir = f"{out_dir}_tmp{os.getpid()}", f"{out_dir}_old{os.getpid()}"
     try:
-        (to_hf_factored(model) if keep_factors else to_hf(model)).save_pretrained(tmp_dir)
+        if keep_factors:
+            os.makedirs(tmp_dir)
+            to_hf_factored(model, tmp_dir).save_pretrained(tmp_dir)
+            copy_remote_code(tmp_dir)  # save_pretrained copies the code it imported: make sure it is ours
+        else:
+            to_hf(model).save_pretrained(tmp_dir)
         tokenizer.model_max_length = model.config.block_size
         tokenizer.save_pretrained(tmp_dir)
         # Check what was written, as it will be read, rather than the in-memory copy.
@@ -121,14 +138,6 @@ def export(model, out_dir, tokenizer, keep_factors=False):
         shutil.rmtree(tmp_dir, ignore_errors=True)
         shutil.rmtree(old_dir, ignore_errors=True)
     return diff
-
-
-def describe(model):
-    c = model.config
-    plan = ", ".join(f"{name} A {a}x{b}:{f}" for name, (a, b, f) in c.plan.items())
-    layers = f" in blocks {', '.join(map(str, c.factored_layers))}" if c.factored_layers != tuple(range(c.n_layer)) \
-        else ""
-    return f"Kronecker {plan}{layers}" if plan else "dense"
 
 
 @exit_on_usage_error("krony_to_gpt.py")
@@ -170,9 +179,11 @@ def main(argv=None):
         raise UsageError(f"the tokenizer has {len(tokenizer):,} tokens but the model only "
                          f"{model.config.vocab_size:,}: this checkpoint was not trained on GPT-2's tokens")
 
-    c = model.config
-    print(f"{args.checkpoint}: {describe(model)}, {c.n_layer} layers, {c.n_head} heads, n_embd {c.n_embd}, "
-          f"block_size {c.block_size}, {model.get_num_params():,} parameters, iter_num {checkpoint.get('iter_num')}")
+    config = model.config
+    weights = f"Kronecker {config.plan}" if config.plan else "dense"
+    print(f"{args.checkpoint}: {weights}, {config.n_layer} layers, {config.n_head} heads, n_embd {config.n_embd}, "
+          f"block_size {config.block_size}, {model.get_num_params():,} parameters, "
+          f"iter_num {checkpoint.get('iter_num')}")
     try:
         diff = export(model, args.out_dir, tokenizer, args.keep_factors)
     except OSError as e:

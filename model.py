@@ -1,30 +1,24 @@
 """
-GPT-2 with Kronecker-factored weight matrices, in one file.
+GPT-2 with Kronecker-factored weight matrices: the architecture, in one file.
 
 The dense model is nanoGPT's GPT with GPT-2's exact numerics (tanh GELU, LayerNorm eps 1e-5, tied
 wte/lm_head, learned positions), so `GPT.from_pretrained("gpt2")` scores exactly like Hugging Face's.
-A plan in GPTConfig (kron_shapes.py has its arithmetic) replaces chosen matrices by sums of Kronecker products
-W = sum_r A_r (x) B_r, never materialized in the forward pass: the MLP's c_fc and c_proj, attention's c_attn
-and attn_proj (attn.c_proj) in all or some blocks, and the tied token embedding wte.
+GPTConfig's plan (a kron_shapes.Plan) replaces chosen matrices by sums of Kronecker products
+W = sum_r A_r (x) B_r (kronecker.py), never materialized in the forward pass: the MLP's c_fc and c_proj,
+attention's c_attn and attn_proj (attn.c_proj), block by block, and the tied token embedding wte.
 
-Also here, because every script needs them: checkpoint save/load (atomic writes, weights_only loads),
-`load_model`, which opens any model source (our checkpoint, a Hugging Face directory, a hub name), and the
-device and precision set-up. The initialisations from a teacher are in compress.py.
+Opening and saving models is checkpoints.py; the initialisations from a teacher are compress.py.
 """
 
-import json
 import math
-import os
-import pickle
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from common import one_line
-from kron_shapes import kron_flops, resolve_plan
+from kron_shapes import Plan
+from kronecker import KroneckerEmbedding, KroneckerLinear
 
 # Hugging Face's GPT-2 stores these as Conv1D weights, (in, out); our nn.Linear weights are (out, in).
 HF_CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -40,215 +34,45 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # GPT-2 has biases in Linears and LayerNorms
-    # The Kronecker plan (kron_shapes.py). kron: {matrix: (a_rows, a_cols, factors)}, A in x @ W orientation,
-    # for any of wte, c_attn, attn_proj, c_fc, c_proj; kron_layers: the blocks it applies to (all, odd, even,
-    # "0,2,4"). dim_1, dim_2, factors: the MLP shorthand, c_fc's A dim_1 x dim_2 and c_proj's its transpose.
-    dim_1: int | None = None
-    dim_2: int | None = None
-    factors: int | None = None
+    # The Kronecker plan as a kron dict (kron_shapes.py): {"c_fc": (128, 128, 1), "c_fc@3": (128, 128, 2), ...},
+    # None for a dense model. Read once into `plan`, and kept in Plan.to_kron's form, whatever form was given.
     kron: dict | None = None
-    kron_layers: str | tuple = "all"
 
     def __post_init__(self):
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_head={self.n_head} must divide n_embd={self.n_embd}")
-        if isinstance(self.kron, dict):  # JSON and config files give lists
-            self.kron = {name: tuple(shape) if isinstance(shape, list) else shape for name, shape in self.kron.items()}
-        if isinstance(self.kron_layers, list):
-            self.kron_layers = tuple(self.kron_layers)
-        # not dataclass fields: derived, so asdict() and checkpoints keep the plan as the user wrote it
-        self.plan, self.factored_layers = resolve_plan(self.n_embd, self.n_layer, self.vocab_size, self.dim_1,
-                                                       self.dim_2, self.factors, self.kron, self.kron_layers)
+        self.plan = Plan.from_settings(self.n_embd, self.n_layer, self.vocab_size, kron=self.kron)
+        self.kron = self.plan.to_kron() or None
 
-    @property
-    def is_kronecker(self):
-        return bool(self.plan)
+    def with_plan(self, plan):
+        """This config with another plan (a Plan for the same n_embd, n_layer and vocab_size)."""
+        if (plan.n_embd, plan.n_layer, plan.vocab_size) != (self.n_embd, self.n_layer, self.vocab_size):
+            raise ValueError(f"a plan for n_embd={plan.n_embd}, n_layer={plan.n_layer}, vocab_size={plan.vocab_size} "
+                             f"does not fit a model with {self.n_embd}, {self.n_layer}, {self.vocab_size}")
+        return replace(self, kron=plan.to_kron() or None)
 
-    def factored(self, name, layer=None):
-        """(a_rows, a_cols, factors) if the plan factors matrix `name` (in block `layer`), else None."""
-        if layer is not None and layer not in self.factored_layers:
-            return None
-        return self.plan.get(name)
+    def to_args(self):
+        """The config as plain values, what a checkpoint stores (GPTConfig.from_args reads it back)."""
+        return asdict(self)
 
+    @classmethod
+    def from_settings(cls, dim_1=None, dim_2=None, factors=None, kron=None, kron_layers="all", **model_settings):
+        """A GPTConfig from train.py's settings: the model's, and the plan in any of its settings forms
+        (kron_shapes.Plan.from_settings)."""
+        config = cls(**model_settings)
+        return config.with_plan(Plan.from_settings(config.n_embd, config.n_layer, config.vocab_size, dim_1, dim_2,
+                                                   factors, kron, kron_layers))
 
-def kronecker_matmul(x, A, B, bias, a_first):
-    """x (..., in) @ sum_r kron(A[r], B[r]) + bias without building W (in, out); A (r, a_rows, a_cols), B (r, b_rows,
-    b_cols), either possibly transposed views (KroneckerEmbedding's lm_head).
-
-    x is viewed as (a_rows, b_rows) per row and contracted with the factors in the order a_first chooses:
-    (A^T X) B or A^T (X B). Stacking the r factors along one GEMM dimension turns the sum over r into part of the
-    second matmul, so any r costs two matmuls. A matmul that degenerates to an outer product or a matrix-vector
-    product (B a single row or column, as in the paper's 81M model) takes OuterProduct or MatVec instead, which
-    run at memory speed.
-    """
-    r, a_rows, a_cols = A.shape
-    _, b_rows, b_cols = B.shape
-    in_features, out_features = a_rows * b_rows, a_cols * b_cols
-    lead_shape = x.shape[:-1]
-    x = x.reshape(-1, in_features)
-    n = x.shape[0]
-    if a_first:  # (A^T X) B
-        t = x.view(n, a_rows, b_rows).transpose(1, 2).reshape(n * b_rows, a_rows)
-        t = t @ A.permute(1, 0, 2).reshape(a_rows, r * a_cols)  # (n, b_rows, r, a_cols)
-        t = t.view(n, b_rows, r, a_cols).permute(0, 3, 2, 1).reshape(n * a_cols, r * b_rows)
-        if r * b_rows == 1:  # B is one row: the second contraction has length 1
-            return OuterProduct.apply(t.view(n, a_cols), B.reshape(b_cols), bias).view(*lead_shape, out_features)
-        y = (t @ B.reshape(r * b_rows, b_cols)).view(n, out_features)
-    else:  # A^T (X B)
-        x_rows, Bm = x.reshape(n * a_rows, b_rows), B.permute(1, 0, 2).reshape(b_rows, r * b_cols)
-        t = MatVec.apply(x_rows, Bm.reshape(b_rows)) if r * b_cols == 1 else x_rows @ Bm  # B one column, or not
-        t = t.view(n, a_rows, r, b_cols).permute(0, 3, 2, 1).reshape(n * b_cols, r * a_rows)
-        Am = A.reshape(r * a_rows, a_cols)
-        if b_cols == 1 and bias is not None:  # the GEMM's output is y itself: fuse the bias, as nn.Linear
-            return torch.addmm(bias, t, Am).view(*lead_shape, out_features)
-        y = (t @ Am).view(n, b_cols, a_cols).transpose(1, 2).reshape(n, out_features)
-    if bias is not None:
-        y = y + bias.to(y.dtype)  # under autocast, stay in the matmul's precision as nn.Linear does
-    return y.view(*lead_shape, out_features)
-
-
-def kronecker_sum(A, B):
-    """sum_r kron(A[r], B[r]) for A (r, a_rows, a_cols), B (r, b_rows, b_cols), in one einsum."""
-    (_, a_rows, a_cols), (_, b_rows, b_cols) = A.shape, B.shape
-    w = torch.einsum("rij,rkl->ikjl", A, B)  # W[i*b_rows + k, j*b_cols + l] = sum_r A[r,i,j] B[r,k,l]
-    return w.reshape(a_rows * b_rows, a_cols * b_cols)
-
-
-def init_factors(A, B, std):
-    """Both factors get the same std s, chosen so that W = sum_r A_r (x) B_r has entries of std `std`:
-    each entry of W is a sum of r products of independent N(0, s^2), so var = r * s^4."""
-    factor_std = math.sqrt(std / math.sqrt(A.shape[0]))
-    nn.init.normal_(A, mean=0.0, std=factor_std)
-    nn.init.normal_(B, mean=0.0, std=factor_std)
-
-
-class KroneckerLinear(nn.Module):
-    """y = x @ W + b with W = sum_r kron(A[r], B[r]) of shape (in_features, out_features).
-
-    A: (factors, a_rows, a_cols), B: (factors, in_features/a_rows, out_features/a_cols); kronecker_matmul
-    contracts x with them in whichever order is cheaper for this shape.
-    """
-
-    def __init__(self, in_features, out_features, a_rows, a_cols, factors=1, bias=True):
-        super().__init__()
-        if in_features % a_rows or out_features % a_cols:
-            raise ValueError(f"A of shape {a_rows}x{a_cols} must divide W of shape {in_features}x{out_features}")
-        self.in_features, self.out_features = in_features, out_features
-        b_rows, b_cols = in_features // a_rows, out_features // a_cols
-        self.A = nn.Parameter(torch.empty(factors, a_rows, a_cols))
-        self.B = nn.Parameter(torch.empty(factors, b_rows, b_cols))
-        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
-        a_first, b_first = kron_flops(in_features, out_features, a_rows, a_cols, factors)
-        self.a_first = a_first <= b_first
-        self.reset_parameters()
-
-    def reset_parameters(self, std=0.02):
-        init_factors(self.A, self.B, std)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
-
-    def forward(self, x):
-        return kronecker_matmul(x, self.A, self.B, self.bias, self.a_first)
-
-    def dense_weight(self):
-        """The materialized W, shape (in_features, out_features): what x is multiplied by."""
-        return kronecker_sum(self.A, self.B)
-
-    def extra_repr(self):
-        (r, a_rows, a_cols), (_, b_rows, b_cols) = self.A.shape, self.B.shape
-        order = "(A^T X) B" if self.a_first else "A^T (X B)"
-        return (f"in={self.in_features}, out={self.out_features}, factors={r}, A={a_rows}x{a_cols}, "
-                f"B={b_rows}x{b_cols}, bias={self.bias is not None}, order={order}")
-
-
-class KroneckerEmbedding(nn.Module):
-    """The tied token embedding W (vocab x n_embd) = sum_r kron(A[r], B[r]), as a lookup and as lm_head.
-
-    Token t = i*b_rows + k has the row sum_r A[r, i, :] (x) B[r, k, :]: two small gathers and an outer product,
-    never the whole matrix. lm_head's logits h @ W^T contract h with the transposed factors
-    (W^T = sum_r A_r^T (x) B_r^T) in the cheaper order, as KroneckerLinear does.
-    """
-
-    def __init__(self, vocab_size, n_embd, a_rows, a_cols, factors=1):
-        super().__init__()
-        if vocab_size % a_rows or n_embd % a_cols:
-            raise ValueError(f"A of shape {a_rows}x{a_cols} must divide wte of shape {vocab_size}x{n_embd}")
-        self.vocab_size, self.n_embd = vocab_size, n_embd
-        self.A = nn.Parameter(torch.empty(factors, a_rows, a_cols))
-        self.B = nn.Parameter(torch.empty(factors, vocab_size // a_rows, n_embd // a_cols))
-        a_first, b_first = kron_flops(n_embd, vocab_size, a_cols, a_rows, factors)  # lm_head's W^T
-        self.a_first = a_first <= b_first
-        self.reset_parameters()
-
-    def reset_parameters(self, std=0.02):
-        init_factors(self.A, self.B, std)
-
-    def forward(self, idx):
-        r, a_rows, a_cols = self.A.shape
-        _, b_rows, b_cols = self.B.shape
-        a = F.embedding(idx // b_rows, self.A.permute(1, 0, 2).reshape(a_rows, r * a_cols))
-        b = F.embedding(idx % b_rows, self.B.permute(1, 0, 2).reshape(b_rows, r * b_cols))
-        rows = torch.einsum("...rj,...rl->...jl", a.unflatten(-1, (r, a_cols)), b.unflatten(-1, (r, b_cols)))
-        return rows.flatten(-2)
-
-    def unembed(self, h):
-        """Logits h @ W^T, shape (..., vocab_size)."""
-        return kronecker_matmul(h, self.A.transpose(1, 2), self.B.transpose(1, 2), None, self.a_first)
-
-    def dense_weight(self):
-        """The materialized W, shape (vocab_size, n_embd): row t embeds token t."""
-        return kronecker_sum(self.A, self.B)
-
-    def extra_repr(self):
-        (r, a_rows, a_cols), (_, b_rows, b_cols) = self.A.shape, self.B.shape
-        return f"vocab={self.vocab_size}, n_embd={self.n_embd}, factors={r}, A={a_rows}x{a_cols}, B={b_rows}x{b_cols}"
-
-
-class OuterProduct(torch.autograd.Function):
-    """y[n, i*c + j] = t[n, i] * b[j] + bias[i*c + j]: a matmul whose contraction has length 1 (the 81M model's
-    c_fc), as one broadcast multiply-add. As a GEMM it runs far below memory speed, and autograd's backward of
-    a broadcast reduces slowly; this backward is two matrix-vector products and a sum. Under autocast the
-    result keeps t's precision, as a matmul's would."""
-
-    @staticmethod
-    def forward(ctx, t, b, bias):
-        ctx.save_for_backward(t, b)
-        ctx.bias_dtype = None if bias is None else bias.dtype
-        column, row = t.unsqueeze(-1), b.to(t.dtype)
-        if bias is None:
-            return (column * row).view(t.shape[0], -1)
-        return torch.addcmul(bias.to(t.dtype).view(t.shape[1], -1), column, row).view(t.shape[0], -1)
-
-    @staticmethod
-    def backward(ctx, grad):
-        t, b = ctx.saved_tensors
-        grad = grad.reshape(-1, b.numel())  # (n * t.shape[1], len(b))
-        grad_t = (grad @ b.to(grad.dtype)).view_as(t)
-        grad_b = (t.reshape(1, -1).to(grad.dtype) @ grad).view_as(b).to(b.dtype)
-        grad_bias = None if ctx.bias_dtype is None else grad.view(t.shape[0], -1).sum(0).to(ctx.bias_dtype)
-        return grad_t, grad_b, grad_bias
-
-
-class MatVec(torch.autograd.Function):
-    """x (m, k) @ w (k,) (the 81M model's c_proj), whose backward writes grad_x = grad w^T as a broadcast
-    multiply rather than as a GEMM with a contraction of length 1, which runs far below memory speed."""
-
-    @staticmethod
-    def forward(ctx, x, w):
-        ctx.save_for_backward(x, w)
-        return x @ w.to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, w = ctx.saved_tensors
-        grad_x = (grad.unsqueeze(1) * w.to(grad.dtype)).to(x.dtype)
-        grad_w = (grad @ x.to(grad.dtype)).to(w.dtype)
-        return grad_x, grad_w
+    @classmethod
+    def from_args(cls, args):
+        """A GPTConfig from a checkpoint's model_args, also those written before plans were per block (the MLP
+        shorthand dim_1, dim_2, factors and kron_layers were fields of their own)."""
+        return cls.from_settings(**{key: value for key, value in args.items() if value is not None})
 
 
 def linear(config, name, in_features, out_features, layer):
     """nn.Linear, or a KroneckerLinear where the plan factors matrix `name` in block `layer`."""
-    shape = config.factored(name, layer)
+    shape = config.plan.shape(name, layer)
     if shape is None:
         return nn.Linear(in_features, out_features, bias=config.bias)
     return KroneckerLinear(in_features, out_features, *shape, bias=config.bias)
@@ -322,7 +146,7 @@ class GPT(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
-        wte_shape = config.factored("wte")
+        wte_shape = config.plan.shape("wte")
         self.transformer = nn.ModuleDict(dict(
             wte=(nn.Embedding(config.vocab_size, config.n_embd) if wte_shape is None
                  else KroneckerEmbedding(config.vocab_size, config.n_embd, *wte_shape)),
@@ -432,8 +256,18 @@ class GPT(nn.Module):
     def from_pretrained(cls, name_or_dir, dropout=0.0):
         """A dense GPT from any Hugging Face GPT-2 checkpoint: a hub name or a local directory."""
         from transformers import GPT2LMHeadModel
-        hf_model = GPT2LMHeadModel.from_pretrained(name_or_dir, dtype=torch.float32)
+        hf_model, loading = GPT2LMHeadModel.from_pretrained(name_or_dir, dtype=torch.float32,
+                                                            output_loading_info=True)
         hf = hf_model.config
+        if hf.model_type != "gpt2":
+            raise ValueError(f"{name_or_dir} holds a {hf.model_type!r} model, not GPT-2")
+        # transformers fills a missing weight with a random init and drops an unexpected one: neither is a GPT-2
+        wrong = [f"{key} is missing" for key in loading["missing_keys"]] + \
+            [f"{key} is not GPT-2's" for key in loading["unexpected_keys"]] + \
+            [f"{key} has shape {tuple(got)}, not {tuple(want)}" for key, got, want in loading["mismatched_keys"]]
+        if wrong:
+            raise ValueError(f"{name_or_dir}: not a GPT-2 checkpoint: {wrong[0]}"
+                             + (f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""))
         unsupported = {
             "activation_function": (hf.activation_function, "gelu_new"),
             "layer_norm_epsilon": (hf.layer_norm_epsilon, 1e-5),
@@ -474,179 +308,3 @@ def weight_of(module):
     if isinstance(module, (KroneckerLinear, KroneckerEmbedding)):
         return module.dense_weight()
     return module.weight if isinstance(module, nn.Embedding) else module.weight.t()
-
-
-# ----------------------------------------------------------------------------------------------------
-# Devices and precision: one meaning of --dtype in every script.
-
-def default_device():
-    """cuda, then mps, then cpu: the fastest device this PyTorch can use."""
-    return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-
-
-def setup_device(name="auto"):
-    """The torch.device of a name ("auto": default_device()), checked to exist here; TF32 matmuls on CUDA."""
-    try:
-        device = torch.device(default_device() if name == "auto" else name)
-    except RuntimeError:
-        raise ValueError(f"device={name!r} is not a torch device (cpu, cuda, cuda:1, mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} but this PyTorch sees no CUDA GPU")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device={name!r} but MPS is not available here")
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    return device
-
-
-def resolve_dtype(dtype, device):
-    """"auto": bfloat16 where the GPU supports it, else float16 on CUDA, else float32."""
-    if dtype != "auto":
-        return dtype
-    if device.type != "cuda":
-        return "float32"
-    return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-
-
-def autocast_context(device, dtype):
-    """What --dtype means everywhere: float32 weights, the forward pass under autocast in dtype (none for float32)."""
-    if dtype == "float32":
-        return nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=getattr(torch, dtype))
-
-
-# ----------------------------------------------------------------------------------------------------
-# Checkpoints: one format for kron_decompose.py, train.py, krony_to_gpt.py, perplexity.py and sample.py.
-# A checkpoint is a dict with at least "model" (state dict) and "model_args" (GPTConfig fields);
-# train.py adds "optimizer", "iter_num", "best_val_loss", "config" and RNG states.
-
-def save_checkpoint(checkpoint, path):
-    """torch.save to a temporary file renamed into place, so a crash never leaves a truncated file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp_path = f"{path}.tmp{os.getpid()}"
-    try:
-        torch.save(checkpoint, tmp_path)
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-
-
-def clean_state_dict(state_dict):
-    """Strip the prefixes DDP ("module.") and torch.compile ("_orig_mod.") add to parameter names."""
-    cleaned = {}
-    for k, v in state_dict.items():
-        for prefix in ("module.", "_orig_mod."):
-            while k.startswith(prefix):
-                k = k[len(prefix):]
-        cleaned[k] = v
-    return cleaned
-
-
-def load_checkpoint(path, map_location="cpu"):
-    """(model, checkpoint) from one of our checkpoints; never unpickles anything but tensors and literals."""
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise
-    except pickle.UnpicklingError:
-        raise ValueError(f"{path} is not a readable krony checkpoint: not a torch file of tensors and plain values "
-                         f"(it is loaded with weights_only=True, which never runs pickled code)") from None
-    except Exception as e:
-        raise ValueError(f"{path} is not a readable krony checkpoint ({one_line(e)})") from None
-    if not isinstance(checkpoint, dict) or "model" not in checkpoint or "model_args" not in checkpoint:
-        raise ValueError(f"{path} is not a krony checkpoint (expected a dict with 'model' and 'model_args')")
-    model = GPT(GPTConfig(**checkpoint["model_args"]))
-    model.load_state_dict(clean_state_dict(checkpoint["model"]))
-    return model, checkpoint
-
-
-def make_checkpoint(model, **extra):
-    """The minimal checkpoint of a model, plus any extra entries (iteration, optimizer, ...)."""
-    for wrapper_attr in ("module", "_orig_mod"):  # DDP(torch.compile(model)) unwraps in this order
-        model = getattr(model, wrapper_attr, model)
-    return {"model": model.state_dict(), "model_args": asdict(model.config), **extra}
-
-
-def read_hf_config(path):
-    """The GPTConfig of a Hugging Face directory's config.json: GPT-2's, or krony's (krony_to_gpt.py
-    --keep_factors), whose plan it holds as kron and kron_layers (a list of blocks, empty with no block matrix)."""
-    with open(os.path.join(path, "config.json")) as f:
-        hf = json.load(f)
-    return GPTConfig(block_size=hf["n_positions"], vocab_size=hf["vocab_size"], n_layer=hf["n_layer"],
-                     n_head=hf["n_head"], n_embd=hf["n_embd"], kron=hf.get("kron") or None,
-                     kron_layers=hf.get("kron_layers") or "all")
-
-
-def load_factored_hf(path, map_location="cpu"):
-    """Our GPT from a krony Hugging Face directory, read as data: config.json's plan and model.safetensors'
-    tensors, without running the directory's code. Refuses tensors that the plan does not have or shapes it."""
-    from safetensors.torch import load_file
-    model = GPT(read_hf_config(path))
-    stored = load_file(os.path.join(path, "model.safetensors"))
-    state, used = {}, set()
-    for key, like in model.state_dict().items():
-        stored_key = "transformer.wte.weight" if key == "lm_head.weight" else key  # tied: saved once
-        if stored_key not in stored:
-            raise ValueError(f"{path}: config.json's plan has {key} {tuple(like.shape)}, model.safetensors has not")
-        value = stored[stored_key].t() if key.endswith(HF_CONV1D_WEIGHTS) else stored[stored_key]
-        if value.shape != like.shape:
-            raise ValueError(f"{path}: {key} is {tuple(value.shape)} in model.safetensors but "
-                             f"{tuple(like.shape)} by config.json's plan")
-        state[key] = value
-        used.add(stored_key)
-    unused = sorted(set(stored) - used)
-    if unused:
-        raise ValueError(f"{path}: model.safetensors holds {unused[0]}, which config.json's plan has no place for"
-                         + (f" (and {len(unused) - 1} more)" if len(unused) > 1 else ""))
-    model.load_state_dict(state)
-    return model.to(map_location)
-
-
-def is_krony_dir(source):
-    """A directory written by krony_to_gpt.py --keep_factors: config.json with model_type krony."""
-    path = os.path.join(source, "config.json")
-    if not os.path.isfile(path):
-        return False
-    with open(path) as f:
-        return json.load(f).get("model_type") == "krony"
-
-
-def load_model_config(source):
-    """The GPTConfig of a model source without its weights: a checkpoint's model_args (memory-mapped, so nothing
-    is read but them), or a Hugging Face model's config.json."""
-    if os.path.isdir(source) and os.path.isfile(os.path.join(source, "config.json")):
-        return read_hf_config(source)
-    if os.path.isfile(source):
-        try:
-            checkpoint = torch.load(source, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as e:
-            raise ValueError(f"{source} is not a readable krony checkpoint ({one_line(e)})") from None
-        if not isinstance(checkpoint, dict) or "model_args" not in checkpoint:
-            raise ValueError(f"{source} is not a krony checkpoint (expected a dict with 'model' and 'model_args')")
-        return GPTConfig(**checkpoint["model_args"])
-    check_source_path(source)
-    from transformers import AutoConfig
-    hf = AutoConfig.from_pretrained(source)
-    return GPTConfig(block_size=hf.n_positions, vocab_size=hf.vocab_size, n_layer=hf.n_layer, n_head=hf.n_head,
-                     n_embd=hf.n_embd)
-
-
-def check_source_path(source):
-    """A source that looks like a path must exist: fail fast instead of asking the hub for it."""
-    looks_like_path = source.startswith(("/", "./", "../", "~")) or source.endswith((".pt", ".pth"))
-    if looks_like_path and not os.path.exists(source):
-        raise FileNotFoundError(f"no such file or directory: {source}")
-
-
-def load_model(source, map_location="cpu"):
-    """A GPT from a krony checkpoint file, a Hugging Face directory (GPT-2, or krony's factored export), or a hub
-    name like "gpt2". A dense export of a Kronecker model loads as the dense GPT it is.
-    """
-    if os.path.isfile(source):
-        return load_checkpoint(source, map_location)[0]
-    if os.path.isdir(source) and is_krony_dir(source):
-        return load_factored_hf(source, map_location)
-    check_source_path(source)
-    return GPT.from_pretrained(source).to(map_location)

@@ -38,7 +38,9 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from common import EOT, UsageError, exit_on_usage_error, gpt2_encoding, one_line, open_tokens, write_json
-from model import IGNORE_INDEX, autocast_context, default_device, load_model, load_model_config, setup_device
+from checkpoints import load_model, load_model_config
+from devices import autocast_context, default_device, setup_device
+from model import IGNORE_INDEX
 
 # name: (hub id, hub config, the JSON-lines file --data_dir must hold). The hub's lambada (cimec/lambada) is what
 # the paper's load_dataset("lambada") read; the local copy is OpenAI's rendering of the same 5,153 passages.
@@ -287,7 +289,7 @@ def main(argv=None):
     parser.add_argument("--max_tokens", type=int, help="score only the first N tokens of each dataset")
     parser.add_argument("--batch_size", type=int,
                         help="windows (or LAMBADA passages) per forward pass; default 8 on a GPU, 1 on a CPU, where "
-                             "batching only adds memory traffic (bench.py --eval measured batch 8 at 0.64x the speed)")
+                             "batching only adds memory traffic (bench.py --eval measures it)")
     parser.add_argument("--device", default=default_device())
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                         help="autocast dtype of the forward pass (default float32, as the paper)")
@@ -306,9 +308,9 @@ def main(argv=None):
     names = resolve_datasets(args.datasets)
     try:
         device = setup_device(args.device)
-        config = load_model_config(args.model)  # a missing model fails now, not after the data has loaded
-    except Exception as e:
-        raise UsageError(f"cannot load {args.model!r}: {one_line(e)}") from None
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    config = load_model_config(args.model, what=repr(args.model))  # a missing model fails before the data load
     context = config.block_size
     if args.stride is not None and args.stride > context:
         raise UsageError(f"--stride must be between 1 and the model's context length {context}, got {args.stride}")
@@ -321,10 +323,7 @@ def main(argv=None):
         if tokens.max() >= config.vocab_size:
             raise UsageError(f"{dataset} holds token id {tokens.max().item()}, beyond the model's vocabulary of "
                              f"{config.vocab_size}: not GPT-2 tokens")
-    try:
-        model = load_model(args.model, map_location=device).eval()
-    except (OSError, ValueError, RuntimeError, TypeError) as e:
-        raise UsageError(f"cannot load {args.model!r}: {one_line(e)}") from None
+    model = load_model(args.model, map_location=device, what=repr(args.model)).eval()
     protocol = (f"paper's protocol: windows of {context}, stride {context}, mean of window losses"
                 if args.stride is None else f"sliding windows of {context}, stride {args.stride}, mean over tokens")
     print(f"{args.model}: {model.get_num_params():,} parameters; {protocol}; {args.dtype} on {device}",

@@ -24,7 +24,8 @@ import subprocess
 import sys
 import time
 
-from model import load_model
+from checkpoints import load_model, load_model_config
+from common import exit_on_usage_error
 from plot import plot_losses, read_metrics
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -51,6 +52,7 @@ def ms_per_iter(out_dir):
     return sum(steady) / len(steady)
 
 
+@exit_on_usage_error("quickstart.py")
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", help="start from this dense GPT-2 (hub name, Hugging Face directory or "
@@ -63,6 +65,8 @@ def main():
     args = parser.parse_args()
     if min(args.teacher_iters, args.finetune_iters) < 1 or args.eval_tokens < 2:
         parser.error("--teacher_iters and --finetune_iters must be at least 1, --eval_tokens at least 2")
+    if args.teacher is not None:  # a teacher that cannot be opened fails now, in one line, before any step runs
+        load_model_config(args.teacher, what=f"--teacher {args.teacher}")
     out = args.out_dir
     device = [f"--device={args.device}"]
     start = time.time()

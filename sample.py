@@ -10,7 +10,8 @@ import argparse
 import torch
 
 from common import UsageError, exit_on_usage_error, gpt2_encoding, one_line
-from model import autocast_context, default_device, load_model, load_model_config, setup_device
+from checkpoints import load_model, load_model_config
+from devices import autocast_context, default_device, setup_device
 
 
 @exit_on_usage_error("sample.py")
@@ -39,17 +40,14 @@ def main(argv=None):
             raise UsageError(f"cannot read the prompt file: {one_line(e)}") from None
     try:
         device = setup_device(args.device)
-        load_model_config(args.model)  # a missing model fails before the tokenizer and the weights load
-    except Exception as e:
-        raise UsageError(f"cannot load {args.model!r}: {one_line(e)}") from None
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    load_model_config(args.model, what=repr(args.model))  # a missing model fails before the tokenizer and weights
     enc = gpt2_encoding()
     prompt = enc.encode(start, allowed_special={"<|endoftext|>"})
     if not prompt:
         raise UsageError("the prompt is empty; give at least one character, e.g. --start='\\n'")
-    try:
-        model = load_model(args.model, map_location=device).eval()
-    except (OSError, ValueError, RuntimeError) as e:
-        raise UsageError(f"cannot load {args.model!r}: {one_line(e)}") from None
+    model = load_model(args.model, map_location=device, what=repr(args.model)).eval()
 
     idx = torch.tensor([prompt] * args.num_samples, dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(args.seed)

@@ -11,10 +11,11 @@ variant is reported as its paired differences to a baseline, seed by seed, with 
 
 A study config is plain Python, like train.py's (see STUDY_SETTINGS below): a teacher (a model source, or
 teacher_config, a train.py config trained first into out_dir/teacher), train.py settings shared by every
-fine-tuning run, seeds, variants {name: {"plan": GPTConfig plan fields, "init": vl|vl_norm|prune|random,
-"distill": train.py distill_* settings, "finetune": train.py settings for this variant only}}, and questions
-{title: (baseline variant, [variants])}. For each variant: kron_decompose.py once, then for each seed
-train.py and perplexity.py. A run whose result.json exists is skipped, so a study can be stopped and restarted
+fine-tuning run, seeds, variants {name: {"plan": train.py's plan settings (dim_1, dim_2, factors, kron,
+kron_layers), "init": vl|vl_norm|prune|random, "distill": train.py distill_* settings, "finetune": train.py
+settings for this variant only}}, and questions {title: (baseline variant, [variants])}. For each variant: the
+student is made once, in this process, as kron_decompose.py makes it (compress.compress), then for each seed
+train.py and perplexity.py run. A run whose result.json exists is skipped, so a study can be stopped and restarted
 at any point (a teacher whose training did not finish is trained again; a different teacher needs a new
 out_dir); a run that fails is reported as failed with its log's last line and the others go on. Writes
 out_dir/results.json, results.md, val_loss.png (val loss against iteration, mean over seeds) and frontier.png
@@ -29,7 +30,7 @@ import time
 
 from common import UsageError, exit_on_usage_error, one_line, write_json
 from configurator import ConfigError, checked, load_config
-from kron_shapes import INIT_NAMES, PLAN_FIELDS, check_init, count_parts, resolve_plan
+from kron_shapes import INIT_NAMES, PLAN_SETTINGS, Plan
 from plot import plot_losses, read_metrics
 
 STUDY_SETTINGS = dict(  # key=(default, type)
@@ -47,8 +48,8 @@ STUDY_SETTINGS = dict(  # key=(default, type)
 )
 VARIANT_KEYS = ("plan", "init", "distill", "finetune")
 DISTILL_KEYS = ("distill_alpha", "distill_temperature", "distill_hidden")
-RUN_OWNED = ("out_dir", "init_from", "seed", "teacher", "overwrite", "data_dir", "device") + tuple(PLAN_FIELDS) + \
-    DISTILL_KEYS
+RUN_OWNED = ("out_dir", "init_from", "seed", "teacher", "overwrite", "data_dir", "device") + \
+    tuple(PLAN_SETTINGS) + DISTILL_KEYS
 
 
 def read_json(path):
@@ -94,12 +95,12 @@ def check_study(s, train_settings):
         if not isinstance(variant, dict) or set(variant) - set(VARIANT_KEYS):
             raise UsageError(f"{where}: expected a dict with keys among {', '.join(VARIANT_KEYS)}, got {variant!r}")
         plan = variant.get("plan", {})
-        if not isinstance(plan, dict) or set(plan) - set(PLAN_FIELDS) or not set(plan) - {"kron_layers"}:
-            raise UsageError(f"{where}: plan must name matrices with the fields {', '.join(PLAN_FIELDS)}, got "
+        if not isinstance(plan, dict) or set(plan) - set(PLAN_SETTINGS) or not set(plan) - {"kron_layers"}:
+            raise UsageError(f"{where}: plan must name matrices with the settings {', '.join(PLAN_SETTINGS)}, got "
                              f"{plan!r}")
         try:
-            resolved, _ = resolve_plan(shape.n_embd, shape.n_layer, shape.vocab_size, **plan)
-            check_init(resolved, variant.get("init", "vl"), shape.n_embd, shape.vocab_size)
+            Plan.from_settings(shape.n_embd, shape.n_layer, shape.vocab_size, **plan).check_init(
+                variant.get("init", "vl"))
         except ValueError as e:
             raise UsageError(f"{where}: {e}") from None
         if variant.get("init", "vl") not in INIT_NAMES:
@@ -126,12 +127,10 @@ def check_train_settings(settings, train_settings, where, allow=()):
 
 def teacher_shape(s, train_settings):
     """The teacher's GPTConfig, from its checkpoint or config.json, or from teacher_config's settings."""
-    from model import GPTConfig, load_model_config
+    from checkpoints import load_model_config
+    from model import GPTConfig
     if s["teacher"]:
-        try:
-            return load_model_config(s["teacher"])
-        except Exception as e:
-            raise UsageError(f"cannot load teacher={s['teacher']!r}: {one_line(e)}") from None
+        return load_model_config(s["teacher"], what=f"teacher={s['teacher']!r}")
     if not s["teacher_config"]:
         raise UsageError("set teacher (a model source) or teacher_config (a train.py config to train it)")
     try:
@@ -154,37 +153,43 @@ def score(model_path, s, out_path, log_path):
     return next(iter(read_json(out_path)["datasets"].values()))["perplexity"], None
 
 
-def decompose_args(variant, teacher):
-    plan = variant.get("plan", {})
-    args = ["kron_decompose.py"]
-    if plan.get("dim_1") is not None:
-        args += [str(plan["dim_1"]), str(plan["dim_2"]), str(plan["factors"])]
-    for name, (rows, cols, factors) in (plan.get("kron") or {}).items():
-        args += ["--kron", f"{name}={rows}x{cols}:{factors}"]
-    layers = plan.get("kron_layers", "all")
-    args += ["--layers", layers if isinstance(layers, str) else ",".join(map(str, layers))]
-    return args + ["--model", teacher, "--init", variant.get("init", "vl")]
+def make_student(variant, teacher_model, teacher, init_path):
+    """The variant's student, made as kron_decompose.py makes it (the same seed for init random), saved at
+    init_path; None on success, else why it failed."""
+    import torch
+    from checkpoints import make_checkpoint, save_checkpoint
+    from compress import compress
+    config = teacher_model.config
+    init = variant.get("init", "vl")
+    try:
+        plan = Plan.from_settings(config.n_embd, config.n_layer, config.vocab_size, **variant.get("plan", {}))
+        torch.manual_seed(1337)
+        student = compress(teacher_model, plan, init)
+        info = {"teacher": teacher, "method": init, "kron": plan.to_kron()}
+        save_checkpoint(make_checkpoint(student, init=info), init_path)
+    except (ValueError, OSError) as e:
+        return f"making the student failed: {one_line(e)}"
+    return None
 
 
-def run_variant(name, variant, s, teacher):
-    """Decompose once, score the init, then fine-tune and score each seed; returns the variant's results."""
+def run_variant(name, variant, s, teacher, open_teacher):
+    """Make the student once, score the init, then fine-tune and score each seed; returns the variant's results.
+    open_teacher() gives the teacher model (opened once, only if some student is still to be made)."""
     folder = os.path.join(s["out_dir"], "runs", name)
     os.makedirs(folder, exist_ok=True)
     init_path = os.path.join(folder, "init.pt")
     result = {"variant": name, "runs": {}}
     error = None
     if not os.path.exists(init_path):
-        error = run_step(decompose_args(variant, teacher) + ["--out", init_path],
-                         os.path.join(folder, "decompose.log"))
+        error = make_student(variant, open_teacher(), teacher, init_path)
     if error is None:
         result["init_perplexity"], error = score(init_path, s, os.path.join(folder, "init_ppl.json"),
                                                  os.path.join(folder, "init_ppl.log"))
     if error is not None:
         return {**result, "error": error}
-    from model import load_model_config
+    from checkpoints import load_model_config
     config = load_model_config(init_path)
-    parts = count_parts(config.n_embd, config.n_layer, config.vocab_size, config.block_size, config.bias,
-                        config.plan, config.factored_layers)
+    parts = config.plan.count_parts(config.block_size, config.bias)
     result["parameters"] = sum(parts.values())
     result.update({f"{part}_parameters": parts[part] for part in ("mlp", "attention", "embedding")})
     for seed in s["seeds"]:
@@ -342,13 +347,21 @@ def main(argv=None):
     teacher_perplexity, error = score(teacher, s, teacher_score_path, os.path.join(s["out_dir"], "teacher_ppl.log"))
     if error:
         raise UsageError(f"scoring the teacher failed: {error}")
+    from checkpoints import load_model, load_model_config
+    teacher_model = None
+
+    def open_teacher():
+        nonlocal teacher_model
+        if teacher_model is None:
+            teacher_model = load_model(teacher, what=f"teacher={teacher!r}")
+        return teacher_model
+
     results = {}
     for name, variant in s["variants"].items():
         print(f"{name}: {len(s['seeds'])} seed(s) ({time.time() - start:.0f} s)", flush=True)
-        results[name] = run_variant(name, variant, s, teacher)
-    from model import load_model_config
-    t = load_model_config(teacher)
-    teacher_parameters = sum(count_parts(t.n_embd, t.n_layer, t.vocab_size, t.block_size, t.bias).values())
+        results[name] = run_variant(name, variant, s, teacher, open_teacher)
+    config = load_model_config(teacher)
+    teacher_parameters = sum(config.plan.count_parts(config.block_size, config.bias).values())
     write_json({"study": s, "teacher": teacher, "teacher_perplexity": teacher_perplexity,
                 "teacher_parameters": teacher_parameters, "teacher_seconds": teacher_seconds,
                 "seconds": time.time() - start, "variants": results},

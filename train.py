@@ -37,12 +37,13 @@ import torch.distributed as dist
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from checkpoints import load_checkpoint, load_model, make_checkpoint, save_checkpoint
 from common import UsageError, one_line, open_tokens
 from compress import INITS, compress
 from configurator import ConfigError, load_config
-from kron_shapes import PLAN_FIELDS, check_init, shorthand_plan
-from model import (GPT, GPTConfig, IGNORE_INDEX, autocast_context, load_checkpoint, load_model, make_checkpoint,
-                   resolve_dtype, save_checkpoint, setup_device)
+from devices import autocast_context, resolve_dtype, setup_device
+from kron_shapes import PLAN_SETTINGS, Plan
+from model import GPT, GPTConfig, IGNORE_INDEX
 
 OPTIONAL_INT, OPTIONAL_DICT = (int, None), (dict, None)
 SETTINGS = dict(  # key=(default, type)
@@ -72,8 +73,9 @@ SETTINGS = dict(  # key=(default, type)
     vocab_size=(50257, int),
     dropout=(0.0, float),
     bias=(True, bool),
-    # the Kronecker plan (model.GPTConfig): kron={'c_fc': (768, 768, 1), ...} for any of wte, c_attn, attn_proj,
-    # c_fc, c_proj; kron_layers all, odd, even or "0,2,4"; dim_1, dim_2, factors: the MLP shorthand
+    # the Kronecker plan (kron_shapes.Plan): kron={'c_fc': (768, 768, 1), 'c_fc@3': (768, 768, 2), ...} for any
+    # of wte, c_attn, attn_proj, c_fc, c_proj (NAME@BLOCKS: in those blocks only); kron_layers: the blocks of the
+    # plain NAME entries, all, odd, even or "0,2,4"; dim_1, dim_2, factors: the MLP shorthand
     dim_1=(None, OPTIONAL_INT),
     dim_2=(None, OPTIONAL_INT),
     factors=(None, OPTIONAL_INT),
@@ -105,67 +107,68 @@ SETTINGS = dict(  # key=(default, type)
     seed=(1337, int),
 )
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "vocab_size", "bias", "block_size")
-PLAN_KEYS = tuple(PLAN_FIELDS)
+PLAN_KEYS = tuple(PLAN_SETTINGS)
 
 
 class NonFiniteLoss(Exception):
     """The loss diverged: the run stops before the optimizer step, exit status 1."""
 
 
-def check_config(c):
+def check_config(settings):
     """Fail before any work on settings that cannot run."""
     choices = {"init": tuple(INITS), "dtype": ("auto", "float32", "bfloat16", "float16"),
                "backend": ("auto", "nccl", "gloo")}
     for key, allowed in choices.items():
-        if c[key] not in allowed:
-            raise UsageError(f"{key}={c[key]!r} is not one of {', '.join(allowed)}")
+        if settings[key] not in allowed:
+            raise UsageError(f"{key}={settings[key]!r} is not one of {', '.join(allowed)}")
     for key in ("eval_interval", "log_interval", "eval_iters", "gradient_accumulation_steps", "batch_size",
                 "block_size", "n_layer", "n_head", "n_embd", "vocab_size"):
-        if c[key] < 1:
-            raise UsageError(f"{key}={c[key]} must be at least 1")
+        if settings[key] < 1:
+            raise UsageError(f"{key}={settings[key]} must be at least 1")
     for key in ("max_iters", "warmup_iters", "lr_decay_iters", "learning_rate", "min_lr", "weight_decay",
                 "grad_clip", "distill_hidden"):
-        if c[key] < 0:
-            raise UsageError(f"{key}={c[key]} must not be negative")
+        if settings[key] < 0:
+            raise UsageError(f"{key}={settings[key]} must not be negative")
     for key in ("dropout", "beta1", "beta2"):
-        if not 0 <= c[key] < 1:
-            raise UsageError(f"{key}={c[key]} must be in [0, 1)")
-    if not 0 <= c["distill_alpha"] <= 1:
-        raise UsageError(f"distill_alpha={c['distill_alpha']} must be in [0, 1]")
-    if c["distill_temperature"] <= 0:
-        raise UsageError(f"distill_temperature={c['distill_temperature']} must be positive")
-    if not c["teacher"] and (c["distill_alpha"] > 0 or c["distill_hidden"] > 0):
+        if not 0 <= settings[key] < 1:
+            raise UsageError(f"{key}={settings[key]} must be in [0, 1)")
+    if not 0 <= settings["distill_alpha"] <= 1:
+        raise UsageError(f"distill_alpha={settings['distill_alpha']} must be in [0, 1]")
+    if settings["distill_temperature"] <= 0:
+        raise UsageError(f"distill_temperature={settings['distill_temperature']} must be positive")
+    if not settings["teacher"] and (settings["distill_alpha"] > 0 or settings["distill_hidden"] > 0):
         raise UsageError("distill_alpha and distill_hidden need a teacher: set teacher= to a model source")
-    if c["init_from"] == "scratch":  # the whole model is known from the settings: check the plan now
+    if settings["init_from"] == "scratch":  # the whole model is known from the settings: check the plan now
         try:
-            config = GPTConfig(**{k: c[k] for k in MODEL_KEYS + PLAN_KEYS})
-            check_init(config.plan, c["init"], config.n_embd, config.vocab_size)
+            config = GPTConfig.from_settings(**{k: settings[k] for k in MODEL_KEYS + PLAN_KEYS})
+            config.plan.check_init(settings["init"])
         except ValueError as e:
             raise UsageError(str(e)) from None
-        if config.is_kronecker and c["init"] != "random":
-            raise UsageError(f"init={c['init']} decomposes a dense model, but init_from=scratch has none: use "
+        if config.plan and settings["init"] != "random":
+            raise UsageError(f"init={settings['init']} decomposes a dense model, but init_from=scratch has none: use "
                              f"init=random, or init_from=gpt2 (or a dense checkpoint) to decompose it")
-    if c["init_from"] != "resume" and os.path.exists(os.path.join(c["out_dir"], "ckpt.pt")) and not c["overwrite"]:
-        raise UsageError(f"{c['out_dir']} already holds a run (ckpt.pt): continue it with --init_from=resume, "
+    occupied = os.path.exists(os.path.join(settings["out_dir"], "ckpt.pt"))
+    if settings["init_from"] != "resume" and occupied and not settings["overwrite"]:
+        raise UsageError(f"{settings['out_dir']} already holds a run (ckpt.pt): continue it with --init_from=resume, "
                          f"choose another out_dir, or replace it with --overwrite=True")
-    if c["wandb_log"]:
+    if settings["wandb_log"]:
         try:
             import wandb  # noqa: F401
         except ImportError:
             raise UsageError("wandb_log=True but wandb is not installed: pip install wandb") from None
 
 
-def get_lr(it, c):
+def get_lr(it, settings):
     """Linear warmup to learning_rate, cosine decay to min_lr at lr_decay_iters, min_lr after."""
-    if not c["decay_lr"]:
-        return c["learning_rate"]
-    if it < c["warmup_iters"]:
-        return c["learning_rate"] * (it + 1) / (c["warmup_iters"] + 1)
-    if it >= c["lr_decay_iters"]:
-        return c["min_lr"]
-    decay_ratio = (it - c["warmup_iters"]) / (c["lr_decay_iters"] - c["warmup_iters"])
+    if not settings["decay_lr"]:
+        return settings["learning_rate"]
+    if it < settings["warmup_iters"]:
+        return settings["learning_rate"] * (it + 1) / (settings["warmup_iters"] + 1)
+    if it >= settings["lr_decay_iters"]:
+        return settings["min_lr"]
+    decay_ratio = (it - settings["warmup_iters"]) / (settings["lr_decay_iters"] - settings["warmup_iters"])
     coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))
-    return c["min_lr"] + coeff * (c["learning_rate"] - c["min_lr"])
+    return settings["min_lr"] + coeff * (settings["learning_rate"] - settings["min_lr"])
 
 
 def check_tokens(data_dir, split, block_size, vocab_size=None):
@@ -207,93 +210,88 @@ def crop_block_size(model, block_size):
     return model
 
 
-def plan_of(c):
-    """The plan fields the settings set, or {} when they name no matrix (kron_layers alone factors nothing)."""
-    plan = {key: c[key] for key in PLAN_KEYS if c[key] != PLAN_FIELDS[key]}
-    return plan if set(plan) - {"kron_layers"} else {}
+def plan_of(settings, config):
+    """The Plan the settings ask of a model of config's shape, or None when they name no matrix (kron_layers alone
+    factors nothing)."""
+    plan_settings = {key: settings[key] for key in PLAN_KEYS if settings[key] != PLAN_SETTINGS[key]}
+    if not set(plan_settings) - {"kron_layers"}:
+        return None
+    return Plan.from_settings(config.n_embd, config.n_layer, config.vocab_size, **plan_settings)
 
 
-def plan_text(config):
-    """A config's plan as the user would write it: the MLP shorthand where it says it all."""
-    if config.plan == shorthand_plan(config.dim_1, config.dim_2, config.factors) and \
-            config.factored_layers == tuple(range(config.n_layer)):
-        return f"dim_1, dim_2, factors = {(config.dim_1, config.dim_2, config.factors)}"
-    return f"the plan {config.plan} in blocks {list(config.factored_layers)}"
-
-
-def init_model(c, master):
+def init_model(settings, master):
     """(model, checkpoint): the model init_from names, adapted to the run; checkpoint only when resuming."""
-    init_from, plan = c["init_from"], plan_of(c)
+    init_from = settings["init_from"]
     if init_from == "scratch":
-        return GPT(GPTConfig(**{k: c[k] for k in MODEL_KEYS + PLAN_KEYS}, dropout=c["dropout"])), None
+        keys = MODEL_KEYS + PLAN_KEYS + ("dropout",)
+        return GPT(GPTConfig.from_settings(**{k: settings[k] for k in keys})), None
     checkpoint = None
-    try:
-        if init_from == "resume":
-            path = os.path.join(c["out_dir"], "ckpt.pt")
-            if not os.path.isfile(path):
-                raise UsageError(f"init_from=resume but {path} does not exist")
-            model, checkpoint = load_checkpoint(path)
-        elif os.path.isfile(init_from):
-            model = load_checkpoint(init_from)[0]
-        elif init_from.endswith(".pt"):
-            raise UsageError(f"init_from={init_from}: no such checkpoint file")
-        else:
-            model = GPT.from_pretrained(init_from)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot load init_from={init_from!r}: {one_line(e)}") from None
-    if init_from != "resume" and plan:
+    if init_from == "resume":
+        path = os.path.join(settings["out_dir"], "ckpt.pt")
+        if not os.path.isfile(path):
+            raise UsageError(f"init_from=resume but {path} does not exist")
         try:
-            asked = replace(model.config, **{**PLAN_FIELDS, **plan})
+            model, checkpoint = load_checkpoint(path)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"cannot load init_from=resume: {one_line(e)}") from None
+    else:
+        model = load_model(init_from, what=f"init_from={init_from!r}")
+        try:
+            plan = plan_of(settings, model.config)
         except ValueError as e:
             raise UsageError(f"{init_from}: {e}") from None
-        if model.config.is_kronecker:
-            if (asked.plan, asked.factored_layers) != (model.config.plan, model.config.factored_layers):
-                have, want = plan_text(model.config), plan_text(asked)
-                if have.startswith("dim_1") and want.startswith("dim_1"):
-                    want = want.split(" = ")[1]
-                raise UsageError(f"{init_from} is a Kronecker model with {have}, but the settings ask for {want}: "
-                                 f"set them to match, or unset them to take the checkpoint's")
-        else:
+        if plan is not None and model.config.plan and plan != model.config.plan:
+            raise UsageError(f"{init_from} is a Kronecker model with the plan {model.config.plan}, but the settings "
+                             f"ask for {plan}: set them to match, or unset them to take the model's")
+        if plan is not None and not model.config.plan:
             if master:
-                print(f"compressing {init_from} ({model.get_num_params():,} parameters) with "
-                      f"{', '.join(f'{k}={v}' for k, v in plan.items())}, init={c['init']}")
+                print(f"compressing {init_from} ({model.get_num_params():,} parameters) with {plan}, "
+                      f"init={settings['init']}")
             try:
-                model = compress(model, c["init"], progress=master, **plan)
+                model = compress(model, plan, settings["init"], progress=master)
             except ValueError as e:
                 raise UsageError(f"{init_from}: {e}") from None
-    if c["block_size"] < model.config.block_size:
-        model = crop_block_size(model, c["block_size"])
-    return with_dropout(model, c["dropout"]), checkpoint
+    if settings["block_size"] < model.config.block_size:
+        model = crop_block_size(model, settings["block_size"])
+    return with_dropout(model, settings["dropout"]), checkpoint
 
 
-def adopted_shape(c, model, master):
-    """The model's shape and plan wherever they differ from the settings (with a note), as nanoGPT adopts them."""
+def adopted_shape(settings, model, master):
+    """The model's shape and plan wherever they differ from the settings (with a note), as nanoGPT adopts them;
+    the plan in its one stored form (kron)."""
     adopted = {}
-    for key in MODEL_KEYS + PLAN_KEYS:
+    for key in MODEL_KEYS:
         value = getattr(model.config, key)
-        if c[key] != value:
+        if settings[key] != value:
             if master:
-                print(f"note: {key}={c[key]} in the settings; the model from init_from={c['init_from']} has "
-                      f"{key}={value}, which is used")
+                print(f"note: {key}={settings[key]} in the settings; the model from init_from="
+                      f"{settings['init_from']} has {key}={value}, which is used")
             adopted[key] = value
+    try:
+        asked = plan_of(settings, model.config) or Plan(model.config.n_embd, model.config.n_layer,
+                                                        model.config.vocab_size)
+    except ValueError:  # a resumed run whose settings no longer fit its model: the model's plan is used
+        asked = None
+    if asked != model.config.plan:
+        if master and asked:
+            print(f"note: the plan {asked} in the settings; the model from init_from={settings['init_from']} has "
+                  f"the plan {model.config.plan}, which is used")
+        adopted.update({**PLAN_SETTINGS, "kron": model.config.kron})
     return adopted
 
 
-def load_teacher(c, model, device):
+def load_teacher(settings, model, device):
     """The distillation teacher on the run's device, in eval mode and without gradients, checked against the
     student: the same vocabulary, a context at least the student's (cropped to it), the same depth and width
     when hidden states are matched."""
-    try:
-        teacher = load_model(c["teacher"])
-    except Exception as e:  # any failure to open the user's teacher is reported, not raised
-        raise UsageError(f"cannot load teacher={c['teacher']!r}: {one_line(e)}") from None
+    teacher = load_model(settings["teacher"], what=f"teacher={settings['teacher']!r}")
     t, s = teacher.config, model.config
     if t.vocab_size != s.vocab_size:
-        raise UsageError(f"teacher {c['teacher']} has vocab_size={t.vocab_size}, the student {s.vocab_size}")
+        raise UsageError(f"teacher {settings['teacher']} has vocab_size={t.vocab_size}, the student {s.vocab_size}")
     if t.block_size < s.block_size:
-        raise UsageError(f"teacher {c['teacher']} has a context of {t.block_size} tokens, shorter than the "
+        raise UsageError(f"teacher {settings['teacher']} has a context of {t.block_size} tokens, shorter than the "
                          f"student's block_size={s.block_size}")
-    if c["distill_hidden"] > 0 and (t.n_layer, t.n_embd) != (s.n_layer, s.n_embd):
+    if settings["distill_hidden"] > 0 and (t.n_layer, t.n_embd) != (s.n_layer, s.n_embd):
         raise UsageError(f"distill_hidden matches hidden states layer by layer, but the teacher has n_layer="
                          f"{t.n_layer}, n_embd={t.n_embd} and the student n_layer={s.n_layer}, n_embd={s.n_embd}")
     if t.block_size > s.block_size:
@@ -301,16 +299,16 @@ def load_teacher(c, model, device):
     return teacher.to(device).eval().requires_grad_(False)
 
 
-def distillation_losses(logits, targets, states, teacher_logits, teacher_states, c):
+def distillation_losses(logits, targets, states, teacher_logits, teacher_states, settings):
     """{"loss", "ce_loss", "kd_loss", "hidden_loss"}: the loss train.py optimises and its parts (module doc)."""
     ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
-    T = c["distill_temperature"]
+    T = settings["distill_temperature"]
     student_log_probs = F.log_softmax(logits.float() / T, dim=-1)
     teacher_log_probs = F.log_softmax(teacher_logits.float() / T, dim=-1)
     kl = F.kl_div(student_log_probs, teacher_log_probs, log_target=True, reduction="none").sum(-1).mean()
     kd = T * T * kl
     hidden = sum(F.mse_loss(s.float(), t.float()) for s, t in zip(states, teacher_states)) / len(states)
-    loss = (1 - c["distill_alpha"]) * ce + c["distill_alpha"] * kd + c["distill_hidden"] * hidden
+    loss = (1 - settings["distill_alpha"]) * ce + settings["distill_alpha"] * kd + settings["distill_hidden"] * hidden
     return {"loss": loss, "ce_loss": ce, "kd_loss": kd, "hidden_loss": hidden}
 
 
@@ -374,14 +372,14 @@ class Runtime:
         return autocast_context(self.device, self.dtype)
 
 
-def setup_runtime(c):
+def setup_runtime(settings):
     """The process's rank, device and precision, from torchrun's environment and the settings."""
     ddp = "RANK" in os.environ  # set by torchrun
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    if c["gradient_accumulation_steps"] % world_size:
-        raise UsageError(f"gradient_accumulation_steps={c['gradient_accumulation_steps']} must be a multiple "
+    if settings["gradient_accumulation_steps"] % world_size:
+        raise UsageError(f"gradient_accumulation_steps={settings['gradient_accumulation_steps']} must be a multiple "
                          f"of the number of processes ({world_size})")
-    device_name = c["device"]
+    device_name = settings["device"]
     if ddp and (device_name == "auto" and torch.cuda.is_available() or device_name.startswith("cuda")):
         device_name = f"cuda:{int(os.environ['LOCAL_RANK'])}"  # one GPU per process
     try:
@@ -391,10 +389,10 @@ def setup_runtime(c):
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if ddp:
-        backend = c["backend"] if c["backend"] != "auto" else "nccl" if device.type == "cuda" else "gloo"
+        backend = settings["backend"] if settings["backend"] != "auto" else "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
-    return Runtime(ddp, rank, world_size, rank == 0, device, resolve_dtype(c["dtype"], device),
-                   c["gradient_accumulation_steps"] // world_size)
+    return Runtime(ddp, rank, world_size, rank == 0, device, resolve_dtype(settings["dtype"], device),
+                   settings["gradient_accumulation_steps"] // world_size)
 
 
 @dataclass
@@ -422,7 +420,7 @@ def restore(checkpoint, optimizer, scaler, batch_generator, rt):
 
 
 @torch.no_grad()
-def estimate_loss(model, c, data_dir, rt):
+def estimate_loss(model, settings, data_dir, rt):
     """Mean loss over eval_iters batches per split, the batches shared out over the processes.
 
     The windows are drawn from a generator seeded afresh at every evaluation: each evaluation scores the
@@ -432,35 +430,35 @@ def estimate_loss(model, c, data_dir, rt):
     model.eval()
     losses = {}
     for split in ("train", "val"):
-        generator = torch.Generator().manual_seed(c["seed"])
+        generator = torch.Generator().manual_seed(settings["seed"])
         total = torch.zeros((), device=rt.device)
-        for k in range(c["eval_iters"]):
-            x, y = get_batch(data_dir, split, c["batch_size"], c["block_size"], generator, rt.device)
+        for k in range(settings["eval_iters"]):
+            x, y = get_batch(data_dir, split, settings["batch_size"], settings["block_size"], generator, rt.device)
             if k % rt.world_size == rt.rank:
                 with rt.autocast:
                     total += model(x, y)[1].float()
         if rt.world_size > 1:
             dist.all_reduce(total)
-        losses[split] = total.item() / c["eval_iters"]
+        losses[split] = total.item() / settings["eval_iters"]
     model.train()
     return losses
 
 
-def forward_backward(model, teacher, c, data_dir, rt, batch_generator, scaler):
+def forward_backward(model, teacher, settings, data_dir, rt, batch_generator, scaler):
     """One iteration's micro-batches through the model and back: {"loss"[, "ce_loss", "kd_loss", "hidden_loss"]}
     averaged over them and over the processes, as floats (one device sync)."""
-    distill = teacher is not None and (c["distill_alpha"] > 0 or c["distill_hidden"] > 0)
+    distill = teacher is not None and (settings["distill_alpha"] > 0 or settings["distill_hidden"] > 0)
     sums = None
     for micro_step in range(rt.grad_accum):
         if rt.ddp:  # all-reduce the gradients on the last micro-step only
             model.require_backward_grad_sync = micro_step == rt.grad_accum - 1
-        x, y = get_batch(data_dir, "train", c["batch_size"], c["block_size"], batch_generator, rt.device)
+        x, y = get_batch(data_dir, "train", settings["batch_size"], settings["block_size"], batch_generator, rt.device)
         with rt.autocast:
             if distill:
                 logits, _, states = model(x, return_hidden=True)
                 with torch.no_grad():
                     teacher_logits, _, teacher_states = teacher(x, return_hidden=True)
-                parts = distillation_losses(logits, y, states, teacher_logits, teacher_states, c)
+                parts = distillation_losses(logits, y, states, teacher_logits, teacher_states, settings)
             else:
                 parts = {"loss": model(x, y)[1]}
         scaler.scale(parts["loss"] / rt.grad_accum).backward()
@@ -473,63 +471,63 @@ def forward_backward(model, teacher, c, data_dir, rt, batch_generator, scaler):
     return dict(zip(names, sums.tolist()))
 
 
-def train(c):
-    """Run the training loop the settings `c` describe; returns the last evaluation's losses."""
-    check_config(c)
-    data_dir = c["data_dir"] or os.path.join("data", c["dataset"])
+def train(settings):
+    """Run the training loop the settings describe; returns the last evaluation's losses."""
+    check_config(settings)
+    data_dir = settings["data_dir"] or os.path.join("data", settings["dataset"])
     for split in ("train", "val"):
-        check_tokens(data_dir, split, c["block_size"])
-    rt = setup_runtime(c)
+        check_tokens(data_dir, split, settings["block_size"])
+    rt = setup_runtime(settings)
 
-    torch.manual_seed(c["seed"])  # the same initial model whatever the number of processes
-    model, checkpoint = init_model(c, rt.master)
-    run_settings = {**c, **adopted_shape(c, model, rt.master)}  # what the checkpoint records
+    torch.manual_seed(settings["seed"])  # the same initial model whatever the number of processes
+    model, checkpoint = init_model(settings, rt.master)
+    run_settings = {**settings, **adopted_shape(settings, model, rt.master)}  # what the checkpoint records
     for split in ("train", "val"):
         check_tokens(data_dir, split, model.config.block_size, model.config.vocab_size)
-    teacher = load_teacher(c, model, rt.device) if c["teacher"] else None
+    teacher = load_teacher(settings, model, rt.device) if settings["teacher"] else None
     model.to(rt.device)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == "float16")
-    optimizer = model.configure_optimizers(c["weight_decay"], c["learning_rate"], (c["beta1"], c["beta2"]),
-                                           rt.device.type)
-    batch_generator = seed_everything(c["seed"] + rt.rank)
+    optimizer = model.configure_optimizers(settings["weight_decay"], settings["learning_rate"],
+                                           (settings["beta1"], settings["beta2"]), rt.device.type)
+    batch_generator = seed_everything(settings["seed"] + rt.rank)
     state = State(run_id=uuid.uuid4().hex[:12])
     if checkpoint is not None:
         state = restore(checkpoint, optimizer, scaler, batch_generator, rt)
     raw_model = model
-    if c["compile"]:
+    if settings["compile"]:
         model = torch.compile(model)
     if rt.ddp:
         model = DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
 
-    c = dict(c, block_size=raw_model.config.block_size)  # batches have the model's context
-    tokens_per_iter = rt.grad_accum * rt.world_size * c["batch_size"] * c["block_size"]
-    ckpt_path = os.path.join(c["out_dir"], "ckpt.pt")
-    metrics_path = os.path.join(c["out_dir"], "metrics.jsonl")
+    settings = dict(settings, block_size=raw_model.config.block_size)  # batches have the model's context
+    tokens_per_iter = rt.grad_accum * rt.world_size * settings["batch_size"] * settings["block_size"]
+    ckpt_path = os.path.join(settings["out_dir"], "ckpt.pt")
+    metrics_path = os.path.join(settings["out_dir"], "metrics.jsonl")
     if rt.master:
-        os.makedirs(c["out_dir"], exist_ok=True)
+        os.makedirs(settings["out_dir"], exist_ok=True)
         if checkpoint is not None:
             truncate_metrics(metrics_path, state.iter_num)
         else:  # a fresh run: a new metrics file (check_config refused an unintended replacement)
             for path in (metrics_path, ckpt_path):
                 if os.path.exists(path):
                     os.remove(path)
-        report_run(raw_model, c, rt, data_dir, tokens_per_iter, ckpt_path, metrics_path, teacher)
-        if c["wandb_log"]:
+        report_run(raw_model, settings, rt, data_dir, tokens_per_iter, ckpt_path, metrics_path, teacher)
+        if settings["wandb_log"]:
             import wandb
-            wandb.init(project=c["wandb_project"], name=c["wandb_run_name"], config=run_settings)
-    if state.iter_num >= c["max_iters"] and not c["eval_only"]:
+            wandb.init(project=settings["wandb_project"], name=settings["wandb_run_name"], config=run_settings)
+    if state.iter_num >= settings["max_iters"] and not settings["eval_only"]:
         if rt.master:
-            print(f"nothing to do: iteration {state.iter_num} is already max_iters={c['max_iters']}")
+            print(f"nothing to do: iteration {state.iter_num} is already max_iters={settings['max_iters']}")
         return {}
 
     def log(record):
         record = {"run": state.run_id, **record}
         append_metrics(metrics_path, record)
-        if c["wandb_log"]:
+        if settings["wandb_log"]:
             wandb.log(record, step=record["iter"])
 
     def evaluate_and_save(lr):
-        losses = estimate_loss(model.module if rt.ddp else model, c, data_dir, rt)
+        losses = estimate_loss(model.module if rt.ddp else model, settings, data_dir, rt)
         if not all(math.isfinite(v) for v in losses.values()):
             raise NonFiniteLoss(f"iteration {state.iter_num}: train loss {losses['train']}, val loss "
                                 f"{losses['val']}")
@@ -538,9 +536,9 @@ def train(c):
             print(f"iter {state.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
             log({"iter": state.iter_num, "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr,
                  "elapsed_s": elapsed})
-        if losses["val"] < state.best_val_loss or c["always_save_checkpoint"]:
+        if losses["val"] < state.best_val_loss or settings["always_save_checkpoint"]:
             state.best_val_loss = min(state.best_val_loss, losses["val"])
-            if state.iter_num > 0 and not c["eval_only"]:
+            if state.iter_num > 0 and not settings["eval_only"]:
                 states = [rng_state(batch_generator, rt.device)]
                 if rt.ddp:
                     states = [None] * rt.world_size
@@ -562,31 +560,31 @@ def train(c):
     run_start = time.time()
     train_time, logged_iters = 0.0, 0
     while True:
-        lr = get_lr(state.iter_num, c)
+        lr = get_lr(state.iter_num, settings)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        due = state.iter_num % c["eval_interval"] == 0 or state.iter_num == c["max_iters"]
-        if c["eval_only"] or (due and state.iter_num != last_eval_iter):
+        due = state.iter_num % settings["eval_interval"] == 0 or state.iter_num == settings["max_iters"]
+        if settings["eval_only"] or (due and state.iter_num != last_eval_iter):
             losses = evaluate_and_save(lr)
             last_eval_iter = state.iter_num
-        if c["eval_only"] or state.iter_num >= c["max_iters"]:
+        if settings["eval_only"] or state.iter_num >= settings["max_iters"]:
             break
 
         step_start = time.time()
-        parts = forward_backward(model, teacher, c, data_dir, rt, batch_generator, scaler)
+        parts = forward_backward(model, teacher, settings, data_dir, rt, batch_generator, scaler)
         # One device sync per iteration, so that a diverged loss stops the run before it reaches the weights.
         if not all(math.isfinite(v) for v in parts.values()):
             raise NonFiniteLoss(f"iteration {state.iter_num}: training loss {parts['loss']}")
-        if c["grad_clip"] > 0:
+        if settings["grad_clip"] > 0:
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), c["grad_clip"])
+            torch.nn.utils.clip_grad_norm_(model.parameters(), settings["grad_clip"])
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         train_time += time.time() - step_start
         logged_iters += 1
 
-        if state.iter_num % c["log_interval"] == 0 and rt.master:
+        if state.iter_num % settings["log_interval"] == 0 and rt.master:
             tokens_per_sec = tokens_per_iter * logged_iters / train_time
             ms_per_iter = 1000 * train_time / logged_iters
             elapsed = state.elapsed_before + time.time() - run_start
@@ -600,24 +598,22 @@ def train(c):
     return losses
 
 
-def report_run(model, c, rt, data_dir, tokens_per_iter, ckpt_path, metrics_path, teacher):
+def report_run(model, settings, rt, data_dir, tokens_per_iter, ckpt_path, metrics_path, teacher):
     parts = model.get_num_params_by_part()
     plan = model.config.plan
-    kind = (f"Kronecker {', '.join(f'{k} {a}x{b}:{f}' for k, (a, b, f) in plan.items())} in blocks "
-            f"{c['kron_layers'] if isinstance(c['kron_layers'], str) else list(model.config.factored_layers)}"
-            if plan else "dense")
+    kind = f"Kronecker {plan}" if plan else "dense"
     print(f"model: {model.get_num_params(non_embedding=False):,} parameters "
           f"({model.get_num_params():,} without position embeddings; embedding {parts['embedding']:,}, attention "
           f"{parts['attention']:,}, MLPs {parts['mlp']:,}; {kind})")
     print(f"tokens per iteration: {tokens_per_iter:,} = {rt.grad_accum} accumulation steps x {rt.world_size} "
-          f"processes x {c['batch_size']} sequences x {c['block_size']} tokens")
-    print(f"device: {rt.device}, {rt.dtype}, compile={c['compile']}; data: {data_dir}")
+          f"processes x {settings['batch_size']} sequences x {settings['block_size']} tokens")
+    print(f"device: {rt.device}, {rt.dtype}, compile={settings['compile']}; data: {data_dir}")
     if teacher is not None:
-        print(f"teacher: {c['teacher']} ({teacher.get_num_params():,} parameters), distill_alpha="
-              f"{c['distill_alpha']}, distill_temperature={c['distill_temperature']}, distill_hidden="
-              f"{c['distill_hidden']}")
-    when = "every evaluation" if c["always_save_checkpoint"] else "when the val loss improves"
-    print(f"checkpoints: {ckpt_path} ({when}, every {c['eval_interval']} iterations); metrics: {metrics_path}")
+        print(f"teacher: {settings['teacher']} ({teacher.get_num_params():,} parameters), distill_alpha="
+              f"{settings['distill_alpha']}, distill_temperature={settings['distill_temperature']}, distill_hidden="
+              f"{settings['distill_hidden']}")
+    when = "every evaluation" if settings["always_save_checkpoint"] else "when the val loss improves"
+    print(f"checkpoints: {ckpt_path} ({when}, every {settings['eval_interval']} iterations); metrics: {metrics_path}")
 
 
 def main(argv=None):

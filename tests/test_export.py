@@ -1,14 +1,14 @@
+"""krony_to_gpt.py's default export: a plain GPT2LMHeadModel (every Kronecker factor multiplied out) with GPT-2's
+tokenizer, whose logits are ours."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import ROOT, hf_tokenizer_or_skip, move_off_defaults
+from conftest import hf_tokenizer_or_skip, run_main, run_script, tiny_gpt
 
 import krony_to_gpt
-from model import GPT, GPTConfig, make_checkpoint, save_checkpoint
+from checkpoints import make_checkpoint, save_checkpoint
 
 TINY = dict(n_layer=2, n_head=4, n_embd=64, block_size=48)
 KINDS = {
@@ -20,31 +20,21 @@ KINDS = {
 
 def random_checkpoint(path, kind="kronecker", prefix="", seed=0):
     """A random model with every LayerNorm weight and bias moved off its init, so a dropped tensor shows up."""
-    torch.manual_seed(seed)
-    model = move_off_defaults(GPT(GPTConfig(**TINY, **KINDS[kind])).eval())
+    model = tiny_gpt(seed, vocab_size=50257, **TINY, **KINDS[kind])
     checkpoint = make_checkpoint(model, iter_num=0)
     checkpoint["model"] = {prefix + k: v for k, v in checkpoint["model"].items()}
     save_checkpoint(checkpoint, path)
     return model
 
 
-def export_cli(*args):
-    """krony_to_gpt.main in this process (saves importing transformers again): its exit status."""
-    try:
-        krony_to_gpt.main([str(a) for a in args])
-    except SystemExit as e:
-        return e.code
-    return 0
-
-
 @pytest.mark.parametrize("kind,prefix", [("kronecker", "module._orig_mod."), ("kronecker_no_bias", ""),
                                          ("dense", "_orig_mod.")])
-def test_export_logits_equal_ours(tmp_path, kind, prefix):
+def test_export_logits_equal_ours(tmp_path, capsys, kind, prefix):
     from transformers import AutoModelForCausalLM, GPT2LMHeadModel
     hf_tokenizer_or_skip()
     model = random_checkpoint(tmp_path / "ckpt.pt", kind, prefix)
     out = tmp_path / "hf"
-    assert export_cli(tmp_path / "ckpt.pt", out) == 0
+    assert run_main(krony_to_gpt.main, [tmp_path / "ckpt.pt", out], capsys)[0] == 0
     assert sorted(os.listdir(tmp_path)) == ["ckpt.pt", "hf"]  # no temporary directory left behind
     hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     assert type(hf) is GPT2LMHeadModel
@@ -56,12 +46,12 @@ def test_export_logits_equal_ours(tmp_path, kind, prefix):
         torch.testing.assert_close(hf(idx).logits, model(idx)[0], rtol=0, atol=1e-4)
 
 
-def test_exported_directory_works_with_pipeline_and_tokenizer(tmp_path):
+def test_exported_directory_works_with_pipeline_and_tokenizer(tmp_path, capsys):
     from transformers import AutoTokenizer, pipeline
     hf_tokenizer_or_skip()
     model = random_checkpoint(tmp_path / "ckpt.pt")
     out = tmp_path / "hf"
-    assert export_cli(tmp_path / "ckpt.pt", out) == 0
+    assert run_main(krony_to_gpt.main, [tmp_path / "ckpt.pt", out], capsys)[0] == 0
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert tokenizer("Hello world")["input_ids"] == [15496, 995]
     assert tokenizer.model_max_length == 48
@@ -71,19 +61,18 @@ def test_exported_directory_works_with_pipeline_and_tokenizer(tmp_path):
     assert text == tokenizer.decode(expected)
 
 
-def test_cli_writes_directory_and_refuses_to_overwrite(tmp_path):
+def test_cli_writes_directory_and_refuses_to_overwrite(tmp_path, capsys):
     hf_tokenizer_or_skip()
     random_checkpoint(tmp_path / "ckpt.pt")
     out = tmp_path / "hf"
-    run = subprocess.run([sys.executable, "krony_to_gpt.py", str(tmp_path / "ckpt.pt"), str(out)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
+    run = run_script("krony_to_gpt.py", tmp_path / "ckpt.pt", out)
     assert run.returncode == 0, run.stderr
-    assert "Kronecker c_fc A 8x16:2, c_proj A 16x8:2" in run.stdout and "wrote" in run.stdout
+    assert "Kronecker c_fc=8x16:2 c_proj=16x8:2" in run.stdout and "wrote" in run.stdout
     assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(out))
     before = os.path.getmtime(out / "model.safetensors")
-    assert export_cli(tmp_path / "ckpt.pt", out) == 2
+    assert run_main(krony_to_gpt.main, [tmp_path / "ckpt.pt", out], capsys)[0] == 2
     assert os.path.getmtime(out / "model.safetensors") == before
-    assert export_cli(tmp_path / "ckpt.pt", out, "--overwrite") == 0
+    assert run_main(krony_to_gpt.main, [tmp_path / "ckpt.pt", out, "--overwrite"], capsys)[0] == 0
 
 
 def test_user_mistakes_exit_2_with_one_line(tmp_path, capsys):
@@ -97,8 +86,6 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, capsys):
         "cannot load the tokenizer": (tmp_path / "ckpt.pt", tmp_path / "d", "--tokenizer", tmp_path / "no_tokenizer"),
     }
     for message, args in cases.items():
-        capsys.readouterr()
-        assert export_cli(*args) == 2
-        err = capsys.readouterr().err
-        assert message in err and err.strip().count("\n") == 0, err
+        status, _, err = run_main(krony_to_gpt.main, args, capsys)
+        assert status == 2 and message in err and err.strip().count("\n") == 0, err
     assert sorted(os.listdir(tmp_path)) == ["ckpt.pt", "notes.txt", "other.pt"]  # nothing half written

@@ -1,4 +1,5 @@
-"""hf_remote_code/: the self-contained Hugging Face remote code of a model that keeps its Kronecker factors.
+"""hf_remote_code/: the transformers glue that runs a model which keeps its Kronecker factors, over the repository's
+own Kronecker layers (kronecker.py) and plans (kron_shapes.py), assembled in one folder as an export ships them.
 
 Every factored model is checked against transformers' own dense GPT2LMHeadModel whose matrices are the factors
 materialised here with torch.kron (not with the module's code): logits, gradients, generation (cache, no cache,
@@ -8,6 +9,7 @@ import ast
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,46 +17,51 @@ import textwrap
 
 import pytest
 import torch
-from conftest import ROOT, hf_tokenizer_or_skip, move_off_defaults
+from conftest import ROOT, hf_tokenizer_or_skip, kron_sum, move_off_defaults
 
-from hf_remote_code.configuration_krony import KronyConfig
-from hf_remote_code import modeling_krony
-from hf_remote_code.modeling_krony import KroneckerEmbedding, KroneckerLinear, KronyForCausalLM
-
-REMOTE_DIR = os.path.join(ROOT, "hf_remote_code")
+# what an export ships, relative to the repository: the glue and the modules it imports
+SHIPPED = ("hf_remote_code/configuration_krony.py", "hf_remote_code/modeling_krony.py", "kronecker.py",
+           "kron_shapes.py")
 VOCAB = 50257  # GPT-2's, = 29 * 1733
 BASE = dict(n_layer=2, n_head=4, n_embd=32, n_positions=64, vocab_size=VOCAB)
 ALL_BLOCK = {"c_fc": [32, 8, 1],  # B is one row (1 x 16): the outer-product path
              "c_proj": [8, 32, 1],  # B is one column (16 x 1): the matrix-vector path, bias fused
              "c_attn": [4, 12, 2], "attn_proj": [4, 4, 3]}
-PLANS = {
-    "dense": (dict(), []),
-    "mlp": (dict(c_fc=[4, 8, 2], c_proj=[8, 4, 1]), [0, 1]),
-    "attention": (dict(c_attn=[8, 12, 1], attn_proj=[4, 4, 3]), [0, 1]),
-    "wte": (dict(wte=[VOCAB, 16, 1]), []),  # A 50257 x 16, B 1 x 2
-    "all": (dict(ALL_BLOCK, wte=[29, 8, 2]), [0, 1]),  # A 29 x 8, B 1733 x 4, two factors
-    "odd_layers": (dict(c_fc=[4, 8, 2], c_proj=[8, 4, 1], c_attn=[8, 12, 1], attn_proj=[4, 4, 3]), [1, 3]),
+PLANS = {  # kron dicts in canonical form, which KronyConfig keeps as they are
+    "dense": {},
+    "mlp": dict(c_fc=[4, 8, 2], c_proj=[8, 4, 1]),
+    "attention": dict(c_attn=[8, 12, 1], attn_proj=[4, 4, 3]),
+    "wte": dict(wte=[VOCAB, 16, 1]),  # A 50257 x 16, B 1 x 2
+    "all": dict(ALL_BLOCK, wte=[29, 8, 2]),  # A 29 x 8, B 1733 x 4, two factors
+    "odd_layers": {"c_attn@1,3": [8, 12, 1], "attn_proj@1,3": [4, 4, 3], "c_fc@1,3": [4, 8, 2],
+                   "c_proj@1,3": [8, 4, 1]},  # of 4 blocks
+    "per_block": {"c_attn@0": [8, 12, 1], "c_fc@0": [4, 8, 1], "c_fc@1": [8, 16, 2]},  # c_fc differs by block
 }
 
 
-def krony(plan, seed=0, **overrides):
+@pytest.fixture(scope="module")
+def modeling(tmp_path_factory):
+    """modeling_krony as an export runs it: the shipped files copied into one folder and imported by transformers
+    from there (the glue's relative imports find kronecker.py and kron_shapes.py beside it)."""
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+    folder = tmp_path_factory.mktemp("remote_code")
+    for path in SHIPPED:
+        shutil.copyfile(os.path.join(ROOT, path), folder / os.path.basename(path))
+    return sys.modules[get_class_from_dynamic_module("modeling_krony.KronyForCausalLM", str(folder)).__module__]
+
+
+def krony(modeling, plan, seed=0, **overrides):
     """A random KronyForCausalLM (eval mode) with LayerNorms and biases moved off their init. Its matrices have
     entries of std 0.3 rather than GPT-2's 0.02, so that attention and positions shape its output: greedy
     generation then varies from token to token instead of repeating one token."""
-    kron, layers = PLANS[plan]
     base = {**BASE, "initializer_range": 0.3, **({"n_layer": 4} if plan == "odd_layers" else {}), **overrides}
     torch.manual_seed(seed)
-    return move_off_defaults(KronyForCausalLM(KronyConfig(**base, kron=kron, kron_layers=layers)).eval())
-
-
-def kron_sum(A, B):
-    """The test's own materialisation: sum_r torch.kron(A[r], B[r])."""
-    return sum(torch.kron(A[r], B[r]) for r in range(A.shape[0]))
+    return move_off_defaults(modeling.KronyForCausalLM(modeling.KronyConfig(**base, kron=PLANS[plan])).eval())
 
 
 def factored(model):
-    """{dense module name: KroneckerLinear or KroneckerEmbedding} of a KronyForCausalLM."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, (KroneckerLinear, KroneckerEmbedding))}
+    """{dense module name: module} of every module of a KronyForCausalLM that holds Kronecker factors A and B."""
+    return {name: m for name, m in model.named_modules() if isinstance(getattr(m, "A", None), torch.nn.Parameter)}
 
 
 def dense_twin(model):
@@ -93,35 +100,46 @@ def ids(batch, length, seed=1):
     return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
-def test_config_defaults_construct_and_plans_are_validated():
-    assert KronyConfig().kron == {} and KronyConfig().kron_layers == []
-    assert KronyConfig().model_type == "krony"
-    config = KronyConfig(**BASE, kron={"c_fc": (4, 8, 2)}, kron_layers=[1, 0])
-    assert config.kron == {"c_fc": [4, 8, 2]} and config.kron_layers == [0, 1]  # canonical: lists, sorted
+def test_config_defaults_construct_and_plans_are_validated(modeling):
+    KronyConfig = modeling.KronyConfig
+    assert KronyConfig().kron == {} and KronyConfig().model_type == "krony"
+    # canonical: lists, a matrix in every block under its bare name, per-block entries under NAME@BLOCKS
+    assert KronyConfig(**BASE, kron={"c_fc@1,0": (4, 8, 2)}).kron == {"c_fc": [4, 8, 2]}
+    config = KronyConfig(**BASE, kron={"c_fc": (4, 8, 1), "c_fc@1": (4, 8, 2)})
+    assert config.kron == {"c_fc@0": [4, 8, 1], "c_fc@1": [4, 8, 2]}
+    assert config.plan.shape("c_fc", 0) == (4, 8, 1) and config.plan.shape("c_fc", 1) == (4, 8, 2)
+    # an older export's kron_layers confines kron's matrices to those blocks, and is then part of kron
+    older = KronyConfig(**BASE, kron={"c_fc": [4, 8, 2]}, kron_layers=[1])
+    assert older.kron == {"c_fc@1": [4, 8, 2]} and "kron_layers" not in older.to_dict()
     bad = {
-        "a_rows=5 does not divide the 32 rows of c_fc": dict(kron={"c_fc": [5, 8, 1]}, kron_layers=[0]),
-        "a_cols=7 does not divide the 32 columns of attn_proj": dict(kron={"attn_proj": [4, 7, 1]}, kron_layers=[0]),
-        "a_rows=2 does not divide the 50257 rows of wte": dict(kron={"wte": [2, 8, 1]}),
-        "kron['c_attn']: factors=0": dict(kron={"c_attn": [4, 4, 0]}, kron_layers=[0]),
-        "unknown matrix 'mlp'": dict(kron={"mlp": [4, 4, 1]}, kron_layers=[0]),
-        "kron['c_proj'] must be [a_rows, a_cols, factors]": dict(kron={"c_proj": [4, 4]}, kron_layers=[0]),
-        "block indices [2] are outside 0..1": dict(kron={"c_fc": [4, 8, 1]}, kron_layers=[0, 2]),
-        "kron_layers is empty": dict(kron={"c_fc": [4, 8, 1]}),
-        "names none of the block matrices": dict(kron={"wte": [29, 8, 1]}, kron_layers=[0]),
+        "c_fc in block 0 is 32x128: A's rows=5 do not divide 32": dict(kron={"c_fc": [5, 8, 1]}),
+        "attn_proj in block 0 is 32x32: A's columns=7 do not divide 32": dict(kron={"attn_proj": [4, 7, 1]}),
+        "wte is 50257x32: A's rows=2 do not divide 50257": dict(kron={"wte": [2, 8, 1]}),
+        "c_attn in block 0: factors=0 must be between 1 and 16": dict(kron={"c_attn": [4, 4, 0]}),
+        "'mlp' is not a factorable matrix": dict(kron={"mlp": [4, 4, 1]}),
+        "c_proj in block 0: expected (a_rows, a_cols, factors) as three integers": dict(kron={"c_proj": [4, 4]}),
+        "c_fc@0,2: block 2 is out of range": dict(kron={"c_fc@0,2": [4, 8, 1]}),
+        "c_fc in block 1 is given twice": dict(kron={"c_fc@1": [4, 8, 1], "c_fc@0,1": [4, 8, 2]}),
+        "wte@0: wte is once per model": dict(kron={"wte@0": [29, 8, 1]}),
+        "kron_layers=[0, 2]: block indices must be between 0 and 1": dict(kron={"c_fc": [4, 8, 1]},
+                                                                            kron_layers=[0, 2]),
         "tie_word_embeddings=False": dict(kron={"wte": [29, 8, 1]}, tie_word_embeddings=False),
+        "n_inner=64": dict(n_inner=64),
+        "n_head=5 must divide n_embd=32": dict(n_head=5),
     }
     for message, kwargs in bad.items():
-        with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
-            KronyConfig(**BASE, **kwargs)
+        with pytest.raises(ValueError, match=re.escape(message)):
+            KronyConfig(**{**BASE, **kwargs})
 
 
-def test_init_is_gpt2s_for_the_materialised_matrices():
+def test_init_is_gpt2s_for_the_materialised_matrices(modeling):
     torch.manual_seed(0)
-    plan = dict(c_fc=[8, 16, 2], c_proj=[16, 8, 1], c_attn=[8, 16, 1], attn_proj=[8, 8, 1], wte=[29, 8, 2])
-    config = KronyConfig(**dict(BASE, n_layer=4, n_embd=64), kron=plan, kron_layers=[1, 2])
-    assert config.factored("c_fc", 1) == [8, 16, 2] and config.factored("c_fc", 0) is None
-    assert config.factored("wte") == [29, 8, 2]
-    model = KronyForCausalLM(config)
+    plan = {"c_fc@1,2": [8, 16, 2], "c_proj@1,2": [16, 8, 1], "c_attn@1,2": [8, 16, 1], "attn_proj@1,2": [8, 8, 1],
+            "wte": [29, 8, 2]}
+    config = modeling.KronyConfig(**dict(BASE, n_layer=4, n_embd=64), kron=plan)
+    assert config.plan.shape("c_fc", 1) == (8, 16, 2) and config.plan.shape("c_fc", 0) is None
+    assert config.plan.shape("wte") == (29, 8, 2)
+    model = modeling.KronyForCausalLM(config)
     residual_std = 0.02 / math.sqrt(2 * 4)  # GPT-2's scaled init of c_proj and attn.c_proj
     block = model.transformer.h[1]
     for weight, std in [(block.mlp.c_fc.dense_weight(), 0.02), (block.attn.c_attn.dense_weight(), 0.02),
@@ -135,11 +153,12 @@ def test_init_is_gpt2s_for_the_materialised_matrices():
 
 
 @pytest.mark.parametrize("plan", PLANS)
-def test_logits_and_gradients_equal_dense_gpt2_with_materialised_factors(plan):
-    model = krony(plan)
+def test_logits_and_gradients_equal_dense_gpt2_with_materialised_factors(modeling, plan):
+    model = krony(modeling, plan)
     dense = dense_twin(model)
     x = ids(2, 16)
-    expected_factored = {"dense": 0, "mlp": 4, "attention": 4, "wte": 1, "all": 9, "odd_layers": 8}[plan]
+    expected_factored = {"dense": 0, "mlp": 4, "attention": 4, "wte": 1, "all": 9, "odd_layers": 8,
+                         "per_block": 3}[plan]
     assert len(factored(model)) == expected_factored
     with torch.no_grad():
         assert_logits_close(model(x).logits, dense(x).logits)
@@ -170,7 +189,7 @@ SUBPROCESS = textwrap.dedent("""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
     folder, out = sys.argv[1], sys.argv[2]
-    assert importlib.util.find_spec("hf_remote_code") is None and importlib.util.find_spec("model") is None
+    assert not any(importlib.util.find_spec(name) for name in ("hf_remote_code", "model", "kronecker", "kron_shapes"))
     assert not any(os.path.abspath(p) == os.path.abspath(sys.argv[3]) for p in sys.path)
     config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
     model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
@@ -180,31 +199,34 @@ SUBPROCESS = textwrap.dedent("""
     torch.save(logits, os.path.join(out, "logits.pt"))
     with open(os.path.join(out, "info.json"), "w") as f:
         json.dump({"config": type(config).__name__, "model": type(model).__name__, "module": type(model).__module__,
-                   "kron": config.kron, "kron_layers": config.kron_layers,
-                   "params": sum(p.numel() for p in model.parameters())}, f)
+                   "kron": config.kron, "params": sum(p.numel() for p in model.parameters())}, f)
 """)
 
 
-def test_saved_folder_is_self_contained_and_loads_in_a_python_without_the_repo(tmp_path):
-    model = krony("all")
+def test_saved_folder_is_self_contained_and_loads_in_a_python_without_the_repo(modeling, tmp_path):
+    model = krony(modeling, "all")
     model.save_pretrained(tmp_path / "saved")
     folder = tmp_path / "elsewhere" / "krony-model"
     shutil.copytree(tmp_path / "saved", folder)
     assert sorted(os.listdir(folder)) == ["config.json", "configuration_krony.py", "generation_config.json",
-                                          "model.safetensors", "modeling_krony.py"]
-    for name in ("configuration_krony.py", "modeling_krony.py"):  # verbatim copies of the repo's files
-        with open(folder / name) as copied, open(os.path.join(REMOTE_DIR, name)) as original:
-            source = copied.read()
-            assert source == original.read()
-        assert imports(source) <= {"torch", "transformers", ".configuration_krony"} | set(sys.stdlib_module_names)
-        for needle in ("import model", "from model", "kron_shapes", "hf_remote_code", "krony_to_gpt", "sys.path"):
-            assert needle not in source, f"{name} refers to the repository: {needle!r}"
+                                          "kron_shapes.py", "kronecker.py", "model.safetensors", "modeling_krony.py"]
+    shipped = {os.path.basename(path): path for path in SHIPPED}
+    for name, path in shipped.items():  # verbatim copies of the repo's files
+        source = (folder / name).read_bytes()
+        with open(os.path.join(ROOT, path), "rb") as original:
+            assert source == original.read(), name
+        # torch, transformers, the standard library and each other (kronecker.py's fallback for the repository
+        # imports kron_shapes as a top-level module, which in the folder is never reached)
+        allowed = {"torch", "transformers", "kron_shapes"} | {f".{n[:-3]}" for n in shipped} | \
+            set(sys.stdlib_module_names)
+        assert imports(source.decode()) <= allowed, (name, imports(source.decode()) - allowed)
+        assert b"sys.path" not in source, f"{name} changes the import path"
     with open(folder / "config.json") as f:
         config = json.load(f)
     assert config["model_type"] == "krony" and config["architectures"] == ["KronyForCausalLM"]
     assert config["auto_map"] == {"AutoConfig": "configuration_krony.KronyConfig",
                                   "AutoModelForCausalLM": "modeling_krony.KronyForCausalLM"}
-    assert config["kron"] == PLANS["all"][0] and config["kron_layers"] == PLANS["all"][1]
+    assert config["kron"] == PLANS["all"] and "kron_layers" not in config
 
     x = ids(2, 12)
     torch.save(x, tmp_path / "ids.pt")
@@ -218,15 +240,15 @@ def test_saved_folder_is_self_contained_and_loads_in_a_python_without_the_repo(t
         info = json.load(f)
     assert (info["config"], info["model"]) == ("KronyConfig", "KronyForCausalLM")
     assert info["module"].startswith("transformers_modules.")  # the folder's code, not this repo's
-    assert (info["kron"], info["kron_layers"]) == (config["kron"], config["kron_layers"])
+    assert info["kron"] == config["kron"]
     assert info["params"] == sum(p.numel() for p in model.parameters())
     with torch.no_grad():
         torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), model(x).logits, rtol=0, atol=0)
 
 
-def test_state_dict_keys_and_weight_tying(tmp_path):
+def test_state_dict_keys_and_weight_tying(modeling, tmp_path):
     from safetensors import safe_open
-    model = krony("all")
+    model = krony(modeling, "all")
     keys = set(model.state_dict())
     for k in ("transformer.h.1.mlp.c_fc.A", "transformer.h.1.mlp.c_fc.B", "transformer.h.1.mlp.c_fc.bias",
               "transformer.h.0.attn.c_proj.A", "transformer.h.0.attn.c_attn.B", "transformer.wte.A",
@@ -240,21 +262,21 @@ def test_state_dict_keys_and_weight_tying(tmp_path):
         model.resize_token_embeddings(VOCAB + 1)
 
     # a plan with a dense wte keeps GPT-2's tie: no lm_head.weight saved, the same tensor after loading
-    mlp = krony("mlp")
+    mlp = krony(modeling, "mlp")
     mlp.save_pretrained(tmp_path / "mlp")
     with safe_open(tmp_path / "mlp" / "model.safetensors", "pt") as f:
         saved = set(f.keys())
     assert "lm_head.weight" not in saved and "transformer.wte.weight" in saved
-    loaded = KronyForCausalLM.from_pretrained(tmp_path / "mlp").eval()
+    loaded = modeling.KronyForCausalLM.from_pretrained(tmp_path / "mlp").eval()
     assert loaded.lm_head.weight is loaded.transformer.wte.weight
     x = ids(1, 8)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x).logits, mlp(x).logits, rtol=0, atol=0)
 
 
-def test_safetensors_holds_each_factor_once(tmp_path):
+def test_safetensors_holds_each_factor_once(modeling, tmp_path):
     from safetensors import safe_open
-    model = krony("wte")
+    model = krony(modeling, "wte")
     n_params = sum(p.numel() for p in model.parameters())
     assert max(p.numel() for p in model.parameters()) < VOCAB * model.config.n_embd  # no vocab x n_embd tensor
     model.save_pretrained(tmp_path / "wte")
@@ -265,8 +287,8 @@ def test_safetensors_holds_each_factor_once(tmp_path):
         assert {"transformer.wte.A", "transformer.wte.B"} <= set(f.keys()) and "lm_head.weight" not in f.keys()
 
 
-def test_generate_equals_dense_gpt2_and_a_cache_free_loop():
-    model = krony("all")
+def test_generate_equals_dense_gpt2_and_a_cache_free_loop(modeling):
+    model = krony(modeling, "all")
     dense = dense_twin(model)
     prompt = ids(1, 6)
     settings = dict(max_new_tokens=20, do_sample=False, pad_token_id=50256)
@@ -298,10 +320,10 @@ def test_generate_equals_dense_gpt2_and_a_cache_free_loop():
                             dense(right, attention_mask=right_mask).logits[right_mask.bool()])
 
 
-def test_text_generation_pipeline_matches_dense():
+def test_text_generation_pipeline_matches_dense(modeling):
     from transformers import pipeline
     tokenizer = hf_tokenizer_or_skip()
-    model = krony("all")
+    model = krony(modeling, "all")
     dense = dense_twin(model)
     settings = dict(max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.eos_token_id)
     prompts = ["The Kronecker product", "Hello"]
@@ -311,8 +333,8 @@ def test_text_generation_pipeline_matches_dense():
     assert got[0][0]["generated_text"].startswith("The Kronecker product")
 
 
-def test_weights_that_do_not_match_the_plan_are_refused(tmp_path):
-    model = krony("all")
+def test_weights_that_do_not_match_the_plan_are_refused(modeling, tmp_path):
+    model = krony(modeling, "all")
     model.save_pretrained(tmp_path / "m")
     path = tmp_path / "m" / "config.json"
     with open(path) as f:
@@ -321,7 +343,7 @@ def test_weights_that_do_not_match_the_plan_are_refused(tmp_path):
     def load_with(**changes):
         with open(path, "w") as f:
             json.dump({**original, **changes}, f)
-        return KronyForCausalLM.from_pretrained(tmp_path / "m")
+        return modeling.KronyForCausalLM.from_pretrained(tmp_path / "m")
 
     # factor shapes differ from the plan (default ignore_mismatched_sizes=False): named, both shapes given
     with pytest.raises(ValueError) as err:
@@ -334,33 +356,30 @@ def test_weights_that_do_not_match_the_plan_are_refused(tmp_path):
         load_with(kron={**original["kron"], "wte": [1733, 8, 2]})
     # a block the plan says is dense holds factors (and the reverse): named, never silently re-initialised
     with pytest.raises(ValueError) as err:
-        load_with(kron_layers=[0])
+        load_with(kron={**{f"{name}@0": shape for name, shape in ALL_BLOCK.items()}, "wte": original["kron"]["wte"]})
     assert "transformer.h.1.mlp.c_fc.weight: expected by the config, absent from the checkpoint" in str(err.value)
     assert "transformer.h.1.mlp.c_fc.A: in the checkpoint, not part of the config's model" in str(err.value)
     # an impossible plan is refused by the config itself
-    with pytest.raises(ValueError, match="a_rows=5 does not divide"):
+    with pytest.raises(ValueError, match="c_fc in block 0 is 32x128: A's rows=5 do not divide 32"):
         load_with(kron={**original["kron"], "c_fc": [5, 8, 1]})
     x = ids(1, 8)
     with torch.no_grad():  # and the untouched folder still loads, to the same model
         torch.testing.assert_close(load_with().eval()(x).logits, model(x).logits, rtol=0, atol=0)
 
 
-def test_shipped_kronecker_code_is_the_repositorys():
-    """modeling_krony.py must run without this repository, so it carries copies of model.py's contractions and
-    kron_shapes.py's cost model: the same code (docstrings aside), or the shipped model computes differently."""
-    import ast
-    import inspect
-
-    import kron_shapes
-    import model
-
-    def code(obj):
-        tree = ast.parse(inspect.getsource(obj))
-        for node in ast.walk(tree):
-            body = getattr(node, "body", None)
-            if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and \
-                    isinstance(getattr(body[0], "value", None), ast.Constant) and isinstance(body[0].value.value, str):
-                node.body = body[1:]
-        return ast.dump(tree)
-    for ours in (model.kronecker_matmul, model.kronecker_sum, model.OuterProduct, model.MatVec, kron_shapes.kron_flops):
-        assert code(ours) == code(getattr(modeling_krony, ours.__name__)), ours.__name__
+def test_the_kronecker_code_exists_once():
+    """The Kronecker layers are kronecker.py's alone: the glue imports them rather than carrying copies that drift.
+    The repository is what git tracks or would track (an export written into an ignored out/ folder holds copies)."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.py"], cwd=ROOT,
+                            capture_output=True, text=True)
+    if listed.returncode != 0:
+        pytest.skip(f"not a git checkout: {listed.stderr.strip()}")
+    sources = []
+    for path in listed.stdout.split():
+        if os.path.isfile(os.path.join(ROOT, path)):  # not deleted from the working tree
+            with open(os.path.join(ROOT, path)) as f:
+                sources.append(f.read())
+    for definition in ("class KroneckerLinear", "class KroneckerEmbedding", "class OuterProduct", "class MatVec",
+                       "def kronecker_matmul", "def kronecker_sum", "def kron_flops"):
+        found = sum(len(re.findall(rf"^\s*{definition}\b", source, flags=re.MULTILINE)) for source in sources)
+        assert found == 1, f"{definition} is defined {found} times"

@@ -1,23 +1,23 @@
 import os
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
-from conftest import move_off_defaults
+from conftest import ROOT, kron_sum, run_main, run_script, tiny_gpt
 
+from checkpoints import load_checkpoint, make_checkpoint, save_checkpoint
 from compress import compress, nearest_kronecker, normalized_kronecker, pruned_kronecker
 from kron_decompose import format_listing, main, mark_target, parse_size
-from kron_shapes import check_shape, count_params, list_shapes
-from model import GPT, GPTConfig, factorable_matrices, load_checkpoint, make_checkpoint, save_checkpoint, weight_of
+from kron_shapes import Plan, check_shape, count_params, list_shapes
+from model import GPT, GPTConfig, factorable_matrices, weight_of
 
-SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kron_decompose.py")
+SCRIPT = os.path.join(ROOT, "kron_decompose.py")
 
 
-def kron_sum(A, B):
-    """sum_r torch.kron(A_r, B_r): the reference, independent of model.kronecker_sum's einsum."""
-    return sum(torch.kron(A[r], B[r]) for r in range(A.shape[0]))
+def compress_mlp(teacher, dim_1, dim_2, factors, init="vl"):
+    """compress with the MLP shorthand's plan (c_fc's A dim_1 x dim_2, c_proj's its transpose) in every block."""
+    c = teacher.config
+    return compress(teacher, Plan.from_settings(c.n_embd, c.n_layer, c.vocab_size, dim_1, dim_2, factors), init)
 
 
 def rearranged_by_blocks(W, a_rows, a_cols):
@@ -32,12 +32,6 @@ def relative_errors(teacher, student):
     return {f"h.{layer}.{name}": ((weight_of(t) - weight_of(s)).norm() / weight_of(t).norm()).item()
             for (name, layer, t), (_, _, s) in zip(factorable_matrices(teacher), factorable_matrices(student))
             if name in ("c_fc", "c_proj")}
-
-
-def tiny_gpt(seed=0, **kwargs):
-    torch.manual_seed(seed)
-    config = dict(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=64)
-    return move_off_defaults(GPT(GPTConfig(**{**config, **kwargs})).eval())
 
 
 def assert_other_weights_copied(teacher, student):
@@ -116,7 +110,7 @@ def test_prune_matches_the_papers_95m_init():
 def test_prune_keeps_every_kth_row_or_column_and_zeros_the_rest(dim_1, dim_2, k, axis):
     teacher = tiny_gpt()
     for factors in (1, 2, k):
-        student = compress(teacher, dim_1=dim_1, dim_2=dim_2, factors=factors, init="prune")
+        student = compress_mlp(teacher, dim_1, dim_2, factors, init="prune")
         assert_other_weights_copied(teacher, student)
         for t_block, s_block in zip(teacher.transformer.h, student.transformer.h):
             W_fc, W_proj = t_block.mlp.c_fc.weight.T, t_block.mlp.c_proj.weight.T  # x @ W orientation
@@ -133,7 +127,7 @@ def test_prune_keeps_every_kth_row_or_column_and_zeros_the_rest(dim_1, dim_2, k,
 
 def test_prune_refuses_other_shapes_and_says_which_work():
     with pytest.raises(ValueError, match=r"prune needs .*dim_1=16 .* or dim_2=64"):
-        compress(tiny_gpt(), dim_1=8, dim_2=32, factors=1, init="prune")
+        compress_mlp(tiny_gpt(), 8, 32, 1, init="prune")
     with pytest.raises(ValueError, match="single row or column"):
         pruned_kronecker(torch.randn(16, 64), 8, 32, 1)
 
@@ -148,16 +142,17 @@ def test_full_rank_compression_of_hugging_face_gpt2_gives_its_logits(hf_gpt2_dir
     with torch.no_grad():
         want = hf(idx).logits
         for init in ("vl", "vl_norm"):
-            student = compress(teacher, dim_1=8, dim_2=16, factors=128, init=init).eval()
-            assert student.config.factors == 128 and student.config.block_size == teacher.config.block_size
+            student = compress_mlp(teacher, 8, 16, 128, init=init).eval()
+            assert student.config.plan.shape("c_fc", 1) == (8, 16, 128)
+            assert student.config.block_size == teacher.config.block_size
             assert max(relative_errors(teacher, student).values()) < 1e-6
             torch.testing.assert_close(student(idx)[0], want, rtol=0, atol=1e-4)
 
 
 def test_kronecker_teacher_is_decomposed_through_its_weights():
-    teacher = compress(tiny_gpt(), dim_1=4, dim_2=32, factors=2, init="random")  # a rank-2 Kronecker model
-    same = compress(teacher, dim_1=4, dim_2=32, factors=2)
-    other = compress(teacher, dim_1=8, dim_2=16, factors=1)
+    teacher = compress_mlp(tiny_gpt(), 4, 32, 2, init="random")  # a rank-2 Kronecker model
+    same = compress_mlp(teacher, 4, 32, 2)
+    other = compress_mlp(teacher, 8, 16, 1)
     idx = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(same(idx)[0], teacher(idx)[0], rtol=0, atol=1e-5)
@@ -168,7 +163,7 @@ def test_kronecker_teacher_is_decomposed_through_its_weights():
 
 def test_random_init_keeps_other_weights_and_has_scratch_std():
     teacher = tiny_gpt(n_embd=64, n_head=4)
-    student = compress(teacher, dim_1=8, dim_2=16, factors=2, init="random")
+    student = compress_mlp(teacher, 8, 16, 2, init="random")
     assert_other_weights_copied(teacher, student)
     W = student.transformer.h[0].mlp.c_fc.dense_weight()
     assert W.std().item() == pytest.approx(0.02, rel=0.15)
@@ -191,10 +186,11 @@ def test_bad_shapes_name_the_nearest_valid_values(args, message):
 @pytest.mark.parametrize("shape,bias", [(None, True), ((8, 16, 1), True), ((4, 64, 2), True), ((2, 8, 3), False),
                                         ((16, 1, 1), False)])
 def test_parameter_arithmetic_matches_the_model(shape, bias):
-    kron = dict(zip(("dim_1", "dim_2", "factors"), shape)) if shape else {}
-    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=64, bias=bias, **kron))
+    shorthand = dict(zip(("dim_1", "dim_2", "factors"), shape)) if shape else {}
+    model = GPT(GPTConfig.from_settings(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=64, bias=bias,
+                                        **shorthand))
     want = model.get_num_params(non_embedding=False), model.get_num_params()
-    assert count_params(16, *(shape or ()), n_layer=2, vocab_size=64, block_size=8, bias=bias) == want
+    assert count_params(16, n_layer=2, vocab_size=64, block_size=8, bias=bias, **shorthand) == want
 
 
 def test_listing_has_the_papers_shapes_and_is_fast():
@@ -233,8 +229,7 @@ def test_list_command_never_imports_torch():
     code = ("import sys, time; t0 = time.perf_counter(); import kron_decompose; "
             "kron_decompose.main(['--list', '--factors', '1,2,4']); "
             "print('torch' in sys.modules, time.perf_counter() - t0, file=sys.stderr)")
-    result = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(SCRIPT), capture_output=True,
-                            text=True, timeout=60)
+    result = run_script("-c", code, timeout=60)
     assert result.returncode == 0, result.stderr
     torch_imported, seconds = result.stderr.split()
     assert torch_imported == "False" and float(seconds) < 1.0
@@ -251,39 +246,28 @@ def test_mark_target_picks_the_closest_with_ties():
 
 # --- command line ----------------------------------------------------------------------------------------
 
-def run_cli(*commands, cwd):
-    """Run kron_decompose.py invocations in parallel (each pays for importing torch); (returncode, stdout, stderr)
-    for each."""
-    env = {**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1"}  # transformers' loading bar would share stderr
-    procs = [subprocess.Popen([sys.executable, SCRIPT, *args], cwd=cwd, env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for args in commands]
-    results = []
-    for p in procs:
-        out, err = p.communicate(timeout=300)
-        results.append((p.returncode, out, err))
-    return results
-
-
-def test_cli_writes_a_checkpoint_from_hugging_face_and_refuses_garbage(tmp_path, hf_gpt2_dir):
+def test_cli_writes_a_checkpoint_from_hugging_face_and_refuses_garbage(tmp_path, hf_gpt2_dir, capsys):
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
-    (rc, out, err), (bad_rc, _, bad_err) = run_cli(["8", "16", "4", "--model", hf_gpt2_dir],
-                                                   ["8", "16", "1", "--model", str(garbage), "--out", "x.pt"],
-                                                   cwd=tmp_path)
+    bad_rc, _, bad_err = run_main(main, ["8", "16", "1", "--model", garbage, "--out", tmp_path / "x.pt"], capsys)
     assert bad_rc == 2 and "Traceback" not in bad_err
     assert bad_err.startswith("kron_decompose.py: error: cannot load --model") and len(bad_err.splitlines()) == 1
     assert "not a readable krony checkpoint" in bad_err and not (tmp_path / "x.pt").exists()
 
-    assert rc == 0, err
+    result = run_script(SCRIPT, "8", "16", "4", "--model", hf_gpt2_dir, cwd=tmp_path)
+    out = result.stdout
+    assert result.returncode == 0, result.stderr
     path = tmp_path / "checks" / f"krony_{os.path.basename(hf_gpt2_dir)}_8_16_4_vl.pt"  # the default --out
     assert (f"next: python train.py config/train_gpt2.py --init_from={os.path.join('checks', path.name)} "
             f"--dim_1=8 --dim_2=16 --factors=4") in out
     student, ckpt = load_checkpoint(str(path))
     teacher = GPT.from_pretrained(hf_gpt2_dir)
-    assert ckpt["model_args"] == {**ckpt["model_args"], "dim_1": 8, "dim_2": 16, "factors": 4, "n_embd": 64}
+    mlp_plan = {"c_fc": [8, 16, 4], "c_proj": [16, 8, 4]}  # c_proj's A is c_fc's transposed
+    assert ckpt["model_args"] == {**ckpt["model_args"], "kron": mlp_plan, "n_embd": 64}
+    assert GPTConfig.from_args(ckpt["model_args"]).plan.shapes == \
+        {(name, block): tuple(shape) for name, shape in mlp_plan.items() for block in (0, 1)}
     info = ckpt["init"]
-    assert (info["teacher"], info["method"], info["dim_1"], info["dim_2"], info["factors"]) == \
-           (hf_gpt2_dir, "vl", 8, 16, 4)
+    assert (info["teacher"], info["method"], info["kron"]) == (hf_gpt2_dir, "vl", mlp_plan)
     assert info["params"] == student.get_num_params(False) and info["teacher_params"] == teacher.get_num_params(False)
     errors = relative_errors(teacher, student)
     assert info["errors"].keys() == errors.keys() == {"h.0.c_fc", "h.0.c_proj", "h.1.c_fc", "h.1.c_proj"}
@@ -296,30 +280,19 @@ def test_cli_writes_a_checkpoint_from_hugging_face_and_refuses_garbage(tmp_path,
     assert f"{teacher.get_num_params(False):,} parameters" in out
 
 
-def run_main(argv, capsys):
-    """kron_decompose.main in this process: (exit status, stdout, stderr)."""
-    try:
-        main(argv)
-        status = 0
-    except SystemExit as e:
-        status = e.code
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
 @pytest.fixture
 def kron_checkpoint(tmp_path):
     """One of our checkpoints holding a Kronecker model (n_embd 16), as train.py would write it."""
     path = str(tmp_path / "kron.pt")
-    model = compress(tiny_gpt(), dim_1=4, dim_2=32, factors=2, init="random")
+    model = compress_mlp(tiny_gpt(), 4, 32, 2, init="random")
     save_checkpoint(make_checkpoint(model, iter_num=10), path)
     return path
 
 
 def test_cli_refactors_our_kronecker_checkpoint(tmp_path, kron_checkpoint, capsys):
     out_path = str(tmp_path / "out" / "re.pt")
-    status, out, err = run_main(["4", "32", "2", "--model", kron_checkpoint, "--init", "vl_norm", "--out", out_path],
-                                capsys)
+    status, out, err = run_main(main, ["4", "32", "2", "--model", kron_checkpoint, "--init", "vl_norm",
+                                       "--out", out_path], capsys)
     assert status == 0, err
     assert "teacher " + kron_checkpoint + " (Kronecker)" in out and f"--init_from={out_path}" in out
     student, ckpt = load_checkpoint(out_path)
@@ -335,8 +308,8 @@ def test_cli_refactors_our_kronecker_checkpoint(tmp_path, kron_checkpoint, capsy
     (["4", "33", "1"], "dim_2=33 does not divide 4*n_embd=64; nearest valid dim_2: 32 or 64"),
     (["4", "32", "9"], "factors=9 must be between 1 and 8"),
     (["4", "32", "1", "--init", "prune"], "init=prune needs B to be a single row or column"),
-    (["4", "32"], "give DIM_1 DIM_2 N_FACTORS"),
-    (["4", "32", "1", "--list"], "--list takes no DIM_1 DIM_2 N_FACTORS"),
+    (["4", "32"], "give DIM_1 DIM_2 FACTORS"),
+    (["4", "32", "1", "--list"], "--list takes no DIM_1 DIM_2 FACTORS"),
     (["--list", "--target", "big"], "--target 'big' is not a size"),
     (["--list", "--factors", "1,x"], "--factors '1,x' is not a comma-separated list"),
     (["4", "32", "1", "--model", "{tmp}/missing.pt"], "cannot load --model"),
@@ -346,14 +319,14 @@ def test_cli_bad_input_exits_2_with_one_line_and_no_file(tmp_path, kron_checkpoi
     argv = [a.format(tmp=tmp_path) for a in argv]
     if "--model" not in argv:
         argv += ["--model", kron_checkpoint]
-    status, out, err = run_main(argv + ["--out", str(out_path)], capsys)
+    status, out, err = run_main(main, argv + ["--out", out_path], capsys)
     assert status == 2
     assert err.startswith("kron_decompose.py: error: ") and len(err.splitlines()) == 1 and message in err, err
     assert not list(tmp_path.glob("bad.pt*"))
 
 
 def test_cli_list_marks_the_target(capsys):
-    status, out, err = run_main(["--list", "--factors", "1,2", "--target", "95M"], capsys)
+    status, out, err = run_main(main, ["--list", "--factors", "1,2", "--target", "95M"], capsys)
     assert status == 0, err
     lines = out.splitlines()
     assert any(line.split()[:3] == ["384", "3072", "1"] and "96,128,304" in line and line.endswith("<- 95M")

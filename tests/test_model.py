@@ -4,15 +4,12 @@ import pickle
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_hf_gpt2
+from conftest import kron_sum, make_hf_gpt2
 
+from checkpoints import load_checkpoint, load_model, make_checkpoint, save_checkpoint
 from kron_shapes import kron_flops
-from model import GPT, GPTConfig, KroneckerLinear, load_checkpoint, load_model, make_checkpoint, save_checkpoint
-
-
-def kron_reference(A, B):
-    """W = sum_r torch.kron(A_r, B_r): the materialized weight the original code built every step."""
-    return sum(torch.kron(A[r], B[r]) for r in range(A.shape[0]))
+from kronecker import KroneckerLinear
+from model import GPT, GPTConfig
 
 
 # --- equivalence with Hugging Face --------------------------------------------------------------------
@@ -74,12 +71,12 @@ def test_kronecker_linear_matches_materialized(shape, factors, a_first):
 
     A, B, bias = (t.detach().clone().requires_grad_() for t in (layer.A, layer.B, layer.bias))
     x_ref = x.detach().clone().requires_grad_()
-    y_ref = x_ref @ kron_reference(A, B) + bias
+    y_ref = x_ref @ kron_sum(A, B) + bias
     y_ref.backward(grad_out)
     want = (y_ref, x_ref.grad, A.grad, B.grad, bias.grad)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=0, atol=1e-5)
-    torch.testing.assert_close(layer.dense_weight(), kron_reference(layer.A, layer.B), rtol=0, atol=1e-12)
+    torch.testing.assert_close(layer.dense_weight(), kron_sum(layer.A, layer.B), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("shape", [(12, 48, 12, 12), (48, 12, 12, 12)])  # OuterProduct, MatVec
@@ -101,7 +98,7 @@ def test_outer_product_and_matvec_paths(shape, bias, autocast):
     x_ref = x.detach().clone().requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         y = layer(x)
-        y_ref = F.linear(x_ref, kron_reference(*refs[:2]).t(), refs[2] if bias else None)
+        y_ref = F.linear(x_ref, kron_sum(*refs[:2]).t(), refs[2] if bias else None)
     (y.float() * grad_out).sum().backward()
     (y_ref.float() * grad_out).sum().backward()
     assert y.dtype == y_ref.dtype == (torch.bfloat16 if autocast else torch.float32)
@@ -139,13 +136,14 @@ def test_random_init_has_gpt2_weight_std():
 # --- configuration and parameter counts --------------------------------------------------------------
 
 def test_paper_parameter_counts():
-    m81 = GPT(GPTConfig(dim_1=768, dim_2=768, factors=1))
+    with torch.device("meta"):  # GPT-2 small's shapes, no memory and no init
+        m81 = GPT(GPTConfig.from_settings(dim_1=768, dim_2=768, factors=1))
+        m95 = GPT(GPTConfig.from_settings(dim_1=384, dim_2=3072, factors=1))
+        dense = GPT(GPTConfig())
     assert m81.get_num_params(non_embedding=False) == 81_972_576
     assert m81.get_num_params() == 81_186_144
-    m95 = GPT(GPTConfig(dim_1=384, dim_2=3072, factors=1))
     assert m95.get_num_params(non_embedding=False) == 96_128_304
     assert m95.get_num_params() == 95_341_872
-    dense = GPT(GPTConfig())
     assert dense.get_num_params(non_embedding=False) == 124_439_808  # GPT-2 small
 
 
@@ -161,11 +159,11 @@ def test_paper_parameter_counts():
 ])
 def test_invalid_shapes_say_what_divides(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        GPTConfig(**kwargs)
+        GPTConfig.from_settings(**kwargs)
 
 
 def test_optimizer_decays_kronecker_factors_not_biases():
-    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, dim_1=8, dim_2=16, factors=2))
+    model = GPT(GPTConfig.from_settings(n_layer=1, n_head=2, n_embd=32, block_size=16, dim_1=8, dim_2=16, factors=2))
     optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
     decayed = {id(p) for p in optimizer.param_groups[0]["params"]}
     mlp = model.transformer.h[0].mlp
@@ -177,7 +175,8 @@ def test_optimizer_decays_kronecker_factors_not_biases():
 
 def test_generate_greedy_matches_argmax_loop():
     torch.manual_seed(0)
-    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=8, dim_1=4, dim_2=8, factors=1)).eval()
+    config = GPTConfig.from_settings(n_layer=1, n_head=2, n_embd=32, block_size=8, dim_1=4, dim_2=8, factors=1)
+    model = GPT(config).eval()
     idx = torch.randint(0, 50257, (2, 3))
     out = model.generate(idx, 10, temperature=0)
     expect = idx
@@ -192,7 +191,7 @@ def test_generate_greedy_matches_argmax_loop():
 
 def test_checkpoint_round_trip_strips_wrapper_prefixes(tmp_path):
     torch.manual_seed(0)
-    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, dim_1=8, dim_2=32, factors=2))
+    model = GPT(GPTConfig.from_settings(n_layer=2, n_head=2, n_embd=32, block_size=16, dim_1=8, dim_2=32, factors=2))
     checkpoint = make_checkpoint(model, iter_num=7)
     # what DDP(torch.compile(model)).state_dict() would have produced
     checkpoint["model"] = {"module._orig_mod." + k: v for k, v in checkpoint["model"].items()}

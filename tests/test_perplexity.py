@@ -1,17 +1,15 @@
 import json
 import math
 import os
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, gpt2_tokenizer_or_skip, hf_tokenizer_or_skip, make_hf_gpt2
+from conftest import ROOT, gpt2_tokenizer_or_skip, hf_tokenizer_or_skip, make_hf_gpt2, run_main, run_script, tiny_gpt
 
 import perplexity as P
-from model import GPT, GPTConfig, load_model, make_checkpoint, save_checkpoint
+from checkpoints import load_model, make_checkpoint, save_checkpoint
 
 SHARED_EVAL = os.path.join(ROOT, "..", "shared", "eval")
 CONTEXT = 128
@@ -181,32 +179,34 @@ def test_local_files(tmp_path):
 
 # --- the command line ----------------------------------------------------------------------------------
 
-def tiny_kronecker_checkpoint(path):
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, dim_1=4, dim_2=32, factors=2)).eval()
+@pytest.fixture(scope="module")
+def krony_checkpoint(tmp_path_factory):
+    """(path, model) of a small Kronecker GPT with GPT-2's vocabulary and a context of 64, saved as a checkpoint."""
+    model = tiny_gpt(n_embd=32, block_size=64, vocab_size=50257, dim_1=4, dim_2=32, factors=2)
+    path = str(tmp_path_factory.mktemp("krony") / "krony.pt")
     save_checkpoint(make_checkpoint(model), path)
-    return model
+    return path, model
 
 
-def test_checkpoint_and_its_export_score_the_same(tmp_path, eval_slices):
+def test_checkpoint_and_its_export_score_the_same(tmp_path, eval_slices, krony_checkpoint, capsys):
     import krony_to_gpt
     gpt2_tokenizer_or_skip()
     tokenizer = hf_tokenizer_or_skip()
-    ckpt = str(tmp_path / "krony.pt")
-    krony_to_gpt.export(tiny_kronecker_checkpoint(ckpt), str(tmp_path / "hf"), tokenizer)
+    ckpt, model = krony_checkpoint
+    krony_to_gpt.export(model, str(tmp_path / "hf"), tokenizer)
     bin_path = str(tmp_path / "val.bin")
     wiki_tokens = P.encode("\n\n".join(rows(eval_slices, "wikitext-103-v1.test.jsonl")))
     np.array(wiki_tokens, dtype=np.uint16).tofile(bin_path)
 
-    run = subprocess.run([sys.executable, "perplexity.py", ckpt, "lambada", bin_path, "--data_dir", eval_slices,
-                          "--max_tokens", "700", "--batch_size", "4", "--device", "cpu", "--out",
-                          str(tmp_path / "results.json")], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
+    status, out, err = run_main(P.main, [ckpt, "lambada", bin_path, "--data_dir", eval_slices, "--max_tokens", 700,
+                                         "--batch_size", 4, "--device", "cpu", "--out", tmp_path / "results.json"],
+                                capsys)
+    assert status == 0, err
     with open(tmp_path / "results.json") as f:
         results = json.load(f)["datasets"]
     assert list(results) == ["lambada", bin_path]
-    assert run.stdout.splitlines()[0].split()[:3] == ["dataset", "perplexity", "tokens"]
-    assert len(run.stdout.splitlines()) == 3
+    assert out.splitlines()[0].split()[:3] == ["dataset", "perplexity", "tokens"]
+    assert len(out.splitlines()) == 3
     scored = results[bin_path]
     assert (scored["tokens"], scored["windows"], scored["predicted_tokens"]) == (700, 11, 700 - 11)
     assert scored["protocol"] == {"context": 64, "stride": 64, "average": "window"}
@@ -225,19 +225,8 @@ def test_checkpoint_and_its_export_score_the_same(tmp_path, eval_slices):
         assert results["lambada"][key] == pytest.approx(expected[key], rel=1e-5), key
 
 
-def run_main(capsys, *args):
-    """perplexity.main in this process: (exit status, stderr)."""
-    capsys.readouterr()
-    try:
-        P.main([str(a) for a in args])
-    except SystemExit as e:
-        return e.code, capsys.readouterr().err
-    return 0, capsys.readouterr().err
-
-
-def test_user_mistakes_exit_2_with_one_line(tmp_path, capsys, monkeypatch):
-    ckpt = tmp_path / "krony.pt"
-    tiny_kronecker_checkpoint(ckpt)
+def test_user_mistakes_exit_2_with_one_line(tmp_path, capsys, monkeypatch, krony_checkpoint):
+    ckpt = krony_checkpoint[0]
     np.array([1, 2, 60000], dtype=np.uint16).tofile(tmp_path / "big.bin")
     (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"txt": "typo"}\n')
     cases = {
@@ -251,7 +240,7 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, capsys, monkeypatch):
         "cannot load": (tmp_path / "missing.pt", tmp_path / "big.bin"),
     }
     for message, args in cases.items():
-        code, err = run_main(capsys, *args)
+        code, _, err = run_main(P.main, args, capsys)
         assert code == 2 and message in err and err.strip().count("\n") == 0, (message, err)
 
     # No network and no offline flag: one quick probe, not the hub client's half minute of retries.
@@ -259,7 +248,7 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, capsys, monkeypatch):
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     start = time.time()
-    code, err = run_main(capsys, ckpt, "wiki103")
+    code, _, err = run_main(P.main, [ckpt, "wiki103"], capsys)
     assert code == 2 and "cannot reach the Hugging Face Hub" in err and "--data_dir" in err, err
     assert time.time() - start < 10
 
@@ -280,12 +269,10 @@ def test_hub_datasets_are_the_papers_test_splits(monkeypatch):
                      ("Salesforce/wikitext", "wikitext-2-v1", "test"), ("cimec/lambada", None, "test")]
 
 
-def test_offline_without_cached_dataset_names_data_dir(tmp_path):
+def test_offline_without_cached_dataset_names_data_dir(tmp_path, krony_checkpoint):
+    """A subprocess: the datasets library reads its cache folders from the environment when it is imported."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"),
                HF_DATASETS_CACHE=str(tmp_path / "datasets"))
-    ckpt = tmp_path / "krony.pt"
-    tiny_kronecker_checkpoint(ckpt)
-    run = subprocess.run([sys.executable, "perplexity.py", str(ckpt), "wiki2"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=300)
+    run = run_script("perplexity.py", krony_checkpoint[0], "wiki2", env=env)
     assert run.returncode == 2 and run.stderr.strip().count("\n") == 0, run.stderr
     assert run.stderr.startswith("perplexity.py: error: cannot load Salesforce/wikitext") and "--data_dir" in run.stderr

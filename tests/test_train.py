@@ -4,37 +4,28 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, metrics, random_corpus, run_script, tiny_train_args, train_in_process, write_tokens
 
 import train
-from configurator import ConfigError, load_config
+from checkpoints import load_checkpoint, load_model
 from compress import compress
-from model import GPT, load_checkpoint, load_model
+from configurator import ConfigError, load_config
+from kron_shapes import Plan
+from model import GPT
 
-VOCAB = 64
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; more threads spin and crawl when the machine is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def write_tokens(data_dir, tokens):
-    """train.bin and val.bin in nanoGPT's format: uint16 token ids back to back."""
-    os.makedirs(data_dir, exist_ok=True)
-    for split in ("train", "val"):
-        np.asarray(tokens, dtype=np.uint16).tofile(os.path.join(data_dir, f"{split}.bin"))
-    return str(data_dir)
+VOCAB = 64  # tiny_train_args's vocab_size
+TORCHRUN = dict(dim_1=8, dim_2=16, factors=1, init="random", eval_interval=4, lr_decay_iters=6,
+                gradient_accumulation_steps=4)  # the torchrun run's settings, and its resumption's
 
 
 def cycle_corpus(tmp_path):
@@ -43,33 +34,26 @@ def cycle_corpus(tmp_path):
     return write_tokens(tmp_path / "cycle", np.tile(np.arange(32), 200))
 
 
-def random_corpus(tmp_path, vocab=VOCAB, n=4000):
-    return write_tokens(tmp_path / "random", np.random.default_rng(0).integers(0, vocab, n))
-
-
-def tiny_args(data_dir, out_dir, /, **overrides):
-    """--key=value arguments for a small fast run; overrides replace or add keys."""
-    settings = dict(data_dir=data_dir, out_dir=str(out_dir), device="cpu", compile=False, dtype="float32",
-                    n_layer=2, n_head=2, n_embd=32, vocab_size=VOCAB, block_size=16, batch_size=8,
-                    gradient_accumulation_steps=2, max_iters=30, eval_interval=10, eval_iters=4, log_interval=1,
-                    learning_rate=1e-2, min_lr=1e-3, warmup_iters=3, lr_decay_iters=30, seed=7)
-    settings.update(overrides)
-    return [f"--{k}={v}" for k, v in settings.items()]
-
-
-def run(args):
-    """train.train with the settings of command-line args, in this process (cheaper than a subprocess)."""
-    return train.train(load_config(train.SETTINGS, args))
-
-
-def metrics(out_dir):
-    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
 def file_hash(path):
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def subprocess_runs(tmp_path_factory):
+    """This module's train.py runs in processes of their own, started together as the module starts so that they
+    run on the core the in-process tests (one thread) leave free; each test that checks one waits for it.
+    cli_error: a mistyped key; torchrun: 4 iterations with two processes into torchrun_dir/out, on the corpus in
+    torchrun_dir/random."""
+    folder = tmp_path_factory.mktemp("torchrun")
+    torchrun_args = tiny_train_args(random_corpus(folder / "random"), folder / "out", max_iters=4, **TORCHRUN)
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # now: tests that set variables in this process come later
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        yield SimpleNamespace(
+            cli_error=pool.submit(run_script, "train.py", "--lerning_rate=1e-3", env=env, timeout=60),
+            torchrun=pool.submit(run_script, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                 "train.py", *torchrun_args, env=env, timeout=120),
+            torchrun_dir=folder)
 
 
 # --- configuration -----------------------------------------------------------------------------------
@@ -108,13 +92,14 @@ def test_shipped_configs_are_valid(name):
 
 
 def test_lr_schedule_matches_warmup_and_cosine():
-    c = dict(load_config(train.SETTINGS, []), learning_rate=1.0, min_lr=0.1, warmup_iters=10, lr_decay_iters=110)
-    assert train.get_lr(0, c) == pytest.approx(1 / 11)
-    assert train.get_lr(9, c) == pytest.approx(10 / 11)
-    assert train.get_lr(10, c) == pytest.approx(1.0)
-    assert train.get_lr(60, c) == pytest.approx(0.55)  # halfway down the cosine: (1 + 0.1) / 2
-    assert train.get_lr(110, c) == train.get_lr(10**6, c) == 0.1
-    assert train.get_lr(60, dict(c, decay_lr=False)) == 1.0
+    settings = dict(load_config(train.SETTINGS, []), learning_rate=1.0, min_lr=0.1, warmup_iters=10,
+                    lr_decay_iters=110)
+    assert train.get_lr(0, settings) == pytest.approx(1 / 11)
+    assert train.get_lr(9, settings) == pytest.approx(10 / 11)
+    assert train.get_lr(10, settings) == pytest.approx(1.0)
+    assert train.get_lr(60, settings) == pytest.approx(0.55)  # halfway down the cosine: (1 + 0.1) / 2
+    assert train.get_lr(110, settings) == train.get_lr(10**6, settings) == 0.1
+    assert train.get_lr(60, dict(settings, decay_lr=False)) == 1.0
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -127,13 +112,13 @@ def test_lr_schedule_matches_warmup_and_cosine():
     (dict(device="tpu"), "is not a torch device"),
     (dict(batch_size=0), "batch_size=0 must be at least 1"),
     (dict(init_from="resume"), "ckpt.pt does not exist"),
-    (dict(init_from="nowhere/ckpt.pt"), "no such checkpoint file"),
+    (dict(init_from="nowhere/ckpt.pt"), "cannot load init_from='nowhere/ckpt.pt': .*no such file or directory"),
     (dict(data_dir="", dataset="none"), r"data/none/train.bin not found: run `python data/none/prepare.py`"),
 ])
 def test_bad_settings_fail_fast_with_one_line(tmp_path, capsys, overrides, message):
-    data_dir = random_corpus(tmp_path)
+    data_dir = random_corpus(tmp_path / "random")
     with pytest.raises(SystemExit) as exit_info:
-        train.main(tiny_args(data_dir, tmp_path / "out", **overrides))
+        train.main(tiny_train_args(data_dir, tmp_path / "out", **overrides))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("train.py: error: ")
@@ -145,7 +130,7 @@ def test_accumulation_steps_must_divide_over_processes(tmp_path, monkeypatch, ca
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(SystemExit) as exit_info:
-        train.main(tiny_args(random_corpus(tmp_path), tmp_path / "out", gradient_accumulation_steps=3))
+        train.main(tiny_train_args(random_corpus(tmp_path / "random"), tmp_path / "out", gradient_accumulation_steps=3))
     assert exit_info.value.code == 2
     assert "gradient_accumulation_steps=3 must be a multiple of the number of processes (2)" in capsys.readouterr().err
 
@@ -154,14 +139,13 @@ def test_wandb_is_imported_only_when_asked_for(tmp_path, capsys):
     if importlib.util.find_spec("wandb") is not None:
         pytest.skip("wandb is installed here")
     with pytest.raises(SystemExit) as exit_info:
-        train.main(tiny_args(random_corpus(tmp_path), tmp_path / "out", wandb_log=True))
+        train.main(tiny_train_args(random_corpus(tmp_path / "random"), tmp_path / "out", wandb_log=True))
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == "train.py: error: wandb_log=True but wandb is not installed: pip install wandb\n"
 
 
-def test_cli_error_is_one_line_without_traceback():
-    result = subprocess.run([sys.executable, "train.py", "--lerning_rate=1e-3"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=60)
+def test_cli_error_is_one_line_without_traceback(subprocess_runs):
+    result = subprocess_runs.cli_error.result()
     assert result.returncode == 2
     assert result.stderr == ("train.py: error: unknown config key 'lerning_rate' in --lerning_rate; "
                              "did you mean learning_rate?\n")
@@ -172,7 +156,7 @@ def test_cli_error_is_one_line_without_traceback():
 @pytest.mark.parametrize("kron", [{}, dict(dim_1=8, dim_2=16, factors=2, init="random")], ids=["dense", "kronecker"])
 def test_loss_falls_on_a_tiny_corpus(tmp_path, kron):
     out_dir = tmp_path / "out"
-    losses = run(tiny_args(cycle_corpus(tmp_path), out_dir, **kron))
+    losses = train_in_process(tiny_train_args(cycle_corpus(tmp_path), out_dir, **kron))
     records = metrics(out_dir)
     evals = [r for r in records if "val_loss" in r]
     assert [r["iter"] for r in evals] == [0, 10, 20, 30]
@@ -180,18 +164,18 @@ def test_loss_falls_on_a_tiny_corpus(tmp_path, kron):
     assert losses["val"] == evals[-1]["val_loss"] < 1.0  # ln(64) = 4.16
     steps = [r for r in records if "loss" in r]
     assert [r["iter"] for r in steps] == list(range(30))
-    config = load_config(train.SETTINGS, tiny_args("", ""))
+    config = load_config(train.SETTINGS, tiny_train_args("", ""))
     assert [r["lr"] for r in steps] == [train.get_lr(i, config) for i in range(30)]
     tokens_per_iter = config["batch_size"] * config["block_size"] * config["gradient_accumulation_steps"]
     assert all(r["tokens_per_sec"] * r["ms_per_iter"] / 1000 == pytest.approx(tokens_per_iter) for r in steps)
 
-    # The checkpoint is a plain model.py checkpoint: weights_only, with its config, no extra arguments.
+    # The checkpoint is a plain checkpoints.py checkpoint: weights_only, with its config, no extra arguments.
     model, ckpt = load_checkpoint(str(out_dir / "ckpt.pt"))
     assert ckpt["iter_num"] == 30 and ckpt["best_val_loss"] == min(r["val_loss"] for r in evals)
     assert ckpt["config"]["learning_rate"] == 1e-2 and ckpt["model_args"]["vocab_size"] == VOCAB
-    assert model.config.is_kronecker == bool(kron)
+    assert bool(model.config.plan) == bool(kron)
     if kron:
-        assert (model.config.dim_1, model.config.dim_2, model.config.factors) == (8, 16, 2)
+        assert str(model.config.plan) == "c_fc=8x16:2 c_proj=16x8:2"
         assert model.transformer.h[0].mlp.c_fc.A.shape == (2, 8, 16)
     reloaded = load_model(str(out_dir / "ckpt.pt")).eval()
     x = torch.tensor([list(range(16))])
@@ -201,15 +185,15 @@ def test_loss_falls_on_a_tiny_corpus(tmp_path, kron):
 
 
 def test_resume_is_exact(tmp_path):
-    data_dir = random_corpus(tmp_path)
+    data_dir = random_corpus(tmp_path / "random")
     # dropout exercises the torch RNG state, Kronecker factors the optimizer state of 3-D parameters
     common = dict(dropout=0.1, dim_1=8, dim_2=16, factors=1, init="random", eval_interval=3, lr_decay_iters=6)
-    run(tiny_args(data_dir, tmp_path / "straight", max_iters=6, **common))
-    run(tiny_args(data_dir, tmp_path / "resumed", max_iters=3, **common))
+    train_in_process(tiny_train_args(data_dir, tmp_path / "straight", max_iters=6, **common))
+    train_in_process(tiny_train_args(data_dir, tmp_path / "resumed", max_iters=3, **common))
     # a crash after iteration 3 leaves lines that the resumed run must replace, not duplicate
     with open(tmp_path / "resumed" / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"iter": 3, "loss": 123.0}) + "\n" + json.dumps({"iter": 4, "loss": 456.0}) + "\n")
-    run(tiny_args(data_dir, tmp_path / "resumed", max_iters=6, init_from="resume", **common))
+    train_in_process(tiny_train_args(data_dir, tmp_path / "resumed", max_iters=6, init_from="resume", **common))
 
     def losses(out_dir):  # every logged number but the timings
         return [{k: v for k, v in r.items() if k not in ("tokens_per_sec", "ms_per_iter", "elapsed_s", "run")}
@@ -226,10 +210,10 @@ def test_resume_is_exact(tmp_path):
 
 
 def test_eval_only_rescores_the_checkpoint_on_the_same_windows(tmp_path):
-    data_dir, out_dir = random_corpus(tmp_path), tmp_path / "out"
-    run(tiny_args(data_dir, out_dir, max_iters=4, eval_interval=2))
+    data_dir, out_dir = random_corpus(tmp_path / "random"), tmp_path / "out"
+    train_in_process(tiny_train_args(data_dir, out_dir, max_iters=4, eval_interval=2))
     before = file_hash(out_dir / "ckpt.pt")
-    losses = run(tiny_args(data_dir, out_dir, init_from="resume", eval_only=True))
+    losses = train_in_process(tiny_train_args(data_dir, out_dir, init_from="resume", eval_only=True))
     last_eval = [r for r in metrics(out_dir) if "val_loss" in r][-2]  # the training run's, before eval_only's
     assert last_eval["iter"] == 4
     assert losses == {"train": last_eval["train_loss"], "val": last_eval["val_loss"]}
@@ -238,13 +222,13 @@ def test_eval_only_rescores_the_checkpoint_on_the_same_windows(tmp_path):
 
 @pytest.mark.parametrize("eval_interval", [1, 100], ids=["caught-at-eval", "caught-in-training"])
 def test_non_finite_loss_stops_and_keeps_the_checkpoint(tmp_path, capsys, eval_interval):
-    data_dir, out_dir = random_corpus(tmp_path), tmp_path / "out"
-    run(tiny_args(data_dir, out_dir, max_iters=2, eval_interval=2))
+    data_dir, out_dir = random_corpus(tmp_path / "random"), tmp_path / "out"
+    train_in_process(tiny_train_args(data_dir, out_dir, max_iters=2, eval_interval=2))
     ckpt_path = out_dir / "ckpt.pt"
     before = file_hash(ckpt_path)
     with pytest.raises(SystemExit) as exit_info:
-        train.main(tiny_args(data_dir, out_dir, init_from="resume", max_iters=8, learning_rate=1e30,
-                             decay_lr=False, grad_clip=0.0, eval_interval=eval_interval))
+        train.main(tiny_train_args(data_dir, out_dir, init_from="resume", max_iters=8, learning_rate=1e30,
+                                   decay_lr=False, grad_clip=0.0, eval_interval=eval_interval))
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert "the loss is not finite at iteration 3" in err and err.count("\n") == 1
@@ -253,63 +237,64 @@ def test_non_finite_loss_stops_and_keeps_the_checkpoint(tmp_path, capsys, eval_i
 
 
 def test_init_from_checkpoints_compresses_dense_and_keeps_kronecker(tmp_path, capsys):
-    data_dir = random_corpus(tmp_path)
-    run(tiny_args(data_dir, tmp_path / "dense", max_iters=2, eval_interval=2))
+    data_dir = random_corpus(tmp_path / "random")
+    train_in_process(tiny_train_args(data_dir, tmp_path / "dense", max_iters=2, eval_interval=2))
     dense_path = str(tmp_path / "dense" / "ckpt.pt")
     # learning_rate 0 leaves the weights as they start, so they can be compared with compress() itself
     frozen = dict(max_iters=1, eval_interval=1, learning_rate=0.0, decay_lr=False, n_layer=3, n_embd=48)
-    run(tiny_args(data_dir, tmp_path / "kron", init_from=dense_path, dim_1=16, dim_2=32, factors=2, init="vl",
-                  **frozen))
+    train_in_process(tiny_train_args(data_dir, tmp_path / "kron", init_from=dense_path, dim_1=16, dim_2=32,
+                                     factors=2, init="vl", **frozen))
     assert "note: n_layer=3 in the settings; the model from init_from=" in capsys.readouterr().out
-    expected = compress(load_checkpoint(dense_path)[0], dim_1=16, dim_2=32, factors=2, init="vl").state_dict()
+    plan = Plan.from_settings(n_embd=32, n_layer=2, vocab_size=VOCAB, dim_1=16, dim_2=32, factors=2)
+    expected = compress(load_checkpoint(dense_path)[0], plan, "vl").state_dict()
     kron_model, kron_ckpt = load_checkpoint(str(tmp_path / "kron" / "ckpt.pt"))
     assert kron_ckpt["config"]["n_layer"] == 2 and kron_ckpt["config"]["dim_1"] == 16
     for name, tensor in expected.items():
         torch.testing.assert_close(kron_model.state_dict()[name], tensor, rtol=0, atol=0)
 
-    # a Kronecker checkpoint is used as it is: its shape is taken when unset, and a different one is an error
+    # a Kronecker checkpoint is used as it is: its plan is taken (and recorded) when unset, a different one is an
+    # error
     kron_path = str(tmp_path / "kron" / "ckpt.pt")
-    run(tiny_args(data_dir, tmp_path / "again", init_from=kron_path, **frozen))
-    assert load_checkpoint(str(tmp_path / "again" / "ckpt.pt"))[0].config.factors == 2
+    train_in_process(tiny_train_args(data_dir, tmp_path / "again", init_from=kron_path, **frozen))
+    again_model, again_ckpt = load_checkpoint(str(tmp_path / "again" / "ckpt.pt"))
+    assert str(again_model.config.plan) == "c_fc=16x32:2 c_proj=32x16:2"
+    assert again_ckpt["config"]["kron"] == {"c_fc": [16, 32, 2], "c_proj": [32, 16, 2]}
     with pytest.raises(SystemExit) as exit_info:
-        train.main(tiny_args(data_dir, tmp_path / "bad", init_from=kron_path, dim_1=8, dim_2=32, factors=2))
+        train.main(tiny_train_args(data_dir, tmp_path / "bad", init_from=kron_path, dim_1=8, dim_2=32, factors=2))
     assert exit_info.value.code == 2
-    assert "is a Kronecker model with dim_1, dim_2, factors = (16, 32, 2), but the settings ask for (8, 32, 2)" \
-        in capsys.readouterr().err
+    assert "is a Kronecker model with the plan c_fc=16x32:2 c_proj=32x16:2, but the settings ask for " \
+        "c_fc=8x32:2 c_proj=32x8:2" in capsys.readouterr().err
 
 
 def test_init_from_hugging_face_directory(tmp_path, hf_gpt2_dir):
-    data_dir = random_corpus(tmp_path, vocab=50257, n=2000)
+    data_dir = random_corpus(tmp_path / "random", vocab_size=50257, n=2000)
     out_dir = tmp_path / "out"
-    run(tiny_args(data_dir, out_dir, init_from=hf_gpt2_dir, vocab_size=50257, dim_1=32, dim_2=256, factors=1,
-                  init="prune", max_iters=1, eval_interval=1, learning_rate=0.0, decay_lr=False, batch_size=2,
-                  gradient_accumulation_steps=1, eval_iters=1))
+    train_in_process(tiny_train_args(data_dir, out_dir, init_from=hf_gpt2_dir, vocab_size=50257, dim_1=32,
+                                     dim_2=256, factors=1, init="prune", max_iters=1, eval_interval=1,
+                                     learning_rate=0.0, decay_lr=False, batch_size=2, gradient_accumulation_steps=1,
+                                     eval_iters=1))
     model, ckpt = load_checkpoint(str(out_dir / "ckpt.pt"))
     assert model.config.block_size == 16  # the 128 positions of the directory, cropped to the run's block_size
     teacher = GPT.from_pretrained(hf_gpt2_dir)
-    expected = compress(teacher, dim_1=32, dim_2=256, factors=1, init="prune").state_dict()
+    plan = Plan.from_settings(n_embd=64, n_layer=2, vocab_size=50257, dim_1=32, dim_2=256, factors=1)
+    expected = compress(teacher, plan, "prune").state_dict()
     expected["transformer.wpe.weight"] = expected["transformer.wpe.weight"][:16]
     for name, tensor in expected.items():
         torch.testing.assert_close(model.state_dict()[name], tensor, rtol=0, atol=0)
 
 
-def test_torchrun_two_processes_then_resume_in_one(tmp_path):
-    data_dir, out_dir = random_corpus(tmp_path), tmp_path / "out"
-    common = dict(dim_1=8, dim_2=16, factors=1, init="random", eval_interval=4, lr_decay_iters=6,
-                  gradient_accumulation_steps=4)
-    args = tiny_args(data_dir, out_dir, max_iters=4, **common)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+def test_torchrun_two_processes_then_resume_in_one(subprocess_runs):
+    result = subprocess_runs.torchrun.result()
+    data_dir, out_dir = str(subprocess_runs.torchrun_dir / "random"), subprocess_runs.torchrun_dir / "out"
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("saved ") == 1  # only rank 0 writes
     assert "tokens per iteration: 512 = 2 accumulation steps x 2 processes x 8 sequences x 16 tokens" in result.stdout
     assert sorted(os.listdir(out_dir)) == ["ckpt.pt", "metrics.jsonl"]
     model, ckpt = load_checkpoint(str(out_dir / "ckpt.pt"))
-    assert ckpt["iter_num"] == 4 and len(ckpt["rng"]) == 2 and model.config.is_kronecker
+    assert ckpt["iter_num"] == 4 and len(ckpt["rng"]) == 2 and str(model.config.plan) == "c_fc=8x16:1 c_proj=16x8:1"
     # the two ranks drew different batches
     assert not torch.equal(ckpt["rng"][0]["batch"], ckpt["rng"][1]["batch"])
-    run(tiny_args(data_dir, out_dir, max_iters=6, init_from="resume", **common))
+    train_in_process(tiny_train_args(data_dir, out_dir, max_iters=6, init_from="resume", **TORCHRUN))
     assert [r["iter"] for r in metrics(out_dir) if "val_loss" in r] == [0, 4, 6]
     assert load_checkpoint(str(out_dir / "ckpt.pt"))[1]["iter_num"] == 6
 
@@ -318,9 +303,8 @@ def test_torchrun_two_processes_then_resume_in_one(tmp_path):
 
 def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch, capsys):
     """Disk full in the middle of torch.save: the run stops with one line, ckpt.pt is the last good one."""
-    import model as model_module
-    data_dir, out_dir = random_corpus(tmp_path), tmp_path / "out"
-    run(tiny_args(data_dir, out_dir, max_iters=4, eval_interval=2))
+    data_dir, out_dir = random_corpus(tmp_path / "random"), tmp_path / "out"
+    train_in_process(tiny_train_args(data_dir, out_dir, max_iters=4, eval_interval=2))
     good = file_hash(out_dir / "ckpt.pt")
     real_save = torch.save
 
@@ -329,22 +313,20 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch,
         with open(path, "r+b") as f:
             f.truncate(100)  # half written
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(model_module.torch, "save", disk_full)
+    monkeypatch.setattr(torch, "save", disk_full)
     with pytest.raises(SystemExit) as exit_info:
-        train.main(tiny_args(data_dir, out_dir, init_from="resume", max_iters=8, eval_interval=2))
+        train.main(tiny_train_args(data_dir, out_dir, init_from="resume", max_iters=8, eval_interval=2))
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "No space left on device" in err and err.count("\n") == 1, err
     assert file_hash(out_dir / "ckpt.pt") == good and sorted(os.listdir(out_dir)) == ["ckpt.pt", "metrics.jsonl"]
     monkeypatch.undo()
-    run(tiny_args(data_dir, out_dir, init_from="resume", max_iters=8, eval_interval=2))
+    train_in_process(tiny_train_args(data_dir, out_dir, init_from="resume", max_iters=8, eval_interval=2))
     assert load_checkpoint(str(out_dir / "ckpt.pt"))[1]["iter_num"] == 8
 
 
 def test_sigkill_during_training_leaves_a_checkpoint_to_resume_from(tmp_path):
-    import signal
-    import time
-    data_dir, out_dir = random_corpus(tmp_path), tmp_path / "out"
-    args = tiny_args(data_dir, out_dir, max_iters=100000, eval_interval=1, eval_iters=1, log_interval=1000)
+    data_dir, out_dir = random_corpus(tmp_path / "random"), tmp_path / "out"
+    args = tiny_train_args(data_dir, out_dir, max_iters=100000, eval_interval=1, eval_iters=1, log_interval=1000)
     process = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     try:
@@ -357,6 +339,7 @@ def test_sigkill_during_training_leaves_a_checkpoint_to_resume_from(tmp_path):
         process.wait()
     saved_iter = load_checkpoint(str(out_dir / "ckpt.pt"))[1]["iter_num"]
     assert saved_iter >= 1
-    run(tiny_args(data_dir, out_dir, init_from="resume", max_iters=saved_iter + 2, eval_interval=1, eval_iters=1))
+    train_in_process(tiny_train_args(data_dir, out_dir, init_from="resume", max_iters=saved_iter + 2,
+                                     eval_interval=1, eval_iters=1))
     assert load_checkpoint(str(out_dir / "ckpt.pt"))[1]["iter_num"] == saved_iter + 2
     assert [r["iter"] for r in metrics(out_dir) if "val_loss" in r] == list(range(saved_iter + 3))
