@@ -7,8 +7,9 @@ A model source is one of our checkpoints (a .pt file from kron_decompose.py or t
 lacks, or one the model has no place for, is an error (never a random init), and so is an unreadable file; each
 failure is one line (common.UsageError). `load_model_config` reads only the shape and the plan, before any weights.
 
-A checkpoint is a dict with at least "model" (state dict) and "model_args" (GPTConfig.to_args()); train.py adds
-"optimizer", "iter_num", "best_val_loss", "config" and RNG states, kron_decompose.py "init". Saved atomically,
+A checkpoint is a dict with at least "model" (state dict) and "model_args" (GPTConfig.to_args()), and "itos" (the
+characters its ids stand for) for a model of a character-level dataset; train.py adds "optimizer", "iter_num",
+"best_val_loss", "config" and RNG states, kron_decompose.py "init". Saved atomically,
 loaded with weights_only=True, which never runs pickled code.
 """
 
@@ -18,7 +19,7 @@ import pickle
 
 import torch
 
-from common import UsageError, one_line
+from common import UsageError, one_line, read_vocab
 from kron_shapes import Plan
 from model import GPT, GPTConfig, HF_CONV1D_WEIGHTS
 
@@ -35,11 +36,13 @@ def save_checkpoint(checkpoint, path):
             os.remove(tmp_path)
 
 
-def make_checkpoint(model, **extra):
-    """The minimal checkpoint of a model, plus any extra entries (iteration, optimizer, ...)."""
+def make_checkpoint(model, itos=None, **extra):
+    """The minimal checkpoint of a model, plus the characters its ids stand for (itos, for a model of a
+    character-level dataset; None for GPT-2's tokens) and any extra entries (iteration, optimizer, ...)."""
     for wrapper_attr in ("module", "_orig_mod"):  # DDP(torch.compile(model)) unwraps in this order
         model = getattr(model, wrapper_attr, model)
-    return {"model": model.state_dict(), "model_args": model.config.to_args(), **extra}
+    return {"model": model.state_dict(), "model_args": model.config.to_args(),
+            **({"itos": list(itos)} if itos is not None else {}), **extra}
 
 
 def clean_state_dict(state_dict):
@@ -126,6 +129,19 @@ def check_source_path(source):
     looks_like_path = source.startswith(("/", "./", "../", "~")) or source.endswith((".pt", ".pth"))
     if looks_like_path and not os.path.exists(source):
         raise FileNotFoundError(f"no such file or directory: {source}")
+
+
+def load_vocab(source, what=None):
+    """The characters a model's ids stand for: a checkpoint's "itos", or the meta.json of an exported folder;
+    None for a model of GPT-2's tokens (or of a hub name)."""
+    try:
+        if os.path.isdir(source):
+            return read_vocab(source)
+        if os.path.isfile(source):
+            return read_checkpoint(source, mmap=True).get("itos")
+        return None
+    except Exception as e:  # any failure to read the user's source is theirs to fix: one line
+        raise UsageError(f"cannot load {what or source}: {one_line(e)}") from None
 
 
 def load_model_config(source, what=None):

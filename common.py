@@ -1,4 +1,5 @@
-"""What every script shares that needs no torch: the error policy, GPT-2's tokenizer and nanoGPT's token files.
+"""What every script shares that needs no torch: the error policy, GPT-2's tokenizer, character vocabularies and
+nanoGPT's token files.
 
 Error policy: library code raises UsageError (a mistake in the user's input or set-up, told in one line) or
 ValueError; only a script's main() turns it into one line on stderr and exit status 2, through
@@ -19,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 EOT = 50256  # GPT-2's <|endoftext|>
+META_FILE = "meta.json"  # beside token files whose ids are characters, not GPT-2 tokens (read_vocab)
 WRITE_SHARDS = 1024  # as nanoGPT: write in contiguous pieces so memory stays flat on 9 B tokens
 
 
@@ -76,6 +78,47 @@ def open_tokens(path, vocab_size=None):
             raise UsageError(f"{path} holds token id {largest}, beyond the model's vocabulary of {vocab_size:,} "
                              f"(not GPT-2 tokens, or a model with a smaller vocab_size)")
     return tokens
+
+
+def read_vocab(folder):
+    """The characters a dataset's (or an exported model's) ids stand for: the itos list of folder/meta.json, or
+    None where there is no meta.json (GPT-2 tokens). meta.json = {"vocab_size": N, "itos": [N characters]}, as
+    data/shakespeare_char/prepare.py writes it (nanoGPT's meta.pkl, as JSON)."""
+    path = os.path.join(folder, META_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+        itos = meta["itos"]
+        valid = (meta["vocab_size"] == len(itos) == len(set(itos))
+                 and all(isinstance(c, str) and len(c) == 1 for c in itos))
+    except (ValueError, TypeError, KeyError) as e:  # not JSON, not UTF-8, not an object, or a key missing
+        raise UsageError(f"{path} is not a character vocabulary ({type(e).__name__}: {e})") from None
+    if not valid:
+        raise UsageError(f"{path} is not a character vocabulary: itos must be vocab_size distinct characters")
+    return itos
+
+
+def write_vocab(itos, folder):
+    """folder/meta.json for the characters itos, atomically."""
+    tmp_path = os.path.join(folder, f"{META_FILE}.tmp{os.getpid()}")
+    with open(tmp_path, "w", encoding="utf-8") as f:
+        json.dump({"vocab_size": len(itos), "itos": list(itos)}, f, ensure_ascii=False)
+    os.replace(tmp_path, os.path.join(folder, META_FILE))
+
+
+def encode_chars(text, itos):
+    """The ids of text's characters; UsageError naming the first character the vocabulary lacks."""
+    stoi = {c: i for i, c in enumerate(itos)}
+    missing = next((c for c in text if c not in stoi), None)
+    if missing is not None:
+        raise UsageError(f"the character {missing!r} is not in the model's vocabulary of {len(itos)} characters")
+    return [stoi[c] for c in text]
+
+
+def decode_chars(ids, itos):
+    return "".join(itos[i] for i in ids)
 
 
 def _tokenize_batch(batch, text_column):

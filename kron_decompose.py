@@ -94,11 +94,12 @@ def decompose(args, shorthand, kron):
     """Decompose --model by the plan, report the errors and write the checkpoint."""
     # torch takes seconds to import: only now, so that --list and argument errors answer at once
     import torch
-    from checkpoints import load_model, load_model_config, make_checkpoint, save_checkpoint
+    from checkpoints import load_model, load_model_config, load_vocab, make_checkpoint, save_checkpoint
     from compress import compress, weight_errors
 
     what = f"--model {args.model}"
     shape = load_model_config(args.model, what)  # the plan is checked against the teacher's shape before its weights
+    itos = load_vocab(args.model, what)  # a teacher of a character-level dataset: the student reads its characters
     try:
         plan = Plan.from_settings(shape.n_embd, shape.n_layer, shape.vocab_size, *shorthand, kron=kron or None,
                                   kron_layers=args.layers)
@@ -119,7 +120,7 @@ def decompose(args, shorthand, kron):
                  "teacher_params": teacher.get_num_params(False), "params": student.get_num_params(False),
                  "errors": errors}
     try:
-        save_checkpoint(make_checkpoint(student, init=init_info), out)
+        save_checkpoint(make_checkpoint(student, itos, init=init_info), out)
     except OSError as e:
         raise UsageError(f"cannot write --out {out}: {e}") from None
     print(f"wrote {out}")
@@ -127,7 +128,11 @@ def decompose(args, shorthand, kron):
         settings = f"--dim_1={shorthand[0]} --dim_2={shorthand[1]} --factors={shorthand[2]}"
     else:
         settings = f'--dim_1=None --dim_2=None --factors=None --kron="{plan.to_kron()}"'
-    print(f"next: python train.py config/train_gpt2.py --init_from={out} {settings}")
+    if itos is None:
+        print(f"next: python train.py config/train_gpt2.py --init_from={out} {settings}")
+    else:
+        print(f"next: python train.py --data_dir=DIR --init_from={out} {settings}  (DIR: a dataset of the teacher's "
+              f"{len(itos)} characters, with their meta.json)")
 
 
 def report(args, teacher, student, errors, seconds):

@@ -9,10 +9,12 @@ The whole config comes from the checkpoint (Kronecker or dense; DDP/torch.compil
 By default every Kronecker matrix is materialized as W = sum_r A_r (x) B_r, so OUT_DIR is a plain
 GPT2LMHeadModel (config.json, model.safetensors, generation_config.json) plus GPT-2's tokenizer files:
 AutoModelForCausalLM, AutoTokenizer, pipeline("text-generation") and lm-evaluation-harness load it with nothing
-else. --keep_factors writes the factors themselves instead, with an auto_map and the code that runs them, copied
-byte for byte from this repository: hf_remote_code/'s configuration_krony.py and modeling_krony.py (transformers'
-own GPT-2 with the factored modules swapped in) and the Kronecker layers and plans they import, kronecker.py and
-kron_shapes.py. The model stays as small on disk and in memory as it trained, and loads with
+else. A model of a character-level dataset (a checkpoint with "itos") gets the meta.json of its characters
+instead of GPT-2's tokenizer (common.read_vocab reads them back). --keep_factors writes the factors themselves
+instead, with an auto_map and the code that runs them, copied byte for byte from this repository: hf_remote_code/'s
+configuration_krony.py and modeling_krony.py (transformers' own GPT-2 with the factored modules swapped in) and the
+Kronecker layers and plans they import, kronecker.py and kron_shapes.py. The model stays as small on disk and in
+memory as it trained, and loads with
     AutoModelForCausalLM.from_pretrained(OUT_DIR, trust_remote_code=True)
 (perplexity.py, sample.py and checkpoints.load_model read it without running its code). Either export is checked
 (its logits must equal ours) before it is renamed into place, so OUT_DIR is never half written.
@@ -25,7 +27,7 @@ import shutil
 import torch
 
 from checkpoints import load_checkpoint
-from common import UsageError, exit_on_usage_error, one_line
+from common import EOT, UsageError, exit_on_usage_error, one_line, write_vocab
 from compress import materialize
 from model import HF_CONV1D_WEIGHTS
 
@@ -39,9 +41,11 @@ REMOTE_CODE = ("hf_remote_code/configuration_krony.py", "hf_remote_code/modeling
 
 def gpt2_fields(config):
     """GPT2Config's fields of our GPTConfig: GPT-2's defaults (gelu_new, eps 1e-5, tied embeddings) are ours too."""
+    # GPT-2's <|endoftext|> (its default bos and eos) lies outside a smaller vocabulary, a character model's
+    no_eot = {} if config.vocab_size > EOT else dict(bos_token_id=None, eos_token_id=None)
     return dict(vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd,
                 n_layer=config.n_layer, n_head=config.n_head, embd_pdrop=config.dropout, attn_pdrop=config.dropout,
-                resid_pdrop=config.dropout)
+                resid_pdrop=config.dropout, **no_eot)
 
 
 def hf_state_dict(model, hf_model):
@@ -101,8 +105,9 @@ def logit_difference(model, hf_model, seq_len=64):
     return (ours - theirs).abs().max().item(), ours.abs().max().item()
 
 
-def export(model, out_dir, tokenizer, keep_factors=False):
-    """Write model (our GPT) and tokenizer to out_dir, replacing it, via a temporary directory renamed into place.
+def export(model, out_dir, tokenizer, keep_factors=False, itos=None):
+    """Write model (our GPT) and tokenizer to out_dir, replacing it, via a temporary directory renamed into place;
+    for a model of characters (itos) their meta.json instead of the tokenizer, which may then be None.
 
     Returns the largest |logit difference| between the written model, as transformers reads it back, and ours.
     """
@@ -117,8 +122,11 @@ def export(model, out_dir, tokenizer, keep_factors=False):
             copy_remote_code(tmp_dir)  # save_pretrained copies the code it imported: make sure it is ours
         else:
             to_hf(model).save_pretrained(tmp_dir)
-        tokenizer.model_max_length = model.config.block_size
-        tokenizer.save_pretrained(tmp_dir)
+        if itos is not None:
+            write_vocab(itos, tmp_dir)
+        else:
+            tokenizer.model_max_length = model.config.block_size
+            tokenizer.save_pretrained(tmp_dir)
         # Check what was written, as it will be read, rather than the in-memory copy.
         if keep_factors:
             written = AutoModelForCausalLM.from_pretrained(tmp_dir, trust_remote_code=True, dtype=torch.float32)
@@ -140,13 +148,29 @@ def export(model, out_dir, tokenizer, keep_factors=False):
     return diff
 
 
+def load_tokenizer(name, vocab_size):
+    """GPT-2's tokenizer from a hub name or a folder, checked to fit a model of vocab_size tokens."""
+    from transformers import AutoTokenizer
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except Exception as e:
+        raise UsageError(f"cannot load the tokenizer {name!r} ({type(e).__name__}); it needs the network "
+                         f"once, HF_HUB_CACHE pointing at a copy of gpt2's tokenizer files, or --tokenizer DIR") \
+            from None
+    if len(tokenizer) > vocab_size:
+        raise UsageError(f"the tokenizer has {len(tokenizer):,} tokens but the model only {vocab_size:,}: this "
+                         f"checkpoint was not trained on GPT-2's tokens")
+    return tokenizer
+
+
 @exit_on_usage_error("krony_to_gpt.py")
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="a krony checkpoint (.pt) from kron_decompose.py or train.py")
     parser.add_argument("out_dir", help="the Hugging Face directory to write")
     parser.add_argument("--tokenizer", default="gpt2",
-                        help="where GPT-2's tokenizer comes from: a hub name or a local directory (default: gpt2)")
+                        help="where GPT-2's tokenizer comes from: a hub name or a local directory (default: gpt2); "
+                             "unused for a model of characters")
     parser.add_argument("--overwrite", action="store_true", help="replace out_dir if it exists")
     parser.add_argument("--keep_factors", action="store_true",
                         help="write the Kronecker factors (trust_remote_code model) instead of a dense GPT-2")
@@ -168,16 +192,8 @@ def main(argv=None):
     except (ValueError, RuntimeError, TypeError) as e:  # not ours, or model_args that do not fit the weights
         raise UsageError(f"cannot load {args.checkpoint}: {one_line(e)}") from None
 
-    from transformers import AutoTokenizer
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    except Exception as e:
-        raise UsageError(f"cannot load the tokenizer {args.tokenizer!r} ({type(e).__name__}); it needs the network "
-                         f"once, HF_HUB_CACHE pointing at a copy of gpt2's tokenizer files, or --tokenizer DIR") \
-            from None
-    if len(tokenizer) > model.config.vocab_size:
-        raise UsageError(f"the tokenizer has {len(tokenizer):,} tokens but the model only "
-                         f"{model.config.vocab_size:,}: this checkpoint was not trained on GPT-2's tokens")
+    itos = checkpoint.get("itos")  # the characters of a model of a character-level dataset: no GPT-2 tokenizer
+    tokenizer = None if itos is not None else load_tokenizer(args.tokenizer, model.config.vocab_size)
 
     config = model.config
     weights = f"Kronecker {config.plan}" if config.plan else "dense"
@@ -185,11 +201,13 @@ def main(argv=None):
           f"block_size {config.block_size}, {model.get_num_params():,} parameters, "
           f"iter_num {checkpoint.get('iter_num')}")
     try:
-        diff = export(model, args.out_dir, tokenizer, args.keep_factors)
+        diff = export(model, args.out_dir, tokenizer, args.keep_factors, itos)
     except OSError as e:
         raise UsageError(f"cannot write {args.out_dir}: {one_line(e)}") from None
     kind = "KronyForCausalLM (load with trust_remote_code=True)" if args.keep_factors else "GPT2LMHeadModel"
-    print(f"wrote {args.out_dir}: {kind} and GPT-2 tokenizer; max |logit difference| to the checkpoint {diff:.2e}")
+    vocab = ("GPT-2 tokenizer" if itos is None else
+             f"meta.json, no GPT-2 tokenizer (its ids are the {len(itos)} characters of meta.json)")
+    print(f"wrote {args.out_dir}: {kind} and {vocab}; max |logit difference| to the checkpoint {diff:.2e}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ Step 5 of the pipeline: perplexity as the paper measures it, and LAMBADA's last-
 MODEL: one of our checkpoints, a Hugging Face GPT-2 directory (what krony_to_gpt.py writes) or a hub name
 (gpt2, distilgpt2); all are evaluated through model.py. DATASET: wiki103, wiki2 (alias wiki1), lambada, all
 (the default: the three), or a local file: .bin (nanoGPT's uint16 GPT-2 tokens), .jsonl (rows {"text": ...})
-or .txt.
+or .txt. A .bin with a meta.json beside it holds characters (data/shakespeare_char): only a model of those
+characters scores it, per character, with its bits per character (log2 of that perplexity); a model of characters
+scores nothing else.
 
 The paper's protocol (the default): the test split's rows joined with "\\n\\n" and tokenized once with GPT-2's
 tokenizer, cut into windows of the model's context length, stride equal to it; each window's loss has
@@ -37,8 +39,8 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from common import EOT, UsageError, exit_on_usage_error, gpt2_encoding, one_line, open_tokens, write_json
-from checkpoints import load_model, load_model_config
+from common import EOT, UsageError, exit_on_usage_error, gpt2_encoding, one_line, open_tokens, read_vocab, write_json
+from checkpoints import load_model, load_model_config, load_vocab
 from devices import autocast_context, default_device, setup_device
 from model import IGNORE_INDEX
 
@@ -112,9 +114,29 @@ def load_texts(name, data_dir=None):
     return list(rows["text"]), f"{hub_name} test split"
 
 
+def dataset_vocab(dataset):
+    """The characters a dataset's ids stand for: the meta.json beside a .bin file; None for GPT-2 tokens."""
+    return read_vocab(os.path.dirname(dataset) or ".") if dataset.endswith(".bin") else None
+
+
+def check_vocab(dataset, itos, config, model_itos, model_name):
+    """Refuse to score ids that mean something else to the model: another number of characters, other characters,
+    or GPT-2 tokens for a model that reads characters."""
+    if itos is None:
+        if model_itos is not None:
+            raise UsageError(f"{model_name} reads the {len(model_itos)} characters it was trained on, but {dataset} "
+                             f"is scored as GPT-2 tokens (a .bin of characters has their meta.json beside it)")
+    elif config.vocab_size != len(itos):
+        raise UsageError(f"{dataset} holds characters ({len(itos)} in its meta.json), but {model_name} has a "
+                         f"vocabulary of {config.vocab_size:,}: score it with a model of those characters")
+    elif model_itos is not None and model_itos != itos:
+        raise UsageError(f"{model_name} was trained on other characters than the {len(itos)} of {dataset}'s "
+                         f"meta.json")
+
+
 def load_tokens(dataset, data_dir=None, max_tokens=None):
     """(tokens as a 1-D LongTensor, the LAMBADA passages or None, where they came from) of a name or a file."""
-    if dataset.endswith(".bin"):  # already GPT-2 tokens
+    if dataset.endswith(".bin"):  # already ids: GPT-2 tokens, or characters (dataset_vocab)
         tokens = open_tokens(dataset)
         return torch.from_numpy(tokens[:max_tokens].astype(np.int64)), None, dataset
     passages = None
@@ -271,11 +293,14 @@ def resolve_datasets(names):
 
 def print_table(results):
     width = max(len("dataset"), *map(len, results))
-    print(f"{'dataset':<{width}} {'perplexity':>10} {'tokens':>11} {'windows':>8} {'acc':>7} {'last-word ppl':>14}")
+    print(f"{'dataset':<{width}} {'perplexity':>10} {'tokens':>11} {'windows':>8} {'bits/char':>9} {'acc':>7} "
+          f"{'last-word ppl':>14}")
     for name, r in results.items():
+        bits = f"{r['bits_per_character']:.4f}" if "bits_per_character" in r else "-"
         acc = f"{r['accuracy']:.4f}" if "accuracy" in r else "-"
         word_ppl = f"{r['last_word_perplexity']:.3f}" if "last_word_perplexity" in r else "-"
-        print(f"{name:<{width}} {r['perplexity']:>10.3f} {r['tokens']:>11,} {r['windows']:>8,} {acc:>7} {word_ppl:>14}")
+        print(f"{name:<{width}} {r['perplexity']:>10.3f} {r['tokens']:>11,} {r['windows']:>8,} {bits:>9} {acc:>7} "
+              f"{word_ppl:>14}")
 
 
 @exit_on_usage_error("perplexity.py")
@@ -314,6 +339,10 @@ def main(argv=None):
     context = config.block_size
     if args.stride is not None and args.stride > context:
         raise UsageError(f"--stride must be between 1 and the model's context length {context}, got {args.stride}")
+    vocabs = {name: dataset_vocab(name) for name in names}
+    model_itos = load_vocab(args.model, what=repr(args.model))
+    for name, itos in vocabs.items():
+        check_vocab(name, itos, config, model_itos, repr(args.model))
 
     # All data before the weights: a missing dataset should not wait for a large model to load.
     data = {name: load_tokens(name, args.data_dir, args.max_tokens) for name in names}
@@ -337,7 +366,10 @@ def main(argv=None):
         t0 = time.time()
         result = perplexity(model, tokens, args.stride, desc=dataset, **run)
         seconds = time.time() - t0
-        result.update(source=source, seconds=round(seconds, 3), tokens_per_second=round(len(tokens) / seconds, 1))
+        result.update(source=source, seconds=round(seconds, 3), tokens_per_second=round(len(tokens) / seconds, 1),
+                      unit="token" if vocabs[dataset] is None else "character")
+        if vocabs[dataset] is not None:  # the perplexity is per character
+            result["bits_per_character"] = math.log2(result["perplexity"])
         passages = passages_within(passages or [], args.max_tokens)
         if passages:
             result.update(last_word(model, passages, desc=f"{dataset} last word", **run))

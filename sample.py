@@ -3,14 +3,17 @@ Sample text from a model: one of our checkpoints, an exported Hugging Face direc
 
     python sample.py checks/krony_shakespeare.pt --start="ROMEO:" --num_samples=3 --max_new_tokens=100
     python sample.py gpt2 --start=FILE:prompt.txt --temperature=0.8 --top_k=200 --seed=1337
+
+Text is GPT-2's tokens, or the characters of a model of a character-level dataset (a checkpoint's itos, an
+export's meta.json): then --max_new_tokens counts characters.
 """
 
 import argparse
 
 import torch
 
-from common import UsageError, exit_on_usage_error, gpt2_encoding, one_line
-from checkpoints import load_model, load_model_config
+from common import UsageError, decode_chars, encode_chars, exit_on_usage_error, gpt2_encoding, one_line
+from checkpoints import load_model, load_model_config, load_vocab
 from devices import autocast_context, default_device, setup_device
 
 
@@ -42,9 +45,16 @@ def main(argv=None):
         device = setup_device(args.device)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    load_model_config(args.model, what=repr(args.model))  # a missing model fails before the tokenizer and weights
-    enc = gpt2_encoding()
-    prompt = enc.encode(start, allowed_special={"<|endoftext|>"})
+    config = load_model_config(args.model, what=repr(args.model))  # a missing model fails before the weights
+    itos = load_vocab(args.model, what=repr(args.model))
+    if itos is not None:
+        prompt = encode_chars(start, itos)
+    elif config.vocab_size < 50257:  # GPT-2's vocabulary
+        raise UsageError(f"{args.model!r} has a vocabulary of {config.vocab_size:,}, smaller than GPT-2's, and "
+                         f"carries no characters: its ids are not GPT-2 tokens, so there is no text to print")
+    else:
+        enc = gpt2_encoding()
+        prompt = enc.encode(start, allowed_special={"<|endoftext|>"})
     if not prompt:
         raise UsageError("the prompt is empty; give at least one character, e.g. --start='\\n'")
     model = load_model(args.model, map_location=device, what=repr(args.model)).eval()
@@ -55,7 +65,7 @@ def main(argv=None):
         out = model.generate(idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k or None,
                              generator=generator)
     for row in out.tolist():
-        print(enc.decode(row))
+        print(decode_chars(row, itos) if itos is not None else enc.decode(row))
         print("---------------")
 
 

@@ -37,8 +37,8 @@ import torch.distributed as dist
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from checkpoints import load_checkpoint, load_model, make_checkpoint, save_checkpoint
-from common import UsageError, one_line, open_tokens
+from checkpoints import load_checkpoint, load_model, load_vocab, make_checkpoint, save_checkpoint
+from common import UsageError, one_line, open_tokens, read_vocab
 from compress import INITS, compress
 from configurator import ConfigError, load_config
 from devices import autocast_context, resolve_dtype, setup_device
@@ -254,6 +254,24 @@ def init_model(settings, master):
     if settings["block_size"] < model.config.block_size:
         model = crop_block_size(model, settings["block_size"])
     return with_dropout(model, settings["dropout"]), checkpoint
+
+
+def check_vocab(settings, model, checkpoint, itos, data_dir):
+    """Refuse a model whose ids mean something else than the dataset's: another number of them, or other
+    characters (a checkpoint of a character-level dataset carries its characters, itos)."""
+    if settings["init_from"] == "scratch":
+        return
+    source = "init_from=resume" if checkpoint is not None else f"init_from={settings['init_from']}"
+    model_itos = checkpoint.get("itos") if checkpoint is not None else \
+        load_vocab(settings["init_from"], what=f"init_from={settings['init_from']!r}")
+    size = model.config.vocab_size
+    if itos is not None and size != len(itos):
+        raise UsageError(f"{source} has a vocabulary of {size:,} tokens, but {data_dir}'s meta.json has {len(itos)} "
+                         f"characters: train it on a dataset of its own vocabulary")
+    if model_itos is not None and model_itos != itos:
+        what = "other characters" if itos is not None else "no meta.json: its ids are GPT-2 tokens"
+        raise UsageError(f"{source} reads the {len(model_itos)} characters it was trained on, but {data_dir} has "
+                         f"{what}")
 
 
 def adopted_shape(settings, model, master):
@@ -473,14 +491,18 @@ def forward_backward(model, teacher, settings, data_dir, rt, batch_generator, sc
 
 def train(settings):
     """Run the training loop the settings describe; returns the last evaluation's losses."""
-    check_config(settings)
     data_dir = settings["data_dir"] or os.path.join("data", settings["dataset"])
+    itos = read_vocab(data_dir)  # the characters the ids stand for, where the dataset has a meta.json
+    if itos is not None and settings["init_from"] == "scratch":
+        settings = {**settings, "vocab_size": len(itos)}  # as nanoGPT's meta_vocab_size
+    check_config(settings)
     for split in ("train", "val"):
         check_tokens(data_dir, split, settings["block_size"])
     rt = setup_runtime(settings)
 
     torch.manual_seed(settings["seed"])  # the same initial model whatever the number of processes
     model, checkpoint = init_model(settings, rt.master)
+    check_vocab(settings, model, checkpoint, itos, data_dir)
     run_settings = {**settings, **adopted_shape(settings, model, rt.master)}  # what the checkpoint records
     for split in ("train", "val"):
         check_tokens(data_dir, split, model.config.block_size, model.config.vocab_size)
@@ -511,7 +533,7 @@ def train(settings):
             for path in (metrics_path, ckpt_path):
                 if os.path.exists(path):
                     os.remove(path)
-        report_run(raw_model, settings, rt, data_dir, tokens_per_iter, ckpt_path, metrics_path, teacher)
+        report_run(raw_model, settings, rt, data_dir, itos, tokens_per_iter, ckpt_path, metrics_path, teacher)
         if settings["wandb_log"]:
             import wandb
             wandb.init(project=settings["wandb_project"], name=settings["wandb_run_name"], config=run_settings)
@@ -544,9 +566,10 @@ def train(settings):
                     states = [None] * rt.world_size
                     dist.all_gather_object(states, rng_state(batch_generator, rt.device))
                 if rt.master:
-                    ckpt = make_checkpoint(raw_model, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
-                                           iter_num=state.iter_num, best_val_loss=state.best_val_loss,
-                                           config=run_settings, rng=states, elapsed_s=elapsed, run_id=state.run_id)
+                    ckpt = make_checkpoint(raw_model, itos, optimizer=optimizer.state_dict(),
+                                           scaler=scaler.state_dict(), iter_num=state.iter_num,
+                                           best_val_loss=state.best_val_loss, config=run_settings, rng=states,
+                                           elapsed_s=elapsed, run_id=state.run_id)
                     try:
                         save_checkpoint(ckpt, ckpt_path)
                     except OSError as e:  # disk full, quota: the previous checkpoint is still in place
@@ -598,7 +621,7 @@ def train(settings):
     return losses
 
 
-def report_run(model, settings, rt, data_dir, tokens_per_iter, ckpt_path, metrics_path, teacher):
+def report_run(model, settings, rt, data_dir, itos, tokens_per_iter, ckpt_path, metrics_path, teacher):
     parts = model.get_num_params_by_part()
     plan = model.config.plan
     kind = f"Kronecker {plan}" if plan else "dense"
@@ -607,7 +630,8 @@ def report_run(model, settings, rt, data_dir, tokens_per_iter, ckpt_path, metric
           f"{parts['attention']:,}, MLPs {parts['mlp']:,}; {kind})")
     print(f"tokens per iteration: {tokens_per_iter:,} = {rt.grad_accum} accumulation steps x {rt.world_size} "
           f"processes x {settings['batch_size']} sequences x {settings['block_size']} tokens")
-    print(f"device: {rt.device}, {rt.dtype}, compile={settings['compile']}; data: {data_dir}")
+    vocab = f" ({model.config.vocab_size} characters, its meta.json)" if itos is not None else ""
+    print(f"device: {rt.device}, {rt.dtype}, compile={settings['compile']}; data: {data_dir}{vocab}")
     if teacher is not None:
         print(f"teacher: {settings['teacher']} ({teacher.get_num_params():,} parameters), distill_alpha="
               f"{settings['distill_alpha']}, distill_temperature={settings['distill_temperature']}, distill_hidden="

@@ -10,6 +10,7 @@ import pytest
 from conftest import run_script, tiny_gpt, train_in_process, write_tokens
 
 from checkpoints import make_checkpoint, save_checkpoint
+from common import write_vocab
 
 # (script, arguments, exit status, what the one line must say); {d} is the shared folder of inputs
 CASES = [
@@ -28,6 +29,7 @@ CASES = [
     ("train.py", "{tiny} --out_dir={d}/new --kron={{'c_attn':(5,16,1)}} --init=random", 2, "A's rows=5 do not divide"),
     ("train.py", "{tiny} --out_dir={d}/new --init_from=resume", 2, "init_from=resume but"),
     ("train.py", "{tiny} --out_dir={d}/new --device=cuda", 2, "sees no CUDA GPU"),
+    ("train.py", "{tiny} --out_dir={d}/new --init_from={d}/chars.pt", 2, "reads the 20 characters it was trained on"),
     ("train.py", "{tiny} --out_dir={d}/run --init_from=resume --max_iters=4 --learning_rate=1e30 --log_interval=9", 1,
      "the loss is not finite at iteration"),
     ("perplexity.py", "/no/such/model wiki2", 2, "cannot load '/no/such/model'"),
@@ -36,9 +38,12 @@ CASES = [
     ("perplexity.py", "{d}/teacher.pt {d}/big/train.bin", 2, "holds token id 60000, beyond the model's"),
     ("perplexity.py", "{d}/teacher.pt {d}/data/val.bin --stride 0", 2, "--stride must be at least 1"),
     ("perplexity.py", "{d}/teacher.pt {d}/data/val.bin --out {d}/no_dir/out.json", 2, "no such directory"),
+    ("perplexity.py", "{d}/teacher.pt {d}/chars/val.bin", 2, "holds characters (20 in its meta.json), but"),
     ("sample.py", "/no/such/model", 2, "cannot load '/no/such/model'"),
     ("sample.py", "{d}/teacher.pt --temperature=-1", 2, "temperature and top_k must be >= 0"),
     ("sample.py", "{d}/teacher.pt --start=FILE:{d}/no_such.txt", 2, "cannot read the prompt file"),
+    ("sample.py", "{d}/teacher.pt", 2, "carries no characters: its ids are not GPT-2 tokens"),
+    ("sample.py", "{d}/chars.pt --start=Z", 2, "the character 'Z' is not in the model's vocabulary of 20"),
     ("krony_to_gpt.py", "{d}/no_such.pt {d}/hf", 2, "no such checkpoint"),
     ("krony_to_gpt.py", "{d}/teacher.pt {d}/run", 2, "already exists; pass --overwrite"),
     ("krony_to_gpt.py", "{d}/teacher.pt {d}/notes.txt/hf", 2, "notes.txt is not a writable directory"),
@@ -68,9 +73,14 @@ def snapshot(folder):
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    """A small teacher, token files good and bad, and a finished training run to collide with."""
+    """A small teacher, token files good and bad, a model and a dataset of 20 characters, and a finished training
+    run to collide with."""
     d = tmp_path_factory.mktemp("inputs")
     save_checkpoint(make_checkpoint(tiny_gpt(move_defaults=False)), str(d / "teacher.pt"))  # TINY's shape
+    chars = list("abcdefghijklmnopqrst")
+    save_checkpoint(make_checkpoint(tiny_gpt(vocab_size=len(chars)), chars), str(d / "chars.pt"))
+    write_tokens(d / "chars", np.arange(400) % len(chars))
+    write_vocab(chars, str(d / "chars"))
     write_tokens(d / "data", np.arange(400) % 64)
     write_tokens(d / "big", [1, 2, 60000] * 100)
     os.makedirs(d / "odd")

