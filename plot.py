@@ -5,11 +5,14 @@ Loss curves of train.py runs, from their metrics.jsonl, for users who do not use
 
 Each RUN_DIR's val loss (points at its evaluations, joined) and training loss (a thin line) against the
 iteration, one colour per run. Only the latest run id in a metrics.jsonl is drawn (a resumed run keeps its id).
+study.py draws its results with plot_loss_panels (a panel of curves per question) and plot_frontier (quality
+against size, every point labelled).
 """
 
 import argparse
 import json
 import os
+import textwrap
 
 from common import UsageError, exit_on_usage_error
 
@@ -50,6 +53,148 @@ def plot_losses(runs, path, title="loss against iteration"):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def robust_limits(values, fence=3.0):
+    """(low, high) that hold the values but their outliers: the quartiles widened by `fence` interquartile ranges
+    (Tukey's far-out fences), within the values, plus a margin. With a few evaluations per curve, percentiles
+    near the ends would be the outliers themselves."""
+    import numpy as np
+    q1, q3 = np.percentile(values, [25, 75])
+    low, high = max(min(values), q1 - fence * (q3 - q1)), min(max(values), q3 + fence * (q3 - q1))
+    margin = 0.05 * (high - low) or 0.05 * abs(high) or 0.05
+    return float(low - margin), float(high + margin)
+
+
+def plot_loss_panels(panels, path, title, reference=None):
+    """panels: {panel title: {label: [(iter, loss), ...]}}, one small panel each, the `reference` label drawn
+    black and dashed; writes a PNG to path. Each panel's y range is robust (robust_limits): a curve that leaves it
+    is marked at the edge and named in the panel."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+    columns = min(len(panels), 3)
+    rows = -(-len(panels) // columns)
+    figsize = (max(6.0, 0.5 + 3.2 * columns), max(4.0, 0.4 + 2.6 * rows))
+    fig, axes = plt.subplots(rows, columns, figsize=figsize, dpi=100, squeeze=False)
+    for ax, (panel_title, curves) in zip(axes.flat, panels.items()):
+        ax.set_title(textwrap.fill(panel_title, 48), fontsize=8)
+        ax.set_xlabel("iteration", fontsize=8)
+        ax.set_ylabel("val loss", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        curves = {label: points for label, points in curves.items() if points}
+        if not curves:
+            ax.text(0.5, 0.5, "no finished runs", transform=ax.transAxes, ha="center", fontsize=8)
+            continue
+        low, high = robust_limits([loss for points in curves.values() for _, loss in points])
+        ax.set_ylim(low, high)
+        clipped = []
+        for i, (label, points) in enumerate(curves.items()):
+            colour = "black" if label == reference else f"C{i % 10}"
+            ax.plot(*zip(*points), color=colour, linestyle="--" if label == reference else "-", marker="o",
+                    markersize=3, linewidth=1.2, label=label)
+            above = [it for it, loss in points if loss > high]
+            below = [it for it, loss in points if loss < low]
+            for its, edge, marker in ((above, high, "^"), (below, low, "v")):
+                if its:  # triangles on the edge where the curve leaves the panel
+                    ax.plot(its, [edge] * len(its), linestyle="none", marker=marker, markersize=7, clip_on=False,
+                            color=colour)
+            if above or below:
+                clipped.append(label)
+        legend_top = 1.0
+        if clipped:
+            note = textwrap.fill("clipped: " + ", ".join(clipped), 40)
+            ax.text(0.5, 0.97, note, transform=ax.transAxes, ha="center", va="top", fontsize=7,
+                    bbox=dict(facecolor="white", edgecolor="none", alpha=0.8))
+            legend_top = 0.97 - 0.07 * (note.count("\n") + 1)  # below the note
+        ax.legend(fontsize=6.5, loc="best", bbox_to_anchor=(0, 0, 1, legend_top))
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def pareto_front(points):
+    """The (parameters, perplexity) points no other point beats with as few parameters or fewer: the lower-left
+    envelope, by increasing parameters."""
+    front = []
+    for parameters, perplexity in sorted(points):
+        if not front or perplexity < front[-1][1]:
+            front.append((parameters, perplexity))
+    return front
+
+
+def place_labels(fig, ax, labels, fontsize=7):
+    """Annotate each (text, x, y) beside its point, to the right (to the left near the right edge), moved up or
+    down, or to the other side, until it overlaps no other label, point or the legend."""
+    from matplotlib.transforms import Bbox
+    renderer = fig.canvas.get_renderer()
+    area = ax.get_window_extent(renderer)
+    pixels = [ax.transData.transform((x, y)) for _, x, y in labels]
+    taken = [Bbox([[px - 6, py - 6], [px + 6, py + 6]]) for px, py in pixels]
+    if ax.get_legend():
+        taken.append(ax.get_legend().get_window_extent(renderer))
+    shifts = [0, *(sign * k * (fontsize + 2) for k in range(1, 12) for sign in (1, -1))]  # in points
+    for (text, x, y), (px, _) in sorted(zip(labels, pixels), key=lambda pair: pair[1][1]):
+        right_first = px < area.x0 + 0.75 * area.width
+        annotation = ax.annotate(text, (x, y), xytext=(8, 0), textcoords="offset points", fontsize=fontsize,
+                                 va="center")
+        for shift, right in ((shift, right) for shift in shifts for right in (right_first, not right_first)):
+            annotation.set_position((8 if right else -8, shift))
+            annotation.set_horizontalalignment("left" if right else "right")
+            box = annotation.get_window_extent(renderer)
+            if area.contains(box.x0, box.y0) and area.contains(box.x1, box.y1) and \
+                    not any(box.overlaps(other) for other in taken):
+                break  # else the last place tried: crowded, but drawn
+        taken.append(box)
+        if shift:  # a line from the moved label to its point
+            ax.annotate("", (x, y), xytext=annotation.get_position(), textcoords="offset points",
+                        arrowprops=dict(arrowstyle="-", color="grey", linewidth=0.5, shrinkA=0, shrinkB=4))
+
+
+def plot_frontier(variants, control, teacher, path, title):
+    """Fine-tuned perplexity against parameters, every point labelled, with the Pareto front. variants: {name:
+    (parameters, [perplexity per seed])}; control: the same for the teacher fine-tuned; teacher: (parameters,
+    perplexity). Writes a PNG to path."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import StrMethodFormatter
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    points, labels = [], []
+    entries = [(name, parameters, perplexities, "o", "C0") for name, (parameters, perplexities) in variants.items()]
+    entries.append(("control (teacher fine-tuned)", *control, "D", "black"))
+    for label, parameters, perplexities, marker, colour in entries:
+        if perplexities:  # bars: the range over seeds
+            mean = sum(perplexities) / len(perplexities)
+            ax.errorbar(parameters / 1e6, mean, yerr=[[mean - min(perplexities)], [max(perplexities) - mean]],
+                        fmt=marker, color=colour, capsize=3, markersize=5)
+            points.append((parameters / 1e6, mean))
+            labels.append((label, parameters / 1e6, mean))
+    front = pareto_front(points)
+    if front:
+        ax.step(*zip(*front), where="post", color="C2", linewidth=1, zorder=0, label="Pareto front (fine-tuned)")
+    ax.axhline(teacher[1], color="black", linestyle=":", linewidth=0.8, label="teacher, not fine-tuned")
+    ax.plot(teacher[0] / 1e6, teacher[1], marker="*", markersize=12, color="grey", linestyle="none", zorder=1)
+    labels.append(("teacher", teacher[0] / 1e6, teacher[1]))
+    ax.set_xlabel("parameters (millions)")
+    ax.set_yscale("log")  # a failed init lands far above the rest
+    for axis_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+        axis_formatter(StrMethodFormatter("{x:.0f}"))  # 300, not 3 x 10^2
+    ax.set_ylabel("val perplexity after fine-tuning (log)")
+    ax.set_title(title, fontsize=10)
+    ax.margins(x=0.15, y=0.08)  # room for the labels
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    place_labels(fig, ax, labels)  # after the layout: it places them in the final pixels
     fig.savefig(path)
     plt.close(fig)
 

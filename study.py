@@ -7,7 +7,9 @@ Answer compression questions with paired runs of the real pipeline, and write ta
 Seed noise is larger than the differences between compression choices, so the design is paired: for each
 seed every variant is fine-tuned on exactly the same batches in the same order (train.py's seed), and every
 model is scored by perplexity.py on the same fixed held-out tokens (the first eval_tokens of val.bin). Each
-variant is reported as its paired differences to a baseline, seed by seed, with their mean and range.
+variant is reported as its paired differences to a baseline, seed by seed, with their mean and range, and to the
+control: the teacher itself fine-tuned with the same settings and seeds, which every study runs, so that what the
+compression costs is told apart from what the fine-tuning alone does.
 
 A study config is plain Python, like train.py's (see STUDY_SETTINGS below): a teacher (a model source, or
 teacher_config, a train.py config trained first into out_dir/teacher), train.py settings shared by every
@@ -15,11 +17,12 @@ fine-tuning run, seeds, variants {name: {"plan": train.py's plan settings (dim_1
 kron_layers), "init": vl|vl_norm|prune|random, "distill": train.py distill_* settings, "finetune": train.py
 settings for this variant only}}, and questions {title: (baseline variant, [variants])}. For each variant: the
 student is made once, in this process, as kron_decompose.py makes it (compress.compress), then for each seed
-train.py and perplexity.py run. A run whose result.json exists is skipped, so a study can be stopped and restarted
-at any point (a teacher whose training did not finish is trained again; a different teacher needs a new
-out_dir); a run that fails is reported as failed with its log's last line and the others go on. Writes
-out_dir/results.json, results.md, val_loss.png (val loss against iteration, mean over seeds) and frontier.png
-(fine-tuned perplexity against parameters, teacher marked).
+train.py and perplexity.py run (the control's runs in out_dir/control). A run whose result.json exists is skipped,
+so a study can be stopped and restarted at any point (a teacher whose training did not finish is trained again; a
+different teacher needs a new out_dir); a run that fails is reported as failed with its log's last line and the
+others go on. Writes out_dir/results.json, results.md, val_loss.png (val loss against iteration, mean over seeds,
+a panel per question) and frontier.png (fine-tuned perplexity against parameters, every point labelled, with the
+Pareto front, the teacher and the control).
 """
 
 import json
@@ -31,7 +34,7 @@ import time
 from common import UsageError, exit_on_usage_error, one_line, write_json
 from configurator import ConfigError, checked, load_config
 from kron_shapes import INIT_NAMES, PLAN_SETTINGS, Plan
-from plot import plot_losses, read_metrics
+from plot import plot_frontier, plot_loss_panels, read_metrics
 
 STUDY_SETTINGS = dict(  # key=(default, type)
     out_dir=("studies/study", str),
@@ -50,6 +53,7 @@ VARIANT_KEYS = ("plan", "init", "distill", "finetune")
 DISTILL_KEYS = ("distill_alpha", "distill_temperature", "distill_hidden")
 RUN_OWNED = ("out_dir", "init_from", "seed", "teacher", "overwrite", "data_dir", "device") + \
     tuple(PLAN_SETTINGS) + DISTILL_KEYS
+CONTROL = "control (teacher fine-tuned)"
 
 
 def read_json(path):
@@ -81,6 +85,8 @@ def check_study(s, train_settings):
     """Fail, naming the variant, on anything that would fail later: before any run starts."""
     if not s["variants"]:
         raise UsageError("the study has no variants")
+    if CONTROL in s["variants"]:
+        raise UsageError(f"{CONTROL!r} is the study's own control: give the variant another name")
     if not s["seeds"] or not all(isinstance(seed, int) for seed in s["seeds"]):
         raise UsageError(f"seeds must be a list of integers, got {s['seeds']!r}")
     if s["eval_tokens"] < 2:
@@ -157,7 +163,7 @@ def make_student(variant, teacher_model, teacher, init_path):
     """The variant's student, made as kron_decompose.py makes it (the same seed for init random), saved at
     init_path; None on success, else why it failed."""
     import torch
-    from checkpoints import make_checkpoint, save_checkpoint
+    from checkpoints import load_vocab, make_checkpoint, save_checkpoint
     from compress import compress
     config = teacher_model.config
     init = variant.get("init", "vl")
@@ -166,7 +172,8 @@ def make_student(variant, teacher_model, teacher, init_path):
         torch.manual_seed(1337)
         student = compress(teacher_model, plan, init)
         info = {"teacher": teacher, "method": init, "kron": plan.to_kron()}
-        save_checkpoint(make_checkpoint(student, init=info), init_path)
+        # the teacher's characters, if any: train.py refuses a model whose characters are not the dataset's
+        save_checkpoint(make_checkpoint(student, load_vocab(teacher), init=info), init_path)
     except (ValueError, OSError) as e:
         return f"making the student failed: {one_line(e)}"
     return None
@@ -187,17 +194,31 @@ def run_variant(name, variant, s, teacher, open_teacher):
                                                  os.path.join(folder, "init_ppl.log"))
     if error is not None:
         return {**result, "error": error}
-    from checkpoints import load_model_config
-    config = load_model_config(init_path)
-    parts = config.plan.count_parts(config.block_size, config.bias)
-    result["parameters"] = sum(parts.values())
-    result.update({f"{part}_parameters": parts[part] for part in ("mlp", "attention", "embedding")})
+    result.update(model_size(init_path))
     for seed in s["seeds"]:
         result["runs"][seed] = run_seed(folder, init_path, variant, seed, s, teacher)
     return result
 
 
-def run_seed(folder, init_path, variant, seed, s, teacher):
+def run_control(s, teacher, teacher_perplexity):
+    """The teacher fine-tuned with the study's settings and seeds (the same batches as every variant), no variant's
+    own settings: what fine-tuning alone does to a model, with nothing compressed."""
+    result = {"variant": CONTROL, "init_perplexity": teacher_perplexity, **model_size(teacher), "runs": {}}
+    for seed in s["seeds"]:
+        result["runs"][seed] = run_seed(os.path.join(s["out_dir"], "control"), teacher, {}, seed, s, teacher)
+    return result
+
+
+def model_size(source):
+    """The parameters of a model source, in all and of its MLPs, attention and embedding."""
+    from checkpoints import load_model_config
+    config = load_model_config(source)
+    parts = config.plan.count_parts(config.block_size, config.bias)
+    return {"parameters": sum(parts.values()), **{f"{part}_parameters": parts[part]
+                                                  for part in ("mlp", "attention", "embedding")}}
+
+
+def run_seed(folder, init_from, variant, seed, s, teacher):
     """One fine-tuning run and its score, or the result.json it left when it finished before."""
     run_dir = os.path.join(folder, f"seed{seed}")
     result_path = os.path.join(run_dir, "result.json")
@@ -206,7 +227,7 @@ def run_seed(folder, init_path, variant, seed, s, teacher):
     os.makedirs(run_dir, exist_ok=True)
     distill = variant.get("distill", {})
     settings = {**s["finetune"], **variant.get("finetune", {}), **distill,
-                "teacher": teacher if distill else "", "init_from": init_path, "out_dir": run_dir, "seed": seed,
+                "teacher": teacher if distill else "", "init_from": init_from, "out_dir": run_dir, "seed": seed,
                 "data_dir": s["data_dir"], "device": s["device"], "overwrite": True}
     error = run_step(["train.py", *settings_args(settings)], os.path.join(run_dir, "train.log"))
     perplexity = None
@@ -237,15 +258,45 @@ def paired_differences(results, baseline, name):
     return [(seed, other[seed] - base[seed]) for seed in sorted(base) if seed in other]
 
 
+def compare(results, baseline, name):
+    """name's paired differences to baseline with their mean, range and verdict (a range that includes zero is no
+    difference); None where no seed finished for both."""
+    diffs = paired_differences(results, baseline, name)
+    if not diffs:
+        return None
+    values = [d for _, d in diffs]
+    low, high = min(values), max(values)
+    return {"per_seed": dict(diffs), "mean": sum(values) / len(values), "low": low, "high": high,
+            "verdict": "no difference" if low <= 0 <= high else "better" if high < 0 else "worse"}
+
+
+def comparisons(s, results):
+    """Every variant against the control, and each question's variants against its baseline."""
+    return {"to_control": {name: compare(results, CONTROL, name) for name in s["variants"]},
+            "questions": {title: {"baseline": baseline, "to_baseline": {name: compare(results, baseline, name)
+                                                                       for name in names}}
+                          for title, (baseline, names) in s["questions"].items()}}
+
+
 def spread(values):
     return f"{sum(values) / len(values):.2f} ({min(values):.2f} to {max(values):.2f})"
 
 
-def results_markdown(s, results, teacher_perplexity):
+def difference_cells(comparison):
+    """The per seed, mean, range and verdict cells of a comparison."""
+    if comparison is None:
+        return "no paired runs | | |"
+    return (f"{', '.join(f'{seed}: {d:+.2f}' for seed, d in comparison['per_seed'].items())} "
+            f"| {comparison['mean']:+.2f} | {comparison['low']:+.2f} to {comparison['high']:+.2f} "
+            f"| {comparison['verdict']}")
+
+
+def results_markdown(s, results, compared, teacher_perplexity):
     lines = [f"# {os.path.basename(os.path.normpath(s['out_dir']))}: results", "",
              f"Teacher {s['teacher'] or s['teacher_config']}: val perplexity {teacher_perplexity:.2f} on the first "
              f"{s['eval_tokens']:,} tokens of {os.path.join(s['data_dir'], 'val.bin')}; seeds {s['seeds']}. "
-             "Perplexities as mean (min to max) over seeds.", "",
+             f"Perplexities as mean (min to max) over seeds. The {CONTROL} is the teacher given the same "
+             "fine-tuning as every variant.", "",
              "| variant | parameters | MLP | attention | embedding | val ppl at init | val ppl fine-tuned "
              "| / teacher | train ms/step |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in results.items():
@@ -260,57 +311,45 @@ def results_markdown(s, results, teacher_perplexity):
         lines.append(f"| {name} | {r['parameters']:,} | {r['mlp_parameters']:,} | {r['attention_parameters']:,} "
                      f"| {r['embedding_parameters']:,} | {r['init_perplexity']:.2f} | {finetuned_text} | {ratio} "
                      f"| {f'{sum(ms) / len(ms):.0f}' if ms else '-'} |")
-    for title, (baseline, names) in s["questions"].items():
-        lines += ["", f"## {title}", "", f"Paired differences in fine-tuned val perplexity to {baseline}, seed by "
-                  "seed (negative: better than the baseline); a range that includes zero is no difference.", "",
-                  "| variant | per seed | mean | range | verdict |", "| --- | --- | --- | --- | --- |"]
-        for name in names:
-            diffs = paired_differences(results, baseline, name) if "error" not in results[name] and \
-                "error" not in results[baseline] else []
-            if not diffs:
-                lines.append(f"| {name} | no paired runs | | | |")
-                continue
-            values = [d for _, d in diffs]
-            low, high = min(values), max(values)
-            verdict = "no difference" if low <= 0 <= high else "better" if high < 0 else "worse"
-            lines.append(f"| {name} | {', '.join(f'{seed}: {d:+.2f}' for seed, d in diffs)} "
-                         f"| {sum(values) / len(values):+.2f} | {low:+.2f} to {high:+.2f} | {verdict} |")
+    lines += ["", "## Every variant against the control", "", "Paired differences in fine-tuned val perplexity to "
+              f"the {CONTROL}, seed by seed (negative: better than the teacher fine-tuned alike): what the "
+              "compression costs once the fine-tuning itself is accounted for.", "",
+              "| variant | per seed | mean | range | verdict |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {name} | {difference_cells(comparison)} |" for name, comparison in compared["to_control"].items()]
+    for title, question in compared["questions"].items():
+        lines += ["", f"## {title}", "", f"Paired differences in fine-tuned val perplexity to {question['baseline']}, "
+                  "seed by seed (negative: better than the baseline); a range that includes zero is no difference. "
+                  "The last column: the same to the control, mean (range).", "",
+                  "| variant | per seed | mean | range | verdict | to the control |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for name, comparison in question["to_baseline"].items():
+            to_control = compared["to_control"][name]
+            control_cell = f"{to_control['mean']:+.2f} ({to_control['low']:+.2f} to {to_control['high']:+.2f})" \
+                if to_control else "no paired runs"
+            lines.append(f"| {name} | {difference_cells(comparison)} | {control_cell} |")
     return "\n".join(lines) + "\n"
 
 
 def plot_results(s, results, teacher_perplexity, teacher_parameters):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     curves = {}
     for name, r in results.items():  # the mean val loss over the seeds at each evaluation
         by_iter = {}
         for run in r.get("runs", {}).values():
             for it, loss in run.get("val_loss", []):
                 by_iter.setdefault(it, []).append(loss)
-        curves[name] = [{"iter": it, "val_loss": sum(v) / len(v)} for it, v in sorted(by_iter.items())]
-    plot_losses(curves, os.path.join(s["out_dir"], "val_loss.png"), "val loss during fine-tuning (mean over seeds)")
-
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
-    for i, (name, r) in enumerate(results.items()):
-        ppl = list(finetuned(r).values()) if "error" not in r else []
-        if ppl:
-            mean = sum(ppl) / len(ppl)
-            ax.errorbar(r["parameters"] / 1e6, mean, yerr=[[mean - min(ppl)], [max(ppl) - mean]],
-                        fmt="os^D"[i // 10 % 4], color=f"C{i % 10}", capsize=3, label=name)
-    ax.axhline(teacher_perplexity, color="black", linestyle="--", linewidth=0.8)
-    ax.plot([teacher_parameters / 1e6], [teacher_perplexity], marker="*", markersize=12, color="black",
-            linestyle="none", label="teacher")
-    ax.set_xlabel("parameters (millions)")
-    ax.set_yscale("log")  # a failed init lands far above the rest
-    ax.set_ylabel("val perplexity after fine-tuning (log)")
-    ax.set_title("size against quality (bars: range over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(s["out_dir"], "frontier.png"))
-    plt.close(fig)
+        curves[name] = [(it, sum(v) / len(v)) for it, v in sorted(by_iter.items())]
+    panels = {title: {f"{baseline} (baseline)": curves[baseline], **{name: curves[name] for name in names}}
+              for title, (baseline, names) in s["questions"].items()}
+    if not panels:
+        panels["every variant"] = {name: curves[name] for name in s["variants"]}
+    for curves_of_a_question in panels.values():
+        curves_of_a_question[CONTROL] = curves[CONTROL]
+    plot_loss_panels(panels, os.path.join(s["out_dir"], "val_loss.png"),
+                     "val loss during fine-tuning (mean over seeds)", reference=CONTROL)
+    sizes = {name: (r.get("parameters"), list(finetuned(r).values())) for name, r in results.items()}
+    plot_frontier({name: size for name, size in sizes.items() if name != CONTROL}, sizes[CONTROL],
+                  (teacher_parameters, teacher_perplexity), os.path.join(s["out_dir"], "frontier.png"),
+                  "size against quality (bars: range over seeds)")
 
 
 @exit_on_usage_error("study.py")
@@ -347,7 +386,7 @@ def main(argv=None):
     teacher_perplexity, error = score(teacher, s, teacher_score_path, os.path.join(s["out_dir"], "teacher_ppl.log"))
     if error:
         raise UsageError(f"scoring the teacher failed: {error}")
-    from checkpoints import load_model, load_model_config
+    from checkpoints import load_model
     teacher_model = None
 
     def open_teacher():
@@ -356,20 +395,22 @@ def main(argv=None):
             teacher_model = load_model(teacher, what=f"teacher={teacher!r}")
         return teacher_model
 
+    print(f"{CONTROL}: {len(s['seeds'])} seed(s) ({time.time() - start:.0f} s)", flush=True)
+    control = run_control(s, teacher, teacher_perplexity)
     results = {}
     for name, variant in s["variants"].items():
         print(f"{name}: {len(s['seeds'])} seed(s) ({time.time() - start:.0f} s)", flush=True)
         results[name] = run_variant(name, variant, s, teacher, open_teacher)
-    config = load_model_config(teacher)
-    teacher_parameters = sum(config.plan.count_parts(config.block_size, config.bias).values())
+    rows = {CONTROL: control, **results}  # the control first: every variant is read against it
+    compared = comparisons(s, rows)
     write_json({"study": s, "teacher": teacher, "teacher_perplexity": teacher_perplexity,
-                "teacher_parameters": teacher_parameters, "teacher_seconds": teacher_seconds,
-                "seconds": time.time() - start, "variants": results},
+                "teacher_parameters": control["parameters"], "teacher_seconds": teacher_seconds,
+                "seconds": time.time() - start, "control": control, "variants": results, **compared},
                os.path.join(s["out_dir"], "results.json"))
-    markdown = results_markdown(s, results, teacher_perplexity)
+    markdown = results_markdown(s, rows, compared, teacher_perplexity)
     with open(os.path.join(s["out_dir"], "results.md"), "w") as f:
         f.write(markdown)
-    plot_results(s, results, teacher_perplexity, teacher_parameters)
+    plot_results(s, rows, teacher_perplexity, control["parameters"])
     print(markdown)
     print(f"wrote {s['out_dir']}/results.json, results.md, val_loss.png, frontier.png in {time.time() - start:.0f} s")
 

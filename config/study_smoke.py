@@ -1,6 +1,7 @@
 # study.py's smoke test: a tiny teacher (2 layers, n_embd 64) trained for 60 steps, two variants of its MLPs
-# (Van Loan and random init of the 81M-like shape), one seed, 20 fine-tuning steps, 4,096 held-out tokens.
-# Under two minutes on a 2-core CPU; tests/test_study.py runs it.
+# (Van Loan and random init of the 81M-like shape) and the control (the teacher itself), one seed, 20 fine-tuning
+# steps, 4,096 held-out tokens. Under two minutes on a 2-core CPU (75 s with one core busy elsewhere);
+# tests/test_study.py runs it.
 #
 #   python study.py config/study_smoke.py
 

@@ -2,9 +2,10 @@
 in this process, from the repository's root as its users run it; its steps are subprocesses all the same."""
 import json
 import os
+import struct
 
 import pytest
-from conftest import ROOT, run_main, run_script
+from conftest import ROOT, run_main, run_script, tiny_gpt
 
 import plot
 import study
@@ -64,19 +65,68 @@ def test_smoke_study_writes_paired_results_tables_and_plots(smoke):
     assert f"| random | 1: {difference:+.2f} | {difference:+.2f} |" in markdown
     assert "| diverges |" in markdown and "failed: train.py exited 1" in markdown
     for png in ("val_loss.png", "frontier.png"):
-        assert 1_000 < os.path.getsize(smoke / png) < 200_000
+        assert 1_000 < os.path.getsize(smoke / png) < 150_000
+        header = (smoke / png).read_bytes()[:24]
+        width, height = struct.unpack(">II", header[16:24])  # the PNG's IHDR chunk
+        assert header[:8] == b"\x89PNG\r\n\x1a\n" and 400 <= width <= 1_400 and 300 <= height <= 1_000
     assert results["teacher_seconds"] > 0 and results["seconds"] > results["teacher_seconds"]
+
+
+def test_the_control_is_the_teacher_fine_tuned_and_every_variant_is_paired_with_it(smoke):
+    results = json.loads((smoke / "results.json").read_text())
+    control = results["control"]
+    run = control["runs"]["1"]
+    scored = json.loads((smoke / "control" / "seed1" / "ppl.json").read_text())
+    assert run["status"] == "ok" and run["perplexity"] == next(iter(scored["datasets"].values()))["perplexity"]
+    assert next(iter(scored["datasets"].values()))["tokens"] == 4096  # the variants' held-out prefix
+    assert [it for it, _ in run["val_loss"]] == [0, 2, 4]  # the variants' recipe
+    assert control["parameters"] == results["teacher_parameters"] > results["variants"]["vl"]["parameters"]
+    assert control["init_perplexity"] == results["teacher_perplexity"]
+    markdown = (smoke / "results.md").read_text()
+    assert f"| {study.CONTROL} | {control['parameters']:,} |" in markdown
+    assert f"| {results['teacher_perplexity']:.2f} | {run['perplexity']:.2f} (" in markdown
+    control_ppl = json.loads((smoke / "control" / "seed1" / "result.json").read_text())["perplexity"]
+    for name in ("vl", "random"):  # the differences, from the runs' own files
+        difference = json.loads((smoke / "runs" / name / "seed1" / "result.json").read_text())["perplexity"] - \
+            control_ppl
+        assert results["to_control"][name]["per_seed"] == {"1": difference}
+        assert results["to_control"][name]["mean"] == difference
+        cells = f"1: {difference:+.2f} | {difference:+.2f} | {difference:+.2f} to {difference:+.2f} |"
+        assert f"| {name} | {cells}" in markdown
+    difference = results["to_control"]["random"]["mean"]  # beside its difference to vl, in the question's table
+    assert f" | {difference:+.2f} ({difference:+.2f} to {difference:+.2f}) |\n" in markdown
+    assert results["to_control"]["diverges"] is None and "| diverges | no paired runs |" in markdown
+
+
+def test_a_student_keeps_its_teachers_characters(tmp_path):
+    from checkpoints import load_vocab, make_checkpoint, save_checkpoint
+    itos = [chr(32 + i) for i in range(64)]  # a character-level teacher's 64 ids
+    teacher = tiny_gpt(vocab_size=64)
+    save_checkpoint(make_checkpoint(teacher, itos), tmp_path / "teacher.pt")
+    variant = {"plan": {"dim_1": 16, "dim_2": 16, "factors": 1}, "init": "vl"}
+    assert study.make_student(variant, teacher, str(tmp_path / "teacher.pt"), tmp_path / "init.pt") is None
+    assert load_vocab(str(tmp_path / "init.pt")) == itos
+
+
+def test_robust_limits_leave_an_outlier_out_and_the_pareto_front_is_the_lower_left_envelope():
+    low, high = plot.robust_limits([5.5, 5.6, 5.6, 5.7, 5.8, 6.0, 6.1, 12.5])
+    assert low < 5.5 and 6.1 < high < 12.5
+    assert plot.robust_limits([3.0, 3.0]) == pytest.approx((2.85, 3.15))
+    points = [(7.0, 260.0), (6.9, 680.0), (7.2, 250.0), (7.2, 290.0), (7.6, 255.0), (7.6, 240.0)]
+    assert plot.pareto_front(points) == [(6.9, 680.0), (7.0, 260.0), (7.2, 250.0), (7.6, 240.0)]
 
 
 def test_a_restarted_study_skips_finished_runs_and_redoes_the_rest(smoke):
     before = json.loads((smoke / "results.json").read_text())
-    train_log = smoke / "runs" / "vl" / "seed1" / "train.log"
+    train_log, control_log = smoke / "runs" / "vl" / "seed1" / "train.log", smoke / "control" / "seed1" / "train.log"
     mtime, teacher_mtime = os.path.getmtime(train_log), os.path.getmtime(smoke / "teacher_ppl.json")
+    control_mtime = os.path.getmtime(control_log)
     os.remove(smoke / "runs" / "random" / "seed1" / "result.json")
     os.remove(smoke / "teacher_finished.json")  # as if the teacher was killed: its ckpt.pt is there, but not final
     run_study(smoke)
     after = json.loads((smoke / "results.json").read_text())
     assert os.path.getmtime(train_log) == mtime  # finished: not run again
+    assert os.path.getmtime(control_log) == control_mtime and after["control"]["runs"] == before["control"]["runs"]
     assert os.path.getmtime(smoke / "teacher_ppl.json") > teacher_mtime  # trained and scored again: the same
     assert after["teacher_perplexity"] == pytest.approx(before["teacher_perplexity"], rel=1e-6)
     for name in ("vl", "random"):  # the redone run sees the same batches: the same numbers
