@@ -165,3 +165,15 @@ def test_paired_differences_pair_seeds():
     results = {"base": {"runs": {1: {"status": "ok", "perplexity": 10.0}, 2: {"status": "ok", "perplexity": 12.0}}},
                "other": {"runs": {1: {"status": "ok", "perplexity": 11.0}, 2: {"status": "failed", "error": "x"}}}}
     assert study.paired_differences(results, "base", "other") == [(1, 1.0)]
+
+
+@pytest.mark.parametrize("config", sorted(name for name in os.listdir(os.path.join(ROOT, "config"))
+                                          if name.startswith("study_")))
+def test_every_study_config_passes_the_checks_made_before_the_first_run(config, tmp_path, monkeypatch):
+    """A shipped study config must not fail an hour in: its variants, plans, inits and settings are valid for its
+    teacher's shape (the data folder replaced by a stand-in holding a val.bin)."""
+    import train
+    (tmp_path / "val.bin").write_bytes(bytes(64))
+    monkeypatch.chdir(ROOT)
+    settings = load_config(study.STUDY_SETTINGS, [os.path.join("config", config), f"--data_dir={tmp_path}"])
+    study.check_study(settings, train.SETTINGS)
