@@ -37,11 +37,17 @@ def train_args(data_dir, out_dir, **overrides):
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
-    """A per-block Kronecker model, its checkpoint and both of its exports (dense and factored)."""
+    """A per-block plan through the pipeline: kron_decompose.py of a dense teacher, train.py for 2 steps, then
+    the trained model, its checkpoint (model.pt) and both of its exports (dense and factored)."""
     tokenizer = hf_tokenizer_or_skip()
     folder = tmp_path_factory.mktemp("exports")
-    model = tiny_gpt(n_embd=16, block_size=16, vocab_size=VOCAB, kron=PER_BLOCK)
-    save_checkpoint(make_checkpoint(model), folder / "model.pt")
+    save_checkpoint(make_checkpoint(tiny_gpt(n_embd=16, block_size=16, vocab_size=VOCAB)), folder / "teacher.pt")
+    kron = [f"--kron={key}={r}x{c}:{f}" for key, (r, c, f) in PER_BLOCK.items()]
+    kron_decompose.main([*kron, "--model", str(folder / "teacher.pt"), "--out", str(folder / "init.pt")])
+    train_in_process(train_args(corpus(folder / "data"), folder / "run", init_from=str(folder / "init.pt")))
+    model, _ = load_checkpoint(str(folder / "run/ckpt.pt"))
+    assert model.config.plan == Plan.from_settings(16, 2, VOCAB, kron=PER_BLOCK)
+    shutil.copyfile(folder / "run/ckpt.pt", folder / "model.pt")
     for kind in ("dense", "factored"):
         krony_to_gpt.export(model, str(folder / kind), tokenizer, keep_factors=kind == "factored")
     return model, folder
