@@ -128,3 +128,90 @@ def weight_errors(teacher, student):
             errors[name if block is None else f"h.{block}.{name}"] = \
                 ((W - weight_of(target).double()).norm() / W.norm()).item()
     return errors
+
+
+# ----------------------------------------------------------------------------------------------------
+# Output-aware fitting, the core of the data-aware init (issue 21; calibration and the `act` init build on it):
+# factors that minimise the error of what the layer computes on calibration inputs x of second moment
+# C = E[x x^T], E||x W - x W_hat||^2 = tr((W - W_hat)^T C (W - W_hat)), rather than ||W - W_hat||_F.
+# x's index i*b_rows + k runs over A's rows i and B's rows k, so C = C4[i, k, i', k'] viewed as a matrix.
+
+def output_error(W, A, B, C):
+    """tr((W - W_hat)^T C (W - W_hat)) in float64: the mean squared output error over inputs of second moment C."""
+    D = W.double() - kronecker_sum(A.double(), B.double())
+    return (D * (C.double() @ D)).sum().item()
+
+
+def symmetric_root(M, floor):
+    """(M^(1/2), M^(-1/2)) of a symmetric matrix, its eigenvalues raised to at least `floor`: never a NaN, where a
+    Cholesky factor of a nearly singular M would fail."""
+    values, vectors = torch.linalg.eigh((M + M.T) / 2)
+    values = values.clamp_min(floor)
+    return (vectors * values.sqrt()) @ vectors.T, (vectors / values.sqrt()) @ vectors.T
+
+
+def kronecker_moment(C, a_rows):
+    """(C1, C2): a_rows x a_rows and b_rows x b_rows symmetric factors with C1 (x) C2 nearest C (Van Loan's rank 1
+    of C's rearrangement; for a positive semidefinite C both are, up to a common sign, which is fixed here)."""
+    b_rows = C.shape[0] // a_rows
+    U, S, Vh = torch.linalg.svd(rearrange(C, a_rows, a_rows), full_matrices=False)
+    C1, C2 = (U[:, 0] * S[0].sqrt()).reshape(a_rows, a_rows), (Vh[0] * S[0].sqrt()).reshape(b_rows, b_rows)
+    if C1.trace() < 0:
+        C1, C2 = -C1, -C2
+    return (C1 + C1.T) / 2, (C2 + C2.T) / 2
+
+
+def whitened_kronecker(W, C, a_rows, a_cols, factors, ridge=1e-6):
+    """The closed form: with C ~ C1 (x) C2 and S = C^(1/2) = C1^(1/2) (x) C2^(1/2), tr(D^T C D) = ||S D||_F^2 and
+    S (A (x) B) = (C1^(1/2) A) (x) (C2^(1/2) B): Van Loan's decomposition of the whitened S W, un-whitened. Exact
+    when C is a Kronecker product; with C = I it is Van Loan's W_hat. float64."""
+    W, C = W.double(), C.double()
+    b_rows = W.shape[0] // a_rows
+    C1, C2 = kronecker_moment(C, a_rows)
+    # a ridge relative to each factor's mean eigenvalue: directions the inputs never take still cost a little
+    (S1, S1_inv), (S2, S2_inv) = [symmetric_root(M, ridge * M.trace().clamp_min(1e-300) / len(M)) for M in (C1, C2)]
+    whitened = torch.einsum("ia,kb,abo->iko", S1, S2, W.reshape(a_rows, b_rows, -1)).reshape(W.shape)
+    A, B = nearest_kronecker(whitened, a_rows, a_cols, factors)
+    return torch.einsum("ia,raj->rij", S1_inv, A), torch.einsum("kb,rbl->rkl", S2_inv, B)
+
+
+def fit_a(W, C, B, a_rows, ridge=1e-9):
+    """The A minimising tr((W - sum_r A_r (x) B_r)^T C (...)) for fixed B: a linear least-squares problem whose
+    normal equations G vec(A) = h are built from C and W alone (no calibration data kept)."""
+    r, b_rows, b_cols = B.shape
+    a_cols = W.shape[1] // b_cols
+    C4 = C.reshape(a_rows, b_rows, a_rows, b_rows)
+    P = (C @ W).reshape(a_rows, b_rows, a_cols, b_cols)  # E[x y^T]
+    G = torch.einsum("rskm,ikjm->risj", torch.einsum("rkl,sml->rskm", B, B), C4).reshape(r * a_rows, r * a_rows)
+    h = torch.einsum("rkl,ikjl->rij", B, P).reshape(r * a_rows, a_cols)
+    G = G + ridge * G.trace() / len(G) * torch.eye(len(G), dtype=G.dtype)
+    return torch.linalg.solve(G, h).reshape(r, a_rows, a_cols)
+
+
+def fit_b(W, C, A, b_rows, ridge=1e-9):
+    """The B minimising the same objective for fixed A (fit_a's mirror)."""
+    r, a_rows, a_cols = A.shape
+    b_cols = W.shape[1] // a_cols
+    C4 = C.reshape(a_rows, b_rows, a_rows, b_rows)
+    P = (C @ W).reshape(a_rows, b_rows, a_cols, b_cols)
+    G = torch.einsum("rsim,ikmn->rksn", torch.einsum("rij,smj->rsim", A, A), C4).reshape(r * b_rows, r * b_rows)
+    h = torch.einsum("rij,ikjl->rkl", A, P).reshape(r * b_rows, b_cols)
+    G = G + ridge * G.trace() / len(G) * torch.eye(len(G), dtype=G.dtype)
+    return torch.linalg.solve(G, h).reshape(r, b_rows, b_cols)
+
+
+def alternating_least_squares(W, C, A, B, sweeps, ridge=1e-9):
+    """(A, B, objectives): `sweeps` rounds of fit_a then fit_b from (A, B), float64. The objective is checked after
+    every sweep and never increases: a sweep that would raise it (round-off, the ridge) is undone, and the
+    refinement stops there. objectives[0] is the start's."""
+    W, C, A, B = W.double(), C.double(), A.double(), B.double()
+    objectives = [output_error(W, A, B, C)]
+    for _ in range(sweeps):
+        new_A = fit_a(W, C, B, A.shape[1], ridge)
+        new_B = fit_b(W, C, new_A, B.shape[1], ridge)
+        objective = output_error(W, new_A, new_B, C)
+        if not objective <= objectives[-1]:
+            break
+        A, B = new_A, new_B
+        objectives.append(objective)
+    return A, B, objectives
