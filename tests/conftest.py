@@ -94,6 +94,17 @@ def metrics(out_dir):
         return [json.loads(line) for line in f]
 
 
+def snapshot(folder):
+    """{path: sha256} of every file below folder: what a refused command must leave as it was."""
+    files = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                files[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
+    return files
+
+
 def make_hf_gpt2(path, n_layer=2, n_head=4, n_embd=64, n_positions=128, seed=0):
     """Save a random GPT2LMHeadModel (vocab 50257) to `path`; LayerNorm weights and all biases are moved
     off their defaults so that a loader that skipped any of them would be caught."""

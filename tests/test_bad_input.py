@@ -1,13 +1,12 @@
 """Ordinary mistakes, as a new user makes them, against every script run as a subprocess: each answers with
 exit status 2 (1 for a diverged run) and exactly one line on stderr that names the problem, no traceback, and
 creates or changes no file. Validation comes before any heavy work, so the whole table runs in seconds."""
-import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import run_script, tiny_gpt, train_in_process, write_tokens
+from conftest import run_script, snapshot, tiny_gpt, train_in_process, write_tokens
 
 from checkpoints import make_checkpoint, save_checkpoint
 from common import write_vocab
@@ -58,17 +57,6 @@ CASES = [
 TINY = ("--data_dir={d}/data --device=cpu --compile=False --n_layer=2 --n_head=2 --n_embd=16 --vocab_size=64 "
         "--block_size=8 --batch_size=2 --gradient_accumulation_steps=1 --max_iters=2 --eval_interval=2 "
         "--eval_iters=1 --log_interval=1")
-
-
-def snapshot(folder):
-    """{path: sha256} of every file below folder."""
-    files = {}
-    for root, _, names in os.walk(folder):
-        for name in names:
-            path = os.path.join(root, name)
-            with open(path, "rb") as f:
-                files[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
-    return files
 
 
 @pytest.fixture(scope="module")

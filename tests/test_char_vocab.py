@@ -2,7 +2,6 @@
 its vocabulary that carries them; perplexity.py scores it per character (with bits per character), sample.py
 writes characters, kron_decompose.py, train.py and both exports of krony_to_gpt.py keep them, without GPT-2's
 tokenizer; and a model is refused data whose ids mean something else to it (one line, exit 2, nothing written)."""
-import hashlib
 import json
 import math
 import os
@@ -10,7 +9,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import run_main, tiny_gpt, tiny_train_args, train_in_process, write_tokens
+from conftest import run_main, snapshot, tiny_gpt, tiny_train_args, train_in_process, write_tokens
 from torch.nn import functional as F
 
 import kron_decompose
@@ -55,17 +54,6 @@ def open_checkpoint(path):
     model = GPT(GPTConfig.from_args(checkpoint["model_args"]))
     model.load_state_dict(checkpoint["model"])
     return model.eval(), checkpoint
-
-
-def snapshot(folder):
-    """{path: sha256} of every file below folder."""
-    files = {}
-    for root, _, names in os.walk(folder):
-        for name in names:
-            path = os.path.join(root, name)
-            with open(path, "rb") as f:
-                files[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
-    return files
 
 
 @pytest.fixture(scope="module")
