@@ -188,7 +188,7 @@ class Plan:
                 if not 0 <= block < n_layer:
                     raise ValueError(f"{key}: block {block} is out of range; the model's blocks are 0 to "
                                      f"{n_layer - 1}")
-                if per_block and given_by.get((name, block), "").count("@"):
+                if per_block and "@" in given_by.get((name, block), ""):
                     raise ValueError(f"{name} in block {block} is given twice ({given_by[name, block]} and {key})")
                 shapes[name, block], given_by[name, block] = shape, key
         return cls(n_embd, n_layer, vocab_size, shapes)
