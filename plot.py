@@ -159,19 +159,18 @@ def place_labels(fig, ax, labels, fontsize=7):
                         arrowprops=dict(arrowstyle="-", color="grey", linewidth=0.5, shrinkA=0, shrinkB=4))
 
 
-def plot_frontier(variants, control, teacher, path, title):
+def plot_frontier(variants, teacher, path, title, reference=None):
     """Fine-tuned perplexity against parameters, every point labelled, with the Pareto front. variants: {name:
-    (parameters, [perplexity per seed])}; control: the same for the teacher fine-tuned; teacher: (parameters,
-    perplexity). Writes a PNG to path."""
+    (parameters, [perplexity per seed])}, the `reference` name (the control) drawn black as a diamond; teacher:
+    (parameters, perplexity). Writes a PNG to path."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import StrMethodFormatter
     fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
     points, labels = [], []
-    entries = [(name, parameters, perplexities, "o", "C0") for name, (parameters, perplexities) in variants.items()]
-    entries.append(("control (teacher fine-tuned)", *control, "D", "black"))
-    for label, parameters, perplexities, marker, colour in entries:
+    for label, (parameters, perplexities) in variants.items():
+        marker, colour = ("D", "black") if label == reference else ("o", "C0")
         if perplexities:  # bars: the range over seeds
             mean = sum(perplexities) / len(perplexities)
             ax.errorbar(parameters / 1e6, mean, yerr=[[mean - min(perplexities)], [max(perplexities) - mean]],

@@ -25,6 +25,7 @@ a panel per question) and frontier.png (fine-tuned perplexity against parameters
 Pareto front, the teacher and the control).
 """
 
+import functools
 import json
 import os
 import subprocess
@@ -347,9 +348,8 @@ def plot_results(s, results, teacher_perplexity, teacher_parameters):
     plot_loss_panels(panels, os.path.join(s["out_dir"], "val_loss.png"),
                      "val loss during fine-tuning (mean over seeds)", reference=CONTROL)
     sizes = {name: (r.get("parameters"), list(finetuned(r).values())) for name, r in results.items()}
-    plot_frontier({name: size for name, size in sizes.items() if name != CONTROL}, sizes[CONTROL],
-                  (teacher_parameters, teacher_perplexity), os.path.join(s["out_dir"], "frontier.png"),
-                  "size against quality (bars: range over seeds)")
+    plot_frontier(sizes, (teacher_parameters, teacher_perplexity), os.path.join(s["out_dir"], "frontier.png"),
+                  "size against quality (bars: range over seeds)", reference=CONTROL)
 
 
 @exit_on_usage_error("study.py")
@@ -387,14 +387,7 @@ def main(argv=None):
     if error:
         raise UsageError(f"scoring the teacher failed: {error}")
     from checkpoints import load_model
-    teacher_model = None
-
-    def open_teacher():
-        nonlocal teacher_model
-        if teacher_model is None:
-            teacher_model = load_model(teacher, what=f"teacher={teacher!r}")
-        return teacher_model
-
+    open_teacher = functools.cache(lambda: load_model(teacher, what=f"teacher={teacher!r}"))  # once, if needed
     print(f"{CONTROL}: {len(s['seeds'])} seed(s) ({time.time() - start:.0f} s)", flush=True)
     control = run_control(s, teacher, teacher_perplexity)
     results = {}
