@@ -80,6 +80,26 @@ def open_tokens(path, vocab_size=None):
     return tokens
 
 
+# init act (compress.fit_to_calibration): tokens the teacher is run over (128 windows of GPT-2's 1,024), and the
+# Adam steps and learning rate (cosine to a tenth) of each factored sublayer's fit, chosen in progress.md
+CALIBRATION_TOKENS = 2 ** 17
+ACT_STEPS = 300
+ACT_LR = 1e-2
+
+
+def read_calibration(path, n_tokens, block_size, vocab_size, seed=0):
+    """The calibration inputs of init act: n_tokens // window windows of window = min(block_size, n_tokens) tokens
+    at seeded random offsets of a token file, as an int64 array (windows, window). Refused with one line (before
+    any model is loaded) when the file is missing, holds ids beyond vocab_size, or is shorter than n_tokens."""
+    tokens = open_tokens(path, vocab_size)
+    window = min(block_size, n_tokens)
+    if len(tokens) <= max(n_tokens, window):
+        raise UsageError(f"{path} holds {len(tokens):,} tokens, not more than calibration_tokens={n_tokens:,}: give "
+                         f"a longer file or fewer calibration tokens")
+    starts = np.random.default_rng(seed).integers(0, len(tokens) - window, n_tokens // window)
+    return np.stack([tokens[s:s + window] for s in starts]).astype(np.int64)
+
+
 def read_vocab(folder):
     """The characters a dataset's (or an exported model's) ids stand for: the itos list of folder/meta.json, or
     None where there is no meta.json (GPT-2 tokens). meta.json = {"vocab_size": N, "itos": [N characters]}, as

@@ -12,12 +12,15 @@ kron(A, B)[i*b_rows + k, j*b_cols + l] = A[i,j] B[k,l].
 """
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
+from torch.nn import functional as F
 from tqdm import tqdm
 
-from kron_shapes import INIT_NAMES, Plan
+from common import ACT_LR, ACT_STEPS
+from kron_shapes import INIT_NAMES, Plan, divisors
 from kronecker import KroneckerEmbedding, KroneckerLinear, kronecker_sum
 from model import GPT, factorable_matrices, weight_of
 
@@ -78,18 +81,26 @@ INITS = {  # name -> decomposition; `random` keeps GPT's own init (W_hat entries
     "vl_norm": normalized_kronecker,
     "prune": pruned_kronecker,
     "random": None,
+    "act": None,  # fitted to calibration outputs by fit_to_calibration, below; needs the calibration windows
 }
 assert tuple(INITS) == INIT_NAMES, "kron_shapes.INIT_NAMES lists the inits for --list, which needs no torch"
+ACT_BATCH_TOKENS = 8192  # per Adam step, and per chunk of the forward passes
 
 
 @torch.no_grad()
-def compress(teacher, plan, init="vl", progress=False):
+def compress(teacher, plan, init="vl", progress=False, calibration=None, act_steps=ACT_STEPS, act_lr=ACT_LR,
+             act_sweeps=0):
     """A GPT with the teacher's architecture and `plan` (a Plan for the teacher's shape; an empty one gives a dense
     GPT): every factored matrix initialised from the teacher's W (dense or itself factored) by `init`, every matrix
-    the plan leaves dense set to the teacher's W, every other weight copied. On the CPU in float32; `random` draws
-    from torch's global RNG. Raises ValueError on a plan or init that cannot be used, before any work."""
+    the plan leaves dense set to the teacher's W, every other weight copied. init act needs `calibration`, token
+    windows (n, t) as a LongTensor (common.read_calibration), and fits with act_steps, act_lr and act_sweeps
+    (fit_to_calibration). On the CPU in
+    float32; `random` draws from torch's global RNG. Raises ValueError on a plan or init that cannot be used,
+    before any work."""
     if init not in INITS:
         raise ValueError(f"init={init!r} is not one of {', '.join(INITS)}")
+    if init == "act" and calibration is None:
+        raise ValueError("init=act fits the factors to the teacher's outputs: it needs calibration tokens")
     plan.check_init(init)
     student = GPT(teacher.config.with_plan(plan))
     teacher_state, student_state = teacher.state_dict(), student.state_dict()
@@ -109,6 +120,8 @@ def compress(teacher, plan, init="vl", progress=False):
             A, B = INITS[init](W, target.A.shape[1], target.A.shape[2], target.A.shape[0])
             target.A.copy_(A)
             target.B.copy_(B)
+    if init == "act":
+        fit_to_calibration(teacher, student, calibration, act_steps, act_lr, act_sweeps, progress)
     return student
 
 
@@ -161,18 +174,38 @@ def kronecker_moment(C, a_rows):
     return (C1 + C1.T) / 2, (C2 + C2.T) / 2
 
 
-def whitened_kronecker(W, C, a_rows, a_cols, factors, ridge=1e-6):
-    """The closed form: with C ~ C1 (x) C2 and S = C^(1/2) = C1^(1/2) (x) C2^(1/2), tr(D^T C D) = ||S D||_F^2 and
-    S (A (x) B) = (C1^(1/2) A) (x) (C2^(1/2) B): Van Loan's decomposition of the whitened S W, un-whitened. Exact
-    when C is a Kronecker product; with C = I it is Van Loan's W_hat. float64."""
+def whiten(W, C, a_rows, ridge=1e-6):
+    """(S W, S1^-1, S2^-1) with S = S1 (x) S2 = C1^(1/2) (x) C2^(1/2) and C1 (x) C2 nearest C: ||S D||_F^2
+    approximates tr(D^T C D), and S (A (x) B) = (S1 A) (x) (S2 B). float64."""
     W, C = W.double(), C.double()
     b_rows = W.shape[0] // a_rows
     C1, C2 = kronecker_moment(C, a_rows)
     # a ridge relative to each factor's mean eigenvalue: directions the inputs never take still cost a little
     (S1, S1_inv), (S2, S2_inv) = [symmetric_root(M, ridge * M.trace().clamp_min(1e-300) / len(M)) for M in (C1, C2)]
-    whitened = torch.einsum("ia,kb,abo->iko", S1, S2, W.reshape(a_rows, b_rows, -1)).reshape(W.shape)
+    return torch.einsum("ia,kb,abo->iko", S1, S2, W.reshape(a_rows, b_rows, -1)).reshape(W.shape), S1_inv, S2_inv
+
+
+def whitened_kronecker(W, C, a_rows, a_cols, factors, ridge=1e-6):
+    """The closed form: Van Loan's decomposition of the whitened S W (see whiten), un-whitened. Exact when C is a
+    Kronecker product C1 (x) C2, since then tr(D^T C D) = ||S D||_F^2; with C = I it is Van Loan's W_hat."""
+    whitened, S1_inv, S2_inv = whiten(W, C, a_rows, ridge)
     A, B = nearest_kronecker(whitened, a_rows, a_cols, factors)
     return torch.einsum("ia,raj->rij", S1_inv, A), torch.einsum("kb,rbl->rkl", S2_inv, B)
+
+
+def frequency_kronecker(W, counts, a_rows, a_cols, factors, ridge=1e-6):
+    """whitened_kronecker for an embedding's rows, whose one-hot inputs have the diagonal second moment C = diag(p),
+    p the tokens' calibration frequencies: C1 (x) C2 = diag(p1 (x) p2) from the rank-1 SVD of p as an
+    a_rows x b_rows matrix, and the whitening is a scaling of rows (no vocab x vocab matrix is ever built). A row
+    never seen costs the ridge, not nothing."""
+    W, p = W.double(), counts.double() / counts.sum()
+    b_rows = W.shape[0] // a_rows
+    U, S, Vh = torch.linalg.svd(p.reshape(a_rows, b_rows), full_matrices=False)
+    p1, p2 = (U[:, 0] * S[0].sqrt()).abs(), (Vh[0] * S[0].sqrt()).abs()
+    r1, r2 = [q.clamp_min(ridge * q.mean().clamp_min(1e-300)).sqrt() for q in (p1, p2)]
+    whitened = (r1[:, None, None] * r2[None, :, None] * W.reshape(a_rows, b_rows, -1)).reshape(W.shape)
+    A, B = nearest_kronecker(whitened, a_rows, a_cols, factors)
+    return A / r1[None, :, None], B / r2[None, :, None]
 
 
 def fit_a(W, C, B, a_rows, ridge=1e-9):
@@ -215,3 +248,181 @@ def alternating_least_squares(W, C, A, B, sweeps, ridge=1e-9):
         A, B = new_A, new_B
         objectives.append(objective)
     return A, B, objectives
+
+
+# ----------------------------------------------------------------------------------------------------
+# init act: factors fitted to what the blocks compute on calibration inputs, not to the weights. progress.md has
+# the variants measured; this is what won: each factored matrix starts at whitened_kronecker of the inputs it sees,
+# then Adam fits the whole sublayer (the MLP with its GELU, or attention with its causal mask) to the teacher's
+# outputs. Sequential, as GPTQ: block b is fitted on inputs computed by the already compressed blocks 0..b-1,
+# so each fit also absorbs the error of the blocks before it.
+
+def in_chunks(function, x, size):
+    return torch.cat([function(x[i:i + size]) for i in range(0, len(x), size)])
+
+
+@contextmanager
+def input_moments(modules):
+    """Within the with-block, accumulate E[x x^T] of the inputs each of `modules` ({name: module}) sees; the dict
+    yielded is filled with them (float64) on exit."""
+    sums, counts, moments = {}, {}, {}
+
+    def accumulate(name):
+        def hook(module, args):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+            sums[name] = sums.get(name, 0) + (x.T @ x).double()
+            counts[name] = counts.get(name, 0) + len(x)
+        return hook
+
+    handles = [module.register_forward_pre_hook(accumulate(name)) for name, module in modules.items()]
+    try:
+        yield moments
+    finally:
+        for handle in handles:
+            handle.remove()
+    moments.update({name: sums[name] / counts[name] for name in sums})
+
+
+def relative_output_error(module, inputs, targets, chunk):
+    """sum ||module(x) - y||^2 / sum ||y||^2 over the calibration inputs."""
+    errors = in_chunks(lambda i: (module(inputs[i]) - targets[i]).square().sum()[None], torch.arange(len(inputs)),
+                       chunk)
+    return (errors.sum() / targets.square().sum()).item()
+
+
+def fit_sublayer(teacher_part, student_part, inputs, steps, lr, sweeps, chunk, generator, desc, progress):
+    """Fit student_part (the block's attention or MLP, with its Kronecker factors) to teacher_part's outputs on
+    `inputs` (n, t, n_embd): every factored matrix starts at whitened_kronecker of what the teacher's matrix sees
+    (refined by `sweeps` of alternating_least_squares: lost in progress.md, so 0 by default), then `steps` of
+    Adam on all of student_part's parameters, mean squared error, `chunk` sequences per step. Adam's result is
+    kept only if it beats the start. Returns the relative output error (start, end)."""
+    teacher_modules = dict(teacher_part.named_modules())
+    factored = {name: m for name, m in student_part.named_modules() if isinstance(m, KroneckerLinear)}
+    with input_moments({name: teacher_modules[name] for name in factored}) as moments:
+        targets = in_chunks(teacher_part, inputs, chunk)
+    for name, target in factored.items():
+        W = weight_of(teacher_modules[name])
+        A, B = whitened_kronecker(W, moments[name], *target.A.shape[1:], target.A.shape[0])
+        A, B, _ = alternating_least_squares(W, moments[name], A, B, sweeps)
+        target.A.copy_(A)
+        target.B.copy_(B)
+    start = relative_output_error(student_part, inputs, targets, chunk)
+    start_state = {key: value.clone() for key, value in student_part.state_dict().items()}
+    with torch.enable_grad():
+        optimizer = torch.optim.Adam(student_part.parameters(), lr=lr)
+        for step in tqdm(range(steps), desc=desc, unit="step", disable=not progress, leave=False):
+            for group in optimizer.param_groups:  # cosine from lr to lr / 10
+                group["lr"] = lr * (0.55 + 0.45 * math.cos(math.pi * step / steps))
+            batch = torch.randint(len(inputs), (chunk,), generator=generator)
+            loss = F.mse_loss(student_part(inputs[batch]), targets[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    end = relative_output_error(student_part, inputs, targets, chunk)
+    if not end < start:  # an exact start (a full-rank plan) or a rate too large: keep the start
+        student_part.load_state_dict(start_state)
+        end = start
+    return start, end
+
+
+@torch.no_grad()
+def fit_to_calibration(teacher, student, calibration, steps=ACT_STEPS, lr=ACT_LR, sweeps=0, progress=False):
+    """init act on a student whose unfactored weights are the teacher's (compress does this): a factored wte by
+    frequency_kronecker, then block by block each factored sublayer by fit_sublayer, on the calibration windows
+    (n, t) run through the student as compressed so far. Returns {"h.<block>.attn" or ".mlp": (start, end)}."""
+    n, t = calibration.shape
+    chunk = max(1, ACT_BATCH_TOKENS // t)
+    generator = torch.Generator().manual_seed(0)
+    modes = teacher.training, student.training
+    teacher.eval(), student.eval()  # no dropout in the targets nor in the fit
+    wte = student.transformer.wte
+    if isinstance(wte, KroneckerEmbedding):
+        counts = torch.bincount(calibration.flatten(), minlength=student.config.vocab_size)
+        A, B = frequency_kronecker(weight_of(teacher.transformer.wte), counts, *wte.A.shape[1:], wte.A.shape[0])
+        wte.A.copy_(A)
+        wte.B.copy_(B)
+    positions = student.transformer.wpe(torch.arange(t))
+    x = in_chunks(lambda ids: wte(ids) + positions, calibration, chunk)
+    errors = {}
+    blocks = zip(teacher.transformer.h, student.transformer.h)
+    for b, (teacher_block, student_block) in enumerate(tqdm(blocks, total=student.config.n_layer, desc="act",
+                                                              unit="block", disable=not progress)):
+        for part, norm in (("attn", student_block.ln_1), ("mlp", student_block.ln_2)):
+            student_part = getattr(student_block, part)
+            inputs = in_chunks(norm, x, chunk)
+            if any(isinstance(m, KroneckerLinear) for m in student_part.modules()):
+                errors[f"h.{b}.{part}"] = fit_sublayer(getattr(teacher_block, part), student_part, inputs, steps, lr,
+                                                       sweeps, chunk, generator, f"act: block {b} {part}", progress)
+            x = x + in_chunks(student_part, inputs, chunk)
+    teacher.train(modes[0]), student.train(modes[1])
+    return errors
+
+
+@torch.no_grad()
+def output_errors(teacher, student, calibration):
+    """{"wte" or "h.<block>.<matrix>": tr(D^T C D) / tr(W^T C W)} of every matrix the student factors, D = W - W_hat
+    and C the second moment of the inputs the teacher's matrix sees on the calibration windows (for wte the
+    tokens' frequencies): the relative error of what the matrix computes, where weight_errors weighs every
+    direction alike."""
+    n, t = calibration.shape
+    modules = {f"h.{block}.{name}": (source, target) for (name, block, source), (_, _, target)
+               in zip(factorable_matrices(teacher), factorable_matrices(student))
+               if block is not None and student.config.plan.shape(name, block)}
+    was_training = teacher.training
+    teacher.eval()
+    with input_moments({key: source for key, (source, _) in modules.items()}) as moments:
+        chunk = max(1, ACT_BATCH_TOKENS // t)
+        for i in range(0, n, chunk):
+            teacher.residual_stream(calibration[i:i + chunk])
+    teacher.train(was_training)
+    errors = {}
+    if student.config.plan.shape("wte"):
+        p = torch.bincount(calibration.flatten(), minlength=student.config.vocab_size).double()
+        W = weight_of(teacher.transformer.wte).double()
+        D = W - weight_of(student.transformer.wte).double()
+        errors["wte"] = ((p @ D.square().sum(1)) / (p @ W.square().sum(1))).item()
+    for key, (source, target) in modules.items():
+        W, C = weight_of(source).double(), moments[key]
+        D = W - weight_of(target).double()
+        errors[key] = (D * (C @ D)).sum().item() / (W * (C @ W)).sum().item()
+    return errors
+
+
+# ----------------------------------------------------------------------------------------------------
+# A budget allocated across blocks (kron_decompose.py --allocate): every candidate shape and factor count of every
+# matrix priced by the error its decomposition leaves, and kron_shapes.allocate choosing within the budget.
+
+@torch.no_grad()
+def allocation_options(teacher, names, calibration=None):
+    """{(name, block): [(parameters, error, (a_rows, a_cols, factors) or None)]} for every block's matrices in
+    `names`: each valid A shape and factor count with fewer parameters than W, priced by the relative error of
+    Van Loan's decomposition, the tail of the squared singular values of W's rearrangement over their sum (with
+    calibration, of the whitened W of whitened_kronecker: the output error under C ~ C1 (x) C2), and W itself
+    (its parameters, error 0, None)."""
+    modules = {(name, block): module for name, block, module in factorable_matrices(teacher)
+               if block is not None and name in names}
+    moments = {}
+    if calibration is not None:
+        was_training = teacher.training
+        teacher.eval()
+        with input_moments(modules) as moments:
+            chunk = max(1, ACT_BATCH_TOKENS // calibration.shape[1])
+            for i in range(0, len(calibration), chunk):
+                teacher.residual_stream(calibration[i:i + chunk])
+        teacher.train(was_training)
+    options = {}
+    for (name, block), module in modules.items():
+        W = weight_of(module).detach().double()
+        in_features, out_features = W.shape
+        options[name, block] = [(in_features * out_features, 0.0, None)]
+        for a_rows in divisors(in_features):
+            whitened = whiten(W, moments[name, block], a_rows)[0] if moments else W
+            for a_cols in divisors(out_features):
+                b_rows, b_cols = in_features // a_rows, out_features // a_cols
+                per_factor = a_rows * a_cols + b_rows * b_cols
+                energy = torch.linalg.svdvals(rearrange(whitened, a_rows, a_cols)).square()
+                tail = (energy.sum() - energy.cumsum(0)) / energy.sum()
+                for factors in range(1, min(len(energy), (in_features * out_features - 1) // per_factor) + 1):
+                    options[name, block].append((factors * per_factor, tail[factors - 1].item(),
+                                                 (a_rows, a_cols, factors)))
+    return options

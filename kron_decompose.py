@@ -18,6 +18,12 @@ Initialisations:
   vl_norm  vl rescaled so that ||W_hat||_F = ||W||_F (the paper's modified Van Loan).
   prune    the paper's pruning init: A_r keeps every k-th row (or column) of W, B_r is a one-hot vector.
   random   the scratch init of GPT(config) (W_hat entries of std 0.02, c_proj scaled as in GPT-2).
+  act      fitted to what the blocks compute on --calibration tokens, not to the weights: each factored matrix
+           starts at the closed form that weighs W by its inputs' second moment, then Adam fits each factored
+           MLP (and attention) to the teacher's outputs, block by block on inputs that have passed through the
+           blocks already compressed (as GPTQ); a factored wte is weighted by the tokens' frequencies.
+With --calibration (needed by act, optional for the others) the report adds each matrix's output error
+tr(D^T C D) / tr(W^T C W), D = W - W_hat, C the second moment of the inputs the teacher's matrix sees.
 A teacher that is itself a Kronecker checkpoint is decomposed through its materialized weights, so a model
 can be re-factored into another plan. The decompositions are compress.py (train.py uses them too); this file
 is the command line and the shape listing, which needs no torch and answers at once.
@@ -28,9 +34,9 @@ import os
 import re
 import time
 
-from common import UsageError, exit_on_usage_error
-from kron_shapes import (BLOCK_MATRICES, INIT_NAMES, MATRICES, PART_OF, Plan, count_params, list_shapes, matrix_shape,
-                         parse_kron, weight_params)
+from common import ACT_LR, ACT_STEPS, CALIBRATION_TOKENS, UsageError, exit_on_usage_error, read_calibration
+from kron_shapes import (BLOCK_MATRICES, INIT_NAMES, MATRICES, PART_OF, Plan, allocate, count_params, list_shapes,
+                         matrix_shape, parse_kron, weight_params)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -78,10 +84,12 @@ def parse_size(text):
 # ----------------------------------------------------------------------------------------------------
 # Command line
 
-def default_out(source, plan, init):
+def default_out(source, plan, init, target=None):
     name = os.path.basename(os.path.normpath(source))
     name = re.sub(r"\.(pt|pth|ckpt)$", "", name)
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", name)
+    if target is not None:  # --allocate: krony_gpt2_allocated-81M_act.pt
+        return os.path.join("checks", f"krony_{name}_allocated-{re.sub(r'[^A-Za-z0-9.]+', '', target)}_{init}.pt")
     kron = plan.to_kron()
     if set(kron) == {"c_fc", "c_proj"} and kron["c_proj"] == kron["c_fc"][1::-1] + kron["c_fc"][2:]:
         shape = "_".join(map(str, kron["c_fc"]))  # the shorthand's name: krony_gpt2_768_768_1_vl.pt
@@ -95,36 +103,57 @@ def decompose(args, shorthand, kron):
     # torch takes seconds to import: only now, so that --list and argument errors answer at once
     import torch
     from checkpoints import load_model, load_model_config, load_vocab, make_checkpoint, save_checkpoint
-    from compress import compress, weight_errors
+    from compress import compress, output_errors, weight_errors
 
     what = f"--model {args.model}"
     shape = load_model_config(args.model, what)  # the plan is checked against the teacher's shape before its weights
     itos = load_vocab(args.model, what)  # a teacher of a character-level dataset: the student reads its characters
-    try:
-        plan = Plan.from_settings(shape.n_embd, shape.n_layer, shape.vocab_size, *shorthand, kron=kron or None,
-                                  kron_layers=args.layers)
-        plan.check_init(args.init)
-    except ValueError as e:
-        raise UsageError(f"{args.model}: {e}") from None
-    out = args.out or default_out(args.model, plan, args.init)
+    plan = None
+    if not args.allocate:  # --allocate chooses the plan from the teacher's weights, below
+        try:
+            plan = Plan.from_settings(shape.n_embd, shape.n_layer, shape.vocab_size, *shorthand, kron=kron or None,
+                                      kron_layers=args.layers)
+            plan.check_init(args.init)
+        except ValueError as e:
+            raise UsageError(f"{args.model}: {e}") from None
+    out = args.out or default_out(args.model, plan, args.init, args.target if args.allocate else None)
     if os.path.isdir(out):
         raise UsageError(f"--out {out} is a directory; give a file name")
+    if args.init == "act" and not args.calibration:
+        raise UsageError("--init act fits the factors to the teacher's outputs: give --calibration FILE, a token "
+                         "file of the teacher's vocabulary (e.g. data/openwebtext/train.bin)")
+    calibration = None
+    if args.calibration:  # refused before the teacher's weights are read
+        calibration = torch.from_numpy(read_calibration(args.calibration, args.calibration_tokens, shape.block_size,
+                                                        shape.vocab_size))
     teacher = load_model(args.model, what=what)
+    allocation = None
+    if args.allocate:
+        plan, allocation = allocate_plan(args, teacher, calibration if args.init == "act" else None)
     torch.manual_seed(1337)  # --init random is reproducible
     t0 = time.time()
-    student = compress(teacher, plan, args.init, progress=True)
+    student = compress(teacher, plan, args.init, progress=True, calibration=calibration, act_steps=args.act_steps,
+                       act_lr=args.act_lr, act_sweeps=args.act_sweeps)
+    seconds = time.time() - t0
     errors = weight_errors(teacher, student)  # "wte" and "h.<block>.<matrix>"
-    report(args, teacher, student, errors, time.time() - t0)
+    outputs = output_errors(teacher, student, calibration) if calibration is not None else None
+    report(args, teacher, student, errors, outputs, seconds)
 
     init_info = {"teacher": args.model, "method": args.init, "kron": plan.to_kron(),
                  "teacher_params": teacher.get_num_params(False), "params": student.get_num_params(False),
                  "errors": errors}
+    if allocation is not None:
+        init_info.update(allocation=allocation)
+    if calibration is not None:
+        init_info.update(output_errors=outputs, calibration={"file": args.calibration, "tokens": calibration.numel()})
+    if args.init == "act":
+        init_info.update(act_steps=args.act_steps, act_lr=args.act_lr, act_sweeps=args.act_sweeps)
     try:
         save_checkpoint(make_checkpoint(student, itos, init=init_info), out)
     except OSError as e:
         raise UsageError(f"cannot write --out {out}: {e}") from None
     print(f"wrote {out}")
-    if shorthand[0] is not None and not kron and args.layers == "all":
+    if shorthand[0] is not None and not kron and args.layers == "all" and not args.allocate:
         settings = f"--dim_1={shorthand[0]} --dim_2={shorthand[1]} --factors={shorthand[2]}"
     else:
         settings = f'--dim_1=None --dim_2=None --factors=None --kron="{plan.to_kron()}"'
@@ -135,7 +164,47 @@ def decompose(args, shorthand, kron):
               f"{len(itos)} characters, with their meta.json)")
 
 
-def report(args, teacher, student, errors, seconds):
+def allocate_plan(args, teacher, calibration):
+    """(plan, what to record of it) with the least total error proxy of --matrices within --target parameters
+    (without wpe); the proxy of each choice is its relative error (output-weighted with calibration), as
+    compress.allocation_options prices it. Prints the chosen plan as a table."""
+    from compress import allocation_options
+    config = teacher.config
+    names = args.matrices.split(",")
+    target = parse_size(args.target)
+    t0 = time.time()
+    options = allocation_options(teacher, names, calibration)
+    _, dense_no_wpe = count_params(config.n_embd, config.n_layer, config.vocab_size, config.block_size, config.bias)
+    fixed = dense_no_wpe - sum(opts[0][0] for opts in options.values())  # every weight but the candidates'
+    chosen = allocate(options, target - fixed)
+    if chosen is None:
+        smallest = fixed + sum(min(o[0] for o in opts) for opts in options.values())
+        raise UsageError(f"--target {args.target}: the smallest plan of {args.matrices} has {smallest:,} parameters "
+                         f"without wpe")
+    plan = Plan(config.n_embd, config.n_layer, config.vocab_size,
+                {place: shape for place, shape in chosen.items() if shape is not None})
+    proxy = {f"h.{block}.{name}": next(o[1] for o in options[name, block] if o[2] == shape)
+             for (name, block), shape in chosen.items()}
+    total = fixed + sum(next(o[0] for o in options[place] if o[2] == shape) for place, shape in chosen.items())
+    weighting = "output-weighted" if calibration is not None else "weight"
+    print(f"allocated {args.matrices} within {target:,} parameters without wpe: {total:,} ({total / target:.1%} of "
+          f"the target; {len(options)} matrices, {sum(map(len, options.values())):,} options priced in "
+          f"{time.time() - t0:.1f}s; error proxy: relative {weighting} error of Van Loan's decomposition)")
+    print(f"{'block':>5} {'matrix':>9} {'A':>9} {'B':>9} {'factors':>7} {'parameters':>11} {'proxy':>8}")
+    for (name, block), shape in sorted(chosen.items(), key=lambda item: (item[0][1], names.index(item[0][0]))):
+        in_features, out_features = matrix_shape(name, config.n_embd, config.vocab_size)
+        params = next(o[0] for o in options[name, block] if o[2] == shape)
+        if shape is None:
+            print(f"{block:>5} {name:>9} {'dense':>9} {'':>9} {'':>7} {params:>11,} {0:>8.4f}")
+        else:
+            print(f"{block:>5} {name:>9} {f'{shape[0]}x{shape[1]}':>9} "
+                  f"{f'{in_features // shape[0]}x{out_features // shape[1]}':>9} {shape[2]:>7} {params:>11,} "
+                  f"{proxy[f'h.{block}.{name}']:>8.4f}")
+    print(f"error proxy: total {sum(proxy.values()):.4f} over {len(proxy)} matrices")
+    return plan, {"target": target, "matrices": names, "params_no_wpe": total, "proxy": proxy}
+
+
+def report(args, teacher, student, errors, outputs, seconds):
     config, plan = teacher.config, student.config.plan
     teacher_params, student_params = teacher.get_num_params(False), student.get_num_params(False)
     kind = "Kronecker" if config.plan else "dense"
@@ -143,8 +212,9 @@ def report(args, teacher, student, errors, seconds):
     print(f"krony ({args.init}): {student_params:,} parameters, {student.get_num_params():,} without wpe: "
           f"{student_params / teacher_params:.1%} of the teacher ({teacher_params / student_params:.2f}x smaller), "
           f"built in {seconds:.1f}s; plan {plan}")
-    print(f"{'matrix':>9} {'part':>9} {'W':>12} {'A':>11} {'B':>9} {'factors':>7} {'blocks':>8} {'mean error':>10} "
-          f"{'parameters':>13} {'saved':>13}")
+    output_column = f" {'output err':>10}" if outputs else ""
+    print(f"{'matrix':>9} {'part':>9} {'W':>12} {'A':>11} {'B':>9} {'factors':>7} {'blocks':>8} {'mean error':>10}"
+          f"{output_column} {'parameters':>13} {'saved':>13}")
     for name in plan.names:
         by_shape = {}
         for block, shape in plan.places(name):
@@ -155,21 +225,26 @@ def report(args, teacher, student, errors, seconds):
             factored = weight_params(name, shape, config.n_embd, config.vocab_size) * len(blocks)
             keys = ["wte"] if name == "wte" else [f"h.{block}.{name}" for block in blocks]
             mean = sum(errors[key] for key in keys) / len(keys)
+            output_mean = f" {sum(outputs[key] for key in keys) / len(keys):>10.4f}" if outputs else ""
             where = "-" if name == "wte" else ",".join(map(str, blocks)) if len(blocks) < config.n_layer else "all"
             print(f"{name:>9} {PART_OF[name]:>9} {f'{in_features}x{out_features}':>12} "
                   f"{f'{shape[0]}x{shape[1]}':>11} {f'{in_features // shape[0]}x{out_features // shape[1]}':>9} "
-                  f"{shape[2]:>7} {where:>8} {mean:>10.4f} {factored:>13,} {dense - factored:>13,}")
-    print(f"{'total':>9} {'':>9} {'':>12} {'':>11} {'':>9} {'':>7} {'':>8} {'':>10} {student_params:>13,} "
-          f"{teacher_params - student_params:>13,}")
+                  f"{shape[2]:>7} {where:>8} {mean:>10.4f}{output_mean} {factored:>13,} {dense - factored:>13,}")
+    print(f"{'total':>9} {'':>9} {'':>12} {'':>11} {'':>9} {'':>7} {'':>8} {'':>10}{' ' * len(output_column)} "
+          f"{student_params:>13,} {teacher_params - student_params:>13,}")
+    tables = [("relative Frobenius error ||W - W_hat|| / ||W||", errors)]
+    if outputs:
+        tables.append(("relative output error tr(D^T C D) / tr(W^T C W) on the calibration tokens", outputs))
     block_names = [name for name in BLOCK_MATRICES if name in plan.names]
-    if block_names:
-        print("relative Frobenius error ||W - W_hat|| / ||W|| per block (-: dense):")
-        print(f"{'layer':>5} " + " ".join(f"{name:>9}" for name in block_names))
-        for block in plan.blocks:
-            print(f"{block:>5} " + " ".join(f"{errors[f'h.{block}.{name}']:>9.4f}" if f"h.{block}.{name}" in errors
-                                            else f"{'-':>9}" for name in block_names))
-    if "wte" in plan.names:
-        print(f"relative Frobenius error of wte: {errors['wte']:.4f}")
+    for title, values in tables:
+        if block_names:
+            print(f"{title} per block (-: dense):")
+            print(f"{'layer':>5} " + " ".join(f"{name:>9}" for name in block_names))
+            for block in plan.blocks:
+                print(f"{block:>5} " + " ".join(f"{values[f'h.{block}.{name}']:>9.4f}" if f"h.{block}.{name}" in values
+                                                else f"{'-':>9}" for name in block_names))
+        if "wte" in plan.names:
+            print(f"{title} of wte: {values['wte']:.4f}")
 
 
 def build_parser():
@@ -186,7 +261,22 @@ def build_parser():
     parser.add_argument("--model", default="gpt2",
                         help="teacher: a hub name, a local Hugging Face GPT-2 directory, or a krony checkpoint")
     parser.add_argument("--init", default="vl", choices=INIT_NAMES)
+    parser.add_argument("--calibration", metavar="FILE",
+                        help="a token file (train.bin's format) for --init act, and for the output errors of any init")
+    parser.add_argument("--calibration_tokens", type=int, default=CALIBRATION_TOKENS, metavar="N",
+                        help=f"tokens of --calibration, in windows of the teacher's context (default {CALIBRATION_TOKENS:,})")
+    parser.add_argument("--act_steps", type=int, default=ACT_STEPS, help=f"--init act: Adam steps per factored MLP or "
+                                                                           f"attention (default {ACT_STEPS})")
+    parser.add_argument("--act_lr", type=float, default=ACT_LR,
+                        help=f"--init act: Adam's learning rate, cosine to a tenth of it (default {ACT_LR:g})")
+    parser.add_argument("--act_sweeps", type=int, default=0, help="--init act: alternating least-squares sweeps "
+                                                                   "between the closed form and Adam (default 0)")
     parser.add_argument("--out", help="checkpoint to write (default checks/krony_MODEL_SHAPE_INIT.pt)")
+    parser.add_argument("--allocate", action="store_true",
+                        help="choose the plan: per block, the shape and factors of each of --matrices with the least "
+                             "total error within --target parameters (no DIM_1 DIM_2 FACTORS)")
+    parser.add_argument("--matrices", default="c_fc,c_proj",
+                        help="--allocate: the matrices it may factor, comma-separated (default c_fc,c_proj)")
     parser.add_argument("--list", action="store_true", help="list every valid shape instead; needs no weights")
     parser.add_argument("--matrix", default="mlp", choices=("mlp",) + MATRICES,
                         help="--list: the matrix whose shapes to list (default mlp: c_fc, c_proj its transpose)")
@@ -195,7 +285,8 @@ def build_parser():
     parser.add_argument("--vocab_size", type=int, default=50257, help="--list: vocabulary")
     parser.add_argument("--factors", dest="factor_counts", default="1",
                         help="--list: the factor counts to list, comma-separated, e.g. 1,2,4")
-    parser.add_argument("--target", help="--list: mark the shapes closest to this size, e.g. 81M")
+    parser.add_argument("--target", help="--allocate: the parameters without wpe to stay within, e.g. 81M; --list: mark "
+                                         "the shapes closest to this size")
     return parser
 
 
@@ -221,11 +312,25 @@ def main(argv=None):
         kron = parse_kron(args.kron)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    if args.allocate:
+        if any(v is not None for v in shorthand) or kron or args.layers != "all":
+            raise UsageError("--allocate chooses the shapes: it takes no DIM_1 DIM_2 FACTORS, --kron nor --layers")
+        if not args.target:
+            raise UsageError("--allocate needs --target, the parameters without wpe to stay within (e.g. 81M)")
+        parse_size(args.target)
+        wrong = [name for name in args.matrices.split(",") if name not in BLOCK_MATRICES]
+        if wrong or not args.matrices:
+            raise UsageError(f"--matrices {args.matrices!r}: give some of {', '.join(BLOCK_MATRICES)}, comma-separated")
+        decompose(args, shorthand, kron)
+        return
     if any(v is None for v in shorthand) and not (kron and all(v is None for v in shorthand)):
         raise UsageError("give DIM_1 DIM_2 FACTORS, or --kron NAME=ROWSxCOLS:FACTORS, or --list to see the "
                          "valid shapes")
     if any(v is not None and v < 1 for v in shorthand) or any(min(shape) < 1 for shape in kron.values()):
         raise UsageError("shapes and factor counts must be positive")
+    if args.calibration_tokens < 1 or min(args.act_steps, args.act_sweeps) < 0 or not args.act_lr > 0:
+        raise UsageError("--calibration_tokens and --act_lr must be positive, --act_steps and --act_sweeps not "
+                         "negative")
     decompose(args, shorthand, kron)
 
 

@@ -19,11 +19,12 @@ it does not name stays dense. Its one written form is the `--kron` syntax, one e
 what config files, checkpoints and exported config.json files hold.
 """
 
+import math
 import re
 
 BLOCK_MATRICES = ("c_attn", "attn_proj", "c_fc", "c_proj")  # in every block: attention's two, the MLP's two
 MATRICES = ("wte",) + BLOCK_MATRICES  # wte: the token embedding, tied to lm_head, once per model
-INIT_NAMES = ("vl", "vl_norm", "prune", "random")  # compress.INITS: here, so that --list needs no torch
+INIT_NAMES = ("vl", "vl_norm", "prune", "random", "act")  # compress.INITS: here, so that --list needs no torch
 PLAN_SETTINGS = dict(dim_1=None, dim_2=None, factors=None, kron=None, kron_layers="all")  # unset: a dense model
 PART_OF = {"wte": "embedding", "c_attn": "attention", "attn_proj": "attention", "c_fc": "mlp", "c_proj": "mlp"}
 
@@ -348,3 +349,40 @@ def list_shapes(n_embd=768, factors_list=(1,), n_layer=12, vocab_size=50257, blo
                 ))
     rows.sort(key=lambda r: (r["params"], r["dim_1"], r["dim_2"], r["factors"]))
     return rows
+
+
+def allocate(options, budget, resolution=4000):
+    """The choice of one option per place with the smallest total error whose parameters sum to at most `budget`,
+    or None if none fits. options: {place: [(parameters, error, choice), ...]}. A multiple-choice knapsack, solved
+    exactly by dynamic programming over the budget in steps of budget / resolution parameters (at least 1), each
+    option's parameters rounded up to whole steps, so the choice always fits and is optimal up to that rounding.
+    Options that cost more and err more than another are dropped first. Returns {place: choice}."""
+    unit = max(1.0, budget / resolution)
+    steps = int(budget // unit)
+    fronts = {}
+    for place, opts in options.items():
+        front = []
+        for option in sorted(opts, key=lambda o: (o[0], o[1])):
+            if math.ceil(option[0] / unit) <= steps and (not front or option[1] < front[-1][1]):
+                front.append(option)
+        if not front:
+            return None
+        fronts[place] = front
+    best, picks = [0.0] * (steps + 1), []  # best[c]: least error of the places so far within c steps
+    for front in fronts.values():
+        new, pick = [math.inf] * (steps + 1), [None] * (steps + 1)
+        for i, (params, error, _) in enumerate(front):
+            k = math.ceil(params / unit)
+            for c in range(k, steps + 1):
+                if best[c - k] + error < new[c]:
+                    new[c], pick[c] = best[c - k] + error, i
+        best = new
+        picks.append(pick)
+    if best[steps] == math.inf:
+        return None
+    chosen, c = {}, steps
+    for (place, front), pick in reversed(list(zip(fronts.items(), picks))):
+        option = front[pick[c]]
+        chosen[place] = option[2]
+        c -= math.ceil(option[0] / unit)
+    return chosen

@@ -14,7 +14,8 @@ compression costs is told apart from what the fine-tuning alone does.
 A study config is plain Python, like train.py's (see STUDY_SETTINGS below): a teacher (a model source, or
 teacher_config, a train.py config trained first into out_dir/teacher), train.py settings shared by every
 fine-tuning run, seeds, variants {name: {"plan": train.py's plan settings (dim_1, dim_2, factors, kron,
-kron_layers), "init": vl|vl_norm|prune|random, "distill": train.py distill_* settings, "finetune": train.py
+kron_layers), "init": vl|vl_norm|prune|random|act, "act": init act's calibration_tokens, act_steps, act_lr, act_sweeps
+(calibrated on data_dir's train.bin), "distill": train.py distill_* settings, "finetune": train.py
 settings for this variant only}}, and questions {title: (baseline variant, [variants])}. For each variant: the
 student is made once, in this process, as kron_decompose.py makes it (compress.compress), then for each seed
 train.py and perplexity.py run (the control's runs in out_dir/control). A run whose result.json exists is skipped,
@@ -32,7 +33,8 @@ import subprocess
 import sys
 import time
 
-from common import UsageError, exit_on_usage_error, one_line, write_json
+from common import (ACT_LR, ACT_STEPS, CALIBRATION_TOKENS, UsageError, exit_on_usage_error, one_line, read_calibration,
+                    write_json)
 from configurator import ConfigError, checked, load_config
 from kron_shapes import INIT_NAMES, PLAN_SETTINGS, Plan
 from plot import plot_frontier, plot_loss_panels, read_metrics
@@ -50,7 +52,8 @@ STUDY_SETTINGS = dict(  # key=(default, type)
     questions=({}, dict),
     device=("cpu", str),
 )
-VARIANT_KEYS = ("plan", "init", "distill", "finetune")
+VARIANT_KEYS = ("plan", "init", "act", "distill", "finetune")
+ACT_KEYS = ("calibration_tokens", "act_steps", "act_lr", "act_sweeps")  # init act's settings (train.py's), on data_dir/train.bin
 DISTILL_KEYS = ("distill_alpha", "distill_temperature", "distill_hidden")
 RUN_OWNED = ("out_dir", "init_from", "seed", "teacher", "overwrite", "data_dir", "device") + \
     tuple(PLAN_SETTINGS) + DISTILL_KEYS
@@ -112,6 +115,8 @@ def check_study(s, train_settings):
             raise UsageError(f"{where}: {e}") from None
         if variant.get("init", "vl") not in INIT_NAMES:
             raise UsageError(f"{where}: init={variant['init']!r} is not one of {', '.join(INIT_NAMES)}")
+        if set(variant.get("act", {})) - set(ACT_KEYS):
+            raise UsageError(f"{where}: act takes {', '.join(ACT_KEYS)}, got {sorted(variant['act'])}")
         distill = variant.get("distill", {})
         if set(distill) - set(DISTILL_KEYS):
             raise UsageError(f"{where}: distill takes {', '.join(DISTILL_KEYS)}, got {sorted(distill)}")
@@ -160,19 +165,29 @@ def score(model_path, s, out_path, log_path):
     return next(iter(read_json(out_path)["datasets"].values()))["perplexity"], None
 
 
-def make_student(variant, teacher_model, teacher, init_path):
-    """The variant's student, made as kron_decompose.py makes it (the same seed for init random), saved at
-    init_path; None on success, else why it failed."""
+def make_student(variant, teacher_model, teacher, init_path, data_dir):
+    """The variant's student, made as kron_decompose.py makes it (the same seed for init random; init act
+    calibrated on data_dir's train.bin), saved at init_path; None on success, else why it failed."""
     import torch
     from checkpoints import load_vocab, make_checkpoint, save_checkpoint
     from compress import compress
     config = teacher_model.config
     init = variant.get("init", "vl")
+    act = {"calibration_tokens": CALIBRATION_TOKENS, "act_steps": ACT_STEPS, "act_lr": ACT_LR, "act_sweeps": 0,
+           **variant.get("act", {})}
     try:
         plan = Plan.from_settings(config.n_embd, config.n_layer, config.vocab_size, **variant.get("plan", {}))
+        calibration = None
+        if init == "act":
+            calibration = torch.from_numpy(read_calibration(os.path.join(data_dir, "train.bin"),
+                                                            act["calibration_tokens"], config.block_size,
+                                                            config.vocab_size))
         torch.manual_seed(1337)
-        student = compress(teacher_model, plan, init)
-        info = {"teacher": teacher, "method": init, "kron": plan.to_kron()}
+        t0 = time.time()
+        student = compress(teacher_model, plan, init, calibration=calibration, act_steps=act["act_steps"],
+                           act_lr=act["act_lr"], act_sweeps=act["act_sweeps"])
+        info = {"teacher": teacher, "method": init, "kron": plan.to_kron(), "seconds": time.time() - t0,
+                **(act if init == "act" else {})}
         # the teacher's characters, if any: train.py refuses a model whose characters are not the dataset's
         save_checkpoint(make_checkpoint(student, load_vocab(teacher), init=info), init_path)
     except (ValueError, OSError) as e:
@@ -189,7 +204,7 @@ def run_variant(name, variant, s, teacher, open_teacher):
     result = {"variant": name, "runs": {}}
     error = None
     if not os.path.exists(init_path):
-        error = make_student(variant, open_teacher(), teacher, init_path)
+        error = make_student(variant, open_teacher(), teacher, init_path, s["data_dir"])
     if error is None:
         result["init_perplexity"], error = score(init_path, s, os.path.join(folder, "init_ppl.json"),
                                                  os.path.join(folder, "init_ppl.log"))

@@ -13,7 +13,8 @@ init_from chooses the starting point:
     a file           one of our checkpoints: a Kronecker one (kron_decompose.py's output) is used as it is,
                      a dense one is compressed here by the plan
     anything else    a Hugging Face GPT-2 (hub name like gpt2, or a local directory), compressed here by the
-                     plan with `init` (vl, vl_norm, prune, random)
+                     plan with `init` (vl, vl_norm, prune, random, or act: fitted to the dense model's outputs
+                     on `calibration`, by default the run's own train.bin)
 A fresh run (anything but resume) refuses an out_dir that already holds a ckpt.pt unless overwrite=True.
 With a teacher (any model source), the loss mixes in knowledge distillation:
     (1 - distill_alpha) * cross-entropy + distill_alpha * T^2 * KL(teacher || student) at temperature T
@@ -37,8 +38,9 @@ import torch.distributed as dist
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from checkpoints import load_checkpoint, load_model, load_vocab, make_checkpoint, save_checkpoint
-from common import UsageError, one_line, open_tokens, read_vocab
+from checkpoints import load_checkpoint, load_model, load_model_config, load_vocab, make_checkpoint, save_checkpoint
+from common import (ACT_LR, ACT_STEPS, CALIBRATION_TOKENS, UsageError, one_line, open_tokens, read_calibration,
+                    read_vocab)
 from compress import INITS, compress
 from configurator import ConfigError, load_config
 from devices import autocast_context, resolve_dtype, setup_device
@@ -81,7 +83,13 @@ SETTINGS = dict(  # key=(default, type)
     factors=(None, OPTIONAL_INT),
     kron=(None, OPTIONAL_DICT),
     kron_layers=("all", (str, tuple, list)),
-    init=("vl", str),  # how the factors start from a dense model: vl, vl_norm, prune, random
+    init=("vl", str),  # how the factors start from a dense model: vl, vl_norm, prune, random, act
+    # init act: fitted to the teacher's outputs on calibration tokens (compress.fit_to_calibration)
+    calibration=("", str),  # a token file; empty: the run's own train.bin
+    calibration_tokens=(CALIBRATION_TOKENS, int),
+    act_steps=(ACT_STEPS, int),  # Adam steps per factored MLP or attention
+    act_lr=(ACT_LR, float),  # cosine to a tenth of it
+    act_sweeps=(0, int),  # alternating least-squares sweeps before Adam
     # knowledge distillation
     teacher=("", str),  # a model source (hub name, Hugging Face directory, checkpoint); empty: none
     distill_alpha=(0.0, float),  # weight of the teacher's softened distribution against the tokens
@@ -122,16 +130,18 @@ def check_config(settings):
         if settings[key] not in allowed:
             raise UsageError(f"{key}={settings[key]!r} is not one of {', '.join(allowed)}")
     for key in ("eval_interval", "log_interval", "eval_iters", "gradient_accumulation_steps", "batch_size",
-                "block_size", "n_layer", "n_head", "n_embd", "vocab_size"):
+                "block_size", "n_layer", "n_head", "n_embd", "vocab_size", "calibration_tokens"):
         if settings[key] < 1:
             raise UsageError(f"{key}={settings[key]} must be at least 1")
     for key in ("max_iters", "warmup_iters", "lr_decay_iters", "learning_rate", "min_lr", "weight_decay",
-                "grad_clip", "distill_hidden"):
+                "grad_clip", "distill_hidden", "act_steps", "act_sweeps"):
         if settings[key] < 0:
             raise UsageError(f"{key}={settings[key]} must not be negative")
     for key in ("dropout", "beta1", "beta2"):
         if not 0 <= settings[key] < 1:
             raise UsageError(f"{key}={settings[key]} must be in [0, 1)")
+    if settings["act_lr"] <= 0:
+        raise UsageError(f"act_lr={settings['act_lr']} must be positive")
     if not 0 <= settings["distill_alpha"] <= 1:
         raise UsageError(f"distill_alpha={settings['distill_alpha']} must be in [0, 1]")
     if settings["distill_temperature"] <= 0:
@@ -219,8 +229,9 @@ def plan_of(settings, config):
     return Plan.from_settings(config.n_embd, config.n_layer, config.vocab_size, **plan_settings)
 
 
-def init_model(settings, master):
-    """(model, checkpoint): the model init_from names, adapted to the run; checkpoint only when resuming."""
+def init_model(settings, master, calibration_path):
+    """(model, checkpoint): the model init_from names, adapted to the run; checkpoint only when resuming. init act
+    reads its calibration tokens from calibration_path, before any weights."""
     init_from = settings["init_from"]
     if init_from == "scratch":
         keys = MODEL_KEYS + PLAN_KEYS + ("dropout",)
@@ -235,6 +246,17 @@ def init_model(settings, master):
         except (OSError, ValueError) as e:
             raise UsageError(f"cannot load init_from=resume: {one_line(e)}") from None
     else:
+        calibration = None
+        if settings["init"] == "act":  # the calibration tokens are read, or refused, before any weights
+            shape = load_model_config(init_from, what=f"init_from={init_from!r}")
+            try:
+                compressed_here = not shape.plan and plan_of(settings, shape) is not None
+            except ValueError as e:
+                raise UsageError(f"{init_from}: {e}") from None
+        if settings["init"] == "act" and compressed_here:
+            calibration = torch.from_numpy(read_calibration(calibration_path, settings["calibration_tokens"],
+                                                            min(shape.block_size, settings["block_size"]),
+                                                            shape.vocab_size))
         model = load_model(init_from, what=f"init_from={init_from!r}")
         try:
             plan = plan_of(settings, model.config)
@@ -248,7 +270,9 @@ def init_model(settings, master):
                 print(f"compressing {init_from} ({model.get_num_params():,} parameters) with {plan}, "
                       f"init={settings['init']}")
             try:
-                model = compress(model, plan, settings["init"], progress=master)
+                model = compress(model, plan, settings["init"], progress=master, calibration=calibration,
+                                 act_steps=settings["act_steps"], act_lr=settings["act_lr"],
+                                 act_sweeps=settings["act_sweeps"])
             except ValueError as e:
                 raise UsageError(f"{init_from}: {e}") from None
     if settings["block_size"] < model.config.block_size:
@@ -501,7 +525,8 @@ def train(settings):
     rt = setup_runtime(settings)
 
     torch.manual_seed(settings["seed"])  # the same initial model whatever the number of processes
-    model, checkpoint = init_model(settings, rt.master)
+    model, checkpoint = init_model(settings, rt.master,
+                                   settings["calibration"] or os.path.join(data_dir, "train.bin"))
     check_vocab(settings, model, checkpoint, itos, data_dir)
     run_settings = {**settings, **adopted_shape(settings, model, rt.master)}  # what the checkpoint records
     for split in ("train", "val"):
