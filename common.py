@@ -120,6 +120,21 @@ def read_vocab(folder):
     return itos
 
 
+def check_vocab(model_name, vocab_size, model_itos, data_name, itos):
+    """Refuse ids that mean something else to the model than in the data: another number of characters, other
+    characters, or GPT-2 tokens for a model that reads characters. model_itos: the characters the model was
+    trained on, itos: the data's (its meta.json), each None for GPT-2 tokens."""
+    if itos is None and model_itos is not None:
+        raise UsageError(f"{model_name} reads the {len(model_itos)} characters it was trained on, but {data_name} "
+                         f"holds GPT-2 tokens (a .bin of characters has their meta.json beside it)")
+    if itos is not None and vocab_size != len(itos):
+        raise UsageError(f"{model_name} has a vocabulary of {vocab_size:,} tokens, but {data_name} holds the "
+                         f"{len(itos)} characters of its meta.json: use a model of those characters")
+    if model_itos is not None and model_itos != itos:
+        raise UsageError(f"{model_name} was trained on other characters than the {len(itos)} of {data_name}'s "
+                         f"meta.json")
+
+
 def write_vocab(itos, folder):
     """folder/meta.json for the characters itos, atomically."""
     tmp_path = os.path.join(folder, f"{META_FILE}.tmp{os.getpid()}")

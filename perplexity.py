@@ -39,7 +39,8 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from common import EOT, UsageError, exit_on_usage_error, gpt2_encoding, one_line, open_tokens, read_vocab, write_json
+from common import (EOT, UsageError, check_vocab, exit_on_usage_error, gpt2_encoding, one_line, open_tokens, read_vocab,
+                    write_json)
 from checkpoints import load_model, load_model_config, load_vocab
 from devices import autocast_context, default_device, setup_device
 from model import IGNORE_INDEX
@@ -117,21 +118,6 @@ def load_texts(name, data_dir=None):
 def dataset_vocab(dataset):
     """The characters a dataset's ids stand for: the meta.json beside a .bin file; None for GPT-2 tokens."""
     return read_vocab(os.path.dirname(dataset) or ".") if dataset.endswith(".bin") else None
-
-
-def check_vocab(dataset, itos, config, model_itos, model_name):
-    """Refuse to score ids that mean something else to the model: another number of characters, other characters,
-    or GPT-2 tokens for a model that reads characters."""
-    if itos is None:
-        if model_itos is not None:
-            raise UsageError(f"{model_name} reads the {len(model_itos)} characters it was trained on, but {dataset} "
-                             f"is scored as GPT-2 tokens (a .bin of characters has their meta.json beside it)")
-    elif config.vocab_size != len(itos):
-        raise UsageError(f"{dataset} holds characters ({len(itos)} in its meta.json), but {model_name} has a "
-                         f"vocabulary of {config.vocab_size:,}: score it with a model of those characters")
-    elif model_itos is not None and model_itos != itos:
-        raise UsageError(f"{model_name} was trained on other characters than the {len(itos)} of {dataset}'s "
-                         f"meta.json")
 
 
 def load_tokens(dataset, data_dir=None, max_tokens=None):
@@ -342,7 +328,7 @@ def main(argv=None):
     vocabs = {name: dataset_vocab(name) for name in names}
     model_itos = load_vocab(args.model, what=repr(args.model))
     for name, itos in vocabs.items():
-        check_vocab(name, itos, config, model_itos, repr(args.model))
+        check_vocab(repr(args.model), config.vocab_size, model_itos, name, itos)
 
     # All data before the weights: a missing dataset should not wait for a large model to load.
     data = {name: load_tokens(name, args.data_dir, args.max_tokens) for name in names}

@@ -39,8 +39,8 @@ from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoints import load_checkpoint, load_model, load_model_config, load_vocab, make_checkpoint, save_checkpoint
-from common import (ACT_LR, ACT_STEPS, CALIBRATION_TOKENS, UsageError, one_line, open_tokens, read_calibration,
-                    read_vocab)
+from common import (ACT_LR, ACT_STEPS, CALIBRATION_TOKENS, UsageError, check_vocab, one_line, open_tokens,
+                    read_calibration, read_vocab)
 from compress import INITS, compress
 from configurator import ConfigError, load_config
 from devices import autocast_context, resolve_dtype, setup_device
@@ -280,22 +280,15 @@ def init_model(settings, master, calibration_path):
     return with_dropout(model, settings["dropout"]), checkpoint
 
 
-def check_vocab(settings, model, checkpoint, itos, data_dir):
-    """Refuse a model whose ids mean something else than the dataset's: another number of them, or other
-    characters (a checkpoint of a character-level dataset carries its characters, itos)."""
+def check_model_vocab(settings, model, checkpoint, itos, data_dir):
+    """Refuse a model whose ids mean something else than the dataset's (common.check_vocab); a checkpoint of a
+    character-level dataset carries its characters, itos."""
     if settings["init_from"] == "scratch":
         return
     source = "init_from=resume" if checkpoint is not None else f"init_from={settings['init_from']}"
     model_itos = checkpoint.get("itos") if checkpoint is not None else \
         load_vocab(settings["init_from"], what=f"init_from={settings['init_from']!r}")
-    size = model.config.vocab_size
-    if itos is not None and size != len(itos):
-        raise UsageError(f"{source} has a vocabulary of {size:,} tokens, but {data_dir}'s meta.json has {len(itos)} "
-                         f"characters: train it on a dataset of its own vocabulary")
-    if model_itos is not None and model_itos != itos:
-        what = "other characters" if itos is not None else "no meta.json: its ids are GPT-2 tokens"
-        raise UsageError(f"{source} reads the {len(model_itos)} characters it was trained on, but {data_dir} has "
-                         f"{what}")
+    check_vocab(source, model.config.vocab_size, model_itos, data_dir, itos)
 
 
 def adopted_shape(settings, model, master):
@@ -527,7 +520,7 @@ def train(settings):
     torch.manual_seed(settings["seed"])  # the same initial model whatever the number of processes
     model, checkpoint = init_model(settings, rt.master,
                                    settings["calibration"] or os.path.join(data_dir, "train.bin"))
-    check_vocab(settings, model, checkpoint, itos, data_dir)
+    check_model_vocab(settings, model, checkpoint, itos, data_dir)
     run_settings = {**settings, **adopted_shape(settings, model, rt.master)}  # what the checkpoint records
     for split in ("train", "val"):
         check_tokens(data_dir, split, model.config.block_size, model.config.vocab_size)

@@ -37,7 +37,7 @@ CASES = [
     ("perplexity.py", "{d}/teacher.pt {d}/big/train.bin", 2, "holds token id 60000, beyond the model's"),
     ("perplexity.py", "{d}/teacher.pt {d}/data/val.bin --stride 0", 2, "--stride must be at least 1"),
     ("perplexity.py", "{d}/teacher.pt {d}/data/val.bin --out {d}/no_dir/out.json", 2, "no such directory"),
-    ("perplexity.py", "{d}/teacher.pt {d}/chars/val.bin", 2, "holds characters (20 in its meta.json), but"),
+    ("perplexity.py", "{d}/teacher.pt {d}/chars/val.bin", 2, "has a vocabulary of 64 tokens, but"),
     ("sample.py", "/no/such/model", 2, "cannot load '/no/such/model'"),
     ("sample.py", "{d}/teacher.pt --temperature=-1", 2, "temperature and top_k must be >= 0"),
     ("sample.py", "{d}/teacher.pt --start=FILE:{d}/no_such.txt", 2, "cannot read the prompt file"),

@@ -163,15 +163,16 @@ def test_ids_that_mean_something_else_are_refused_with_one_line(char_run, tmp_pa
     save_checkpoint(make_checkpoint(tiny_gpt(block_size=BLOCK_SIZE, vocab_size=len(itos))), str(small_model))
     out = ["--device=cpu", "--out", tmp_path / "out.json"]
     runs = [
-        (train.main, char_train_args(other_chars, tmp_path / "a", init_from=char_model), "has other characters"),
+        (train.main, char_train_args(other_chars, tmp_path / "a", init_from=char_model),
+         "trained on other characters than the 20"),
         (train.main, char_train_args(data, tmp_path / "b", init_from=gpt2_model),
          "has a vocabulary of 50,257 tokens, but"),
         (train.main, char_train_args(beyond_gpt2, tmp_path / "c"),
          "holds token id 60000, beyond the model's vocabulary of 50,257"),
-        (perplexity.main, [char_model, f"{gpt2_tokens}/val.bin", *out], "is scored as GPT-2 tokens"),
-        (perplexity.main, [char_model, "wiki2", *out], "wiki2 is scored as GPT-2 tokens"),  # before any download
+        (perplexity.main, [char_model, f"{gpt2_tokens}/val.bin", *out], "holds GPT-2 tokens"),
+        (perplexity.main, [char_model, "wiki2", *out], "wiki2 holds GPT-2 tokens"),  # before any download
         (perplexity.main, [char_model, f"{other_chars}/val.bin", *out], "trained on other characters than the 20"),
-        (perplexity.main, [gpt2_model, f"{data}/val.bin", *out], "holds characters (20 in its meta.json)"),
+        (perplexity.main, [gpt2_model, f"{data}/val.bin", *out], "has a vocabulary of 50,257 tokens, but"),
         (sample.main, [char_model, "--start=to BE", "--device=cpu"],
          "the character 'B' is not in the model's vocabulary of 20"),
         (sample.main, [small_model, "--device=cpu"], "carries no characters"),
