@@ -84,7 +84,8 @@ INITS = {  # name -> decomposition; `random` keeps GPT's own init (W_hat entries
     "act": None,  # fitted to calibration outputs by fit_to_calibration, below; needs the calibration windows
 }
 assert tuple(INITS) == INIT_NAMES, "kron_shapes.INIT_NAMES lists the inits for --list, which needs no torch"
-ACT_BATCH_TOKENS = 8192  # per Adam step, and per chunk of the forward passes
+ACT_BATCH_TOKENS = 8192  # per Adam step of init act's fit
+CHUNK_TOKENS = 8192  # per chunk of the forward passes over the calibration tokens
 
 
 @torch.no_grad()
@@ -290,11 +291,12 @@ def relative_output_error(module, inputs, targets, chunk):
     return (errors.sum() / targets.square().sum()).item()
 
 
-def fit_sublayer(teacher_part, student_part, inputs, steps, lr, sweeps, chunk, generator, desc, progress):
+def fit_sublayer(teacher_part, student_part, inputs, steps, lr, sweeps, batch, chunk, generator, desc, progress):
     """Fit student_part (the block's attention or MLP, with its Kronecker factors) to teacher_part's outputs on
     `inputs` (n, t, n_embd): every factored matrix starts at whitened_kronecker of what the teacher's matrix sees
     (refined by `sweeps` of alternating_least_squares: lost in progress.md, so 0 by default), then `steps` of
-    Adam on all of student_part's parameters, mean squared error, `chunk` sequences per step. Adam's result is
+    Adam on all of student_part's parameters, mean squared error, `batch` sequences per step (forward passes in
+    chunks of `chunk`). Adam's result is
     kept only if it beats the start. Returns the relative output error (start, end)."""
     teacher_modules = dict(teacher_part.named_modules())
     factored = {name: m for name, m in student_part.named_modules() if isinstance(m, KroneckerLinear)}
@@ -313,8 +315,8 @@ def fit_sublayer(teacher_part, student_part, inputs, steps, lr, sweeps, chunk, g
         for step in tqdm(range(steps), desc=desc, unit="step", disable=not progress, leave=False):
             for group in optimizer.param_groups:  # cosine from lr to lr / 10
                 group["lr"] = lr * (0.55 + 0.45 * math.cos(math.pi * step / steps))
-            batch = torch.randint(len(inputs), (chunk,), generator=generator)
-            loss = F.mse_loss(student_part(inputs[batch]), targets[batch])
+            rows = torch.randint(len(inputs), (batch,), generator=generator)
+            loss = F.mse_loss(student_part(inputs[rows]), targets[rows])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -331,7 +333,7 @@ def fit_to_calibration(teacher, student, calibration, steps=ACT_STEPS, lr=ACT_LR
     frequency_kronecker, then block by block each factored sublayer by fit_sublayer, on the calibration windows
     (n, t) run through the student as compressed so far. Returns {"h.<block>.attn" or ".mlp": (start, end)}."""
     n, t = calibration.shape
-    chunk = max(1, ACT_BATCH_TOKENS // t)
+    batch, chunk = max(1, ACT_BATCH_TOKENS // t), max(1, CHUNK_TOKENS // t)
     generator = torch.Generator().manual_seed(0)
     modes = teacher.training, student.training
     teacher.eval(), student.eval()  # no dropout in the targets nor in the fit
@@ -352,7 +354,8 @@ def fit_to_calibration(teacher, student, calibration, steps=ACT_STEPS, lr=ACT_LR
             inputs = in_chunks(norm, x, chunk)
             if any(isinstance(m, KroneckerLinear) for m in student_part.modules()):
                 errors[f"h.{b}.{part}"] = fit_sublayer(getattr(teacher_block, part), student_part, inputs, steps, lr,
-                                                       sweeps, chunk, generator, f"act: block {b} {part}", progress)
+                                                       sweeps, batch, chunk, generator, f"act: block {b} {part}",
+                                                       progress)
             x = x + in_chunks(student_part, inputs, chunk)
     teacher.train(modes[0]), student.train(modes[1])
     return errors
@@ -371,7 +374,7 @@ def output_errors(teacher, student, calibration):
     was_training = teacher.training
     teacher.eval()
     with input_moments({key: source for key, (source, _) in modules.items()}) as moments:
-        chunk = max(1, ACT_BATCH_TOKENS // t)
+        chunk = max(1, CHUNK_TOKENS // t)
         for i in range(0, n, chunk):
             teacher.residual_stream(calibration[i:i + chunk])
     teacher.train(was_training)
@@ -406,7 +409,7 @@ def allocation_options(teacher, names, calibration=None):
         was_training = teacher.training
         teacher.eval()
         with input_moments(modules) as moments:
-            chunk = max(1, ACT_BATCH_TOKENS // calibration.shape[1])
+            chunk = max(1, CHUNK_TOKENS // calibration.shape[1])
             for i in range(0, len(calibration), chunk):
                 teacher.residual_stream(calibration[i:i + chunk])
         teacher.train(was_training)
