@@ -5,10 +5,12 @@ import random
 
 import pytest
 import torch
-from conftest import kron_sum, run_main, tiny_gpt
+from conftest import kron_sum, random_corpus, run_main, tiny_gpt, tiny_train_args, train_in_process
 
 import kron_decompose
+import krony_to_gpt
 from checkpoints import load_checkpoint, make_checkpoint, save_checkpoint
+from common import write_vocab
 from compress import allocation_options, nearest_kronecker
 from kron_shapes import Plan, allocate, count_params
 from model import weight_of
@@ -65,7 +67,8 @@ def test_each_option_is_priced_by_its_decompositions_real_error():
 @pytest.fixture(scope="module")
 def teacher_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("allocate") / "teacher.pt"
-    save_checkpoint(make_checkpoint(tiny_gpt(seed=2)), path)
+    itos = [chr(ord("0") + i) for i in range(64)]  # characters: the exports need no GPT-2 tokenizer
+    save_checkpoint(make_checkpoint(tiny_gpt(seed=2), itos), path)
     return path
 
 
@@ -85,6 +88,26 @@ def test_allocate_writes_a_per_block_plan_within_the_target(teacher_path, tmp_pa
     # the choice beats the uniform plan of the same size by its own measure: the total relative weight error
     uniform = kron_decompose_errors(teacher_path, tmp_path, capsys, [4, 16, 1])
     assert sum(checkpoint["init"]["errors"][k] ** 2 for k in uniform) <= sum(e ** 2 for e in uniform.values())
+
+
+def test_an_allocated_plan_trains_and_exports_like_any_plan(teacher_path, tmp_path, capsys):
+    """Per-block shapes down to outer products (A 1x64, B 16x1): train.py continues the checkpoint, and both
+    exports are written (each checks its logits against the checkpoint's before it is renamed into place)."""
+    allocated = tmp_path / "allocated.pt"
+    assert run_main(kron_decompose.main, ["--allocate", "--target", 5000, "--model", teacher_path, "--out",
+                                          allocated], capsys)[0] == 0
+    model, _ = load_checkpoint(allocated)
+    assert len(set(model.config.plan.shapes.values())) > 1  # not one shape everywhere
+    data_dir = random_corpus(tmp_path / "data")
+    write_vocab(load_checkpoint(allocated)[1]["itos"], data_dir)
+    train_in_process(tiny_train_args(data_dir, tmp_path / "run", n_embd=16, block_size=8, init_from=allocated,
+                                     max_iters=2, eval_interval=2))
+    trained, _ = load_checkpoint(tmp_path / "run" / "ckpt.pt")
+    assert trained.config.plan == model.config.plan
+    for flags in ([], ["--keep_factors"]):
+        status, out, err = run_main(krony_to_gpt.main, [tmp_path / "run" / "ckpt.pt", tmp_path / f"export{len(flags)}",
+                                                        *flags], capsys)
+        assert status == 0, err
 
 
 def kron_decompose_errors(teacher_path, tmp_path, capsys, shape):
