@@ -286,9 +286,9 @@ def input_moments(modules):
 
 def relative_output_error(module, inputs, targets, chunk):
     """sum ||module(x) - y||^2 / sum ||y||^2 over the calibration inputs."""
-    errors = in_chunks(lambda i: (module(inputs[i]) - targets[i]).square().sum()[None], torch.arange(len(inputs)),
-                       chunk)
-    return (errors.sum() / targets.square().sum()).item()
+    squared = sum((module(inputs[i:i + chunk]) - targets[i:i + chunk]).square().sum()
+                  for i in range(0, len(inputs), chunk))
+    return (squared / targets.square().sum()).item()
 
 
 def fit_sublayer(teacher_part, student_part, inputs, steps, lr, sweeps, batch, chunk, generator, desc, progress):
@@ -296,8 +296,8 @@ def fit_sublayer(teacher_part, student_part, inputs, steps, lr, sweeps, batch, c
     `inputs` (n, t, n_embd): every factored matrix starts at whitened_kronecker of what the teacher's matrix sees
     (refined by `sweeps` of alternating_least_squares: lost in progress.md, so 0 by default), then `steps` of
     Adam on all of student_part's parameters, mean squared error, `batch` sequences per step (forward passes in
-    chunks of `chunk`). Adam's result is
-    kept only if it beats the start. Returns the relative output error (start, end)."""
+    chunks of `chunk`). Adam's result is kept only if it beats the start. Returns the relative output error
+    (start, end)."""
     teacher_modules = dict(teacher_part.named_modules())
     factored = {name: m for name, m in student_part.named_modules() if isinstance(m, KroneckerLinear)}
     with input_moments({name: teacher_modules[name] for name in factored}) as moments:

@@ -5,6 +5,8 @@ Step 1 of the pipeline: choose Kronecker factor shapes, and initialise a compres
     python kron_decompose.py 768 768 1 --kron c_attn=768x768:1 --kron attn_proj=384x384:1 --kron wte=50257x384:1 \\
         --layers odd                                             # MLP, attention and embedding, odd blocks
     python kron_decompose.py 768 768 1 --kron c_fc@3=768x768:2  # per block: block 3's c_fc with 2 factors
+    python kron_decompose.py 768 768 1 --init act --calibration data/owt/train.bin   # fitted to the outputs
+    python kron_decompose.py --allocate --target 81M             # per block: the shapes of least error in 81M
     python kron_decompose.py --list --target 81M                 # every valid MLP shape; needs no weights
     python kron_decompose.py --list --matrix c_attn              # ... or of any other factorable matrix
 
@@ -24,6 +26,9 @@ Initialisations:
            blocks already compressed (as GPTQ); a factored wte is weighted by the tokens' frequencies.
 With --calibration (needed by act, optional for the others) the report adds each matrix's output error
 tr(D^T C D) / tr(W^T C W), D = W - W_hat, C the second moment of the inputs the teacher's matrix sees.
+--allocate needs no shape: it prices every valid A shape and factor count of each block's --matrices by the
+squared relative error its closed form leaves (weight error; output error with --init act) and picks, block
+by block, the plan of least total error within --target parameters without wpe (an exact knapsack).
 A teacher that is itself a Kronecker checkpoint is decomposed through its materialized weights, so a model
 can be re-factored into another plan. The decompositions are compress.py (train.py uses them too); this file
 is the command line and the shape listing, which needs no torch and answers at once.
@@ -121,7 +126,7 @@ def decompose(args, shorthand, kron):
         raise UsageError(f"--out {out} is a directory; give a file name")
     if args.init == "act" and not args.calibration:
         raise UsageError("--init act fits the factors to the teacher's outputs: give --calibration FILE, a token "
-                         "file of the teacher's vocabulary (e.g. data/openwebtext/train.bin)")
+                         "file of the teacher's vocabulary (e.g. data/owt/train.bin)")
     calibration = None
     if args.calibration:  # refused before the teacher's weights are read
         calibration = torch.from_numpy(read_calibration(args.calibration, args.calibration_tokens, shape.block_size,
@@ -166,7 +171,7 @@ def decompose(args, shorthand, kron):
 
 def allocate_plan(args, teacher, calibration):
     """(plan, what to record of it) with the least total error proxy of --matrices within --target parameters
-    (without wpe); the proxy of each choice is its relative error (output-weighted with calibration), as
+    (without wpe); the proxy of each choice is its squared relative error (output-weighted with calibration), as
     compress.allocation_options prices it. Prints the chosen plan as a table."""
     from compress import allocation_options
     config = teacher.config
@@ -189,7 +194,7 @@ def allocate_plan(args, teacher, calibration):
     weighting = "output-weighted" if calibration is not None else "weight"
     print(f"allocated {args.matrices} within {target:,} parameters without wpe: {total:,} ({total / target:.1%} of "
           f"the target; {len(options)} matrices, {sum(map(len, options.values())):,} options priced in "
-          f"{time.time() - t0:.1f}s; error proxy: relative {weighting} error of Van Loan's decomposition)")
+          f"{time.time() - t0:.1f}s; proxy: the squared relative {weighting} error of the closed form)")
     print(f"{'block':>5} {'matrix':>9} {'A':>9} {'B':>9} {'factors':>7} {'parameters':>11} {'proxy':>8}")
     for (name, block), shape in sorted(chosen.items(), key=lambda item: (item[0][1], names.index(item[0][0]))):
         in_features, out_features = matrix_shape(name, config.n_embd, config.vocab_size)
