@@ -204,3 +204,16 @@ def test_train_refuses_a_calibration_too_short_before_loading(teacher_files, tmp
     with pytest.raises(UsageError, match="fewer calibration tokens"):
         train_in_process(args)
     assert not os.path.exists(tmp_path / "run" / "ckpt.pt")
+
+
+def test_study_makes_act_students_calibrated_on_its_data_dir(teacher_files, tmp_path):
+    import study
+    variant = {"plan": MLP_PLAN, "init": "act", "act": {"calibration_tokens": 256, "act_steps": 5}}
+    path = tmp_path / "init.pt"
+    assert study.make_student(variant, teacher(), str(teacher_files / "teacher.pt"), path,
+                              str(teacher_files / "data")) is None
+    info = load_checkpoint(path)[1]["init"]
+    assert (info["method"], info["calibration_tokens"], info["act_steps"]) == ("act", 256, 5)
+    error = study.make_student(variant, teacher(), str(teacher_files / "teacher.pt"), tmp_path / "other.pt",
+                               str(tmp_path / "no_data"))
+    assert "no such token file" in error and not (tmp_path / "other.pt").exists()
