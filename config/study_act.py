@@ -22,6 +22,9 @@ variants = {name: variants[name] for name in _shared} | {
     "81M f1 act": {"plan": {**_mlp_81M, "factors": 1}, "init": "act"},
     "95M act": {"plan": _mlp_95M, "init": "act"},
     "MLP+attention act": {**variants["MLP+attention"], "init": "act"},
+    # equal compute: act's fit of the 81M shape took 104.5 s here, 675 fine-tuning steps at their 155 ms
+    "81M f1 +675 steps": {"plan": {**_mlp_81M, "factors": 1},
+                          "finetune": {"max_iters": 1275, "lr_decay_iters": 1275}},
     "allocated vl": {"plan": {"kron": {
         "c_fc@0": (1, 512, 26), "c_fc@1": (1, 512, 19), "c_fc@2": (128, 1, 23), "c_fc@3": (1, 512, 24),
         "c_fc@4": (1, 512, 28), "c_fc@5": (128, 1, 30), "c_proj@0": (512, 1, 24), "c_proj@1": (512, 1, 23),
@@ -33,6 +36,8 @@ variants = {name: variants[name] for name in _shared} | {
 }
 questions = {
     "6. Fitting the outputs or the weights, 81M shape?": ("81M f1", ["81M f1 vl_norm", "81M f1 act"]),
+    "6b. The same at equal compute (act's fit as 675 more fine-tuning steps for vl)?":
+        ("81M f1 act", ["81M f1 +675 steps"]),
     "7. Fitting the outputs or the weights, 95M shape?": ("95M vl", ["95M vl_norm", "95M act"]),
     "8. Fitting the outputs with attention factored too?": ("MLP+attention", ["MLP+attention act"]),
     "9. A budget allocated across blocks, or the 81M shape everywhere (init vl)?": ("81M f1", ["allocated vl"]),
