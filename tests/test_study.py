@@ -104,7 +104,8 @@ def test_a_student_keeps_its_teachers_characters(tmp_path):
     teacher = tiny_gpt(vocab_size=64)
     save_checkpoint(make_checkpoint(teacher, itos), tmp_path / "teacher.pt")
     variant = {"plan": {"dim_1": 16, "dim_2": 16, "factors": 1}, "init": "vl"}
-    assert study.make_student(variant, teacher, str(tmp_path / "teacher.pt"), tmp_path / "init.pt") is None
+    assert study.make_student(variant, teacher, str(tmp_path / "teacher.pt"), tmp_path / "init.pt",
+                              str(tmp_path)) is None
     assert load_vocab(str(tmp_path / "init.pt")) == itos
 
 
@@ -138,7 +139,7 @@ def test_a_restarted_study_skips_finished_runs_and_redoes_the_rest(smoke):
     (["--seedz=[1]"], "unknown config key 'seedz'"),
     (["--variants={'bad': {'plan': {'dim_1': 7, 'dim_2': 64, 'factors': 1}}}"], "variant 'bad': dim_1=7 does not"),
     (["--variants={'bad': {'plan': {'dim_1': 64, 'dim_2': 64, 'factors': 1}, 'inits': 'vl'}}"],
-     "variant 'bad': expected a dict with keys among plan, init, distill, finetune"),
+     "variant 'bad': expected a dict with keys among plan, init, act, distill, finetune"),
     (["--variants={'bad': {'plan': {'dim_1': 64, 'dim_2': 64, 'factors': 1}, 'finetune': {'seed': 3}}}"],
      "variant 'bad': seed is set by study.py for every run"),
     (["--teacher=/no/such/teacher.pt"], "cannot load teacher='/no/such/teacher.pt'"),
