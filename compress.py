@@ -284,6 +284,20 @@ def input_moments(modules):
     moments.update({name: sums[name] / counts[name] for name in sums})
 
 
+@torch.no_grad()
+def teacher_input_moments(teacher, modules, calibration):
+    """{name: E[x x^T]} of the inputs each of `modules` (the teacher's own, {name: module}) sees while the teacher
+    in eval mode runs over the calibration windows (n, t), in chunks; the teacher's mode is restored."""
+    was_training = teacher.training
+    teacher.eval()
+    chunk = max(1, CHUNK_TOKENS // calibration.shape[1])
+    with input_moments(modules) as moments:
+        for i in range(0, len(calibration), chunk):
+            teacher.residual_stream(calibration[i:i + chunk])
+    teacher.train(was_training)
+    return moments
+
+
 def relative_output_error(module, inputs, targets, chunk):
     """sum ||module(x) - y||^2 / sum ||y||^2 over the calibration inputs."""
     squared = sum((module(inputs[i:i + chunk]) - targets[i:i + chunk]).square().sum()
@@ -367,17 +381,10 @@ def output_errors(teacher, student, calibration):
     and C the second moment of the inputs the teacher's matrix sees on the calibration windows (for wte the
     tokens' frequencies): the relative error of what the matrix computes, where weight_errors weighs every
     direction alike."""
-    n, t = calibration.shape
     modules = {f"h.{block}.{name}": (source, target) for (name, block, source), (_, _, target)
                in zip(factorable_matrices(teacher), factorable_matrices(student))
                if block is not None and student.config.plan.shape(name, block)}
-    was_training = teacher.training
-    teacher.eval()
-    with input_moments({key: source for key, (source, _) in modules.items()}) as moments:
-        chunk = max(1, CHUNK_TOKENS // t)
-        for i in range(0, n, chunk):
-            teacher.residual_stream(calibration[i:i + chunk])
-    teacher.train(was_training)
+    moments = teacher_input_moments(teacher, {key: source for key, (source, _) in modules.items()}, calibration)
     errors = {}
     if student.config.plan.shape("wte"):
         p = torch.bincount(calibration.flatten(), minlength=student.config.vocab_size).double()
@@ -404,15 +411,7 @@ def allocation_options(teacher, names, calibration=None):
     (its parameters, error 0, None)."""
     modules = {(name, block): module for name, block, module in factorable_matrices(teacher)
                if block is not None and name in names}
-    moments = {}
-    if calibration is not None:
-        was_training = teacher.training
-        teacher.eval()
-        with input_moments(modules) as moments:
-            chunk = max(1, CHUNK_TOKENS // calibration.shape[1])
-            for i in range(0, len(calibration), chunk):
-                teacher.residual_stream(calibration[i:i + chunk])
-        teacher.train(was_training)
+    moments = teacher_input_moments(teacher, modules, calibration) if calibration is not None else {}
     options = {}
     for (name, block), module in modules.items():
         W = weight_of(module).detach().double()

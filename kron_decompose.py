@@ -188,9 +188,9 @@ def allocate_plan(args, teacher, calibration):
                          f"without wpe")
     plan = Plan(config.n_embd, config.n_layer, config.vocab_size,
                 {place: shape for place, shape in chosen.items() if shape is not None})
-    proxy = {f"h.{block}.{name}": next(o[1] for o in options[name, block] if o[2] == shape)
-             for (name, block), shape in chosen.items()}
-    total = fixed + sum(next(o[0] for o in options[place] if o[2] == shape) for place, shape in chosen.items())
+    picked = {place: next(o for o in options[place] if o[2] == shape) for place, shape in chosen.items()}
+    proxy = {f"h.{block}.{name}": option[1] for (name, block), option in picked.items()}
+    total = fixed + sum(option[0] for option in picked.values())
     weighting = "output-weighted" if calibration is not None else "weight"
     print(f"allocated {args.matrices} within {target:,} parameters without wpe: {total:,} ({total / target:.1%} of "
           f"the target; {len(options)} matrices, {sum(map(len, options.values())):,} options priced in "
@@ -198,7 +198,7 @@ def allocate_plan(args, teacher, calibration):
     print(f"{'block':>5} {'matrix':>9} {'A':>9} {'B':>9} {'factors':>7} {'parameters':>11} {'proxy':>8}")
     for (name, block), shape in sorted(chosen.items(), key=lambda item: (item[0][1], names.index(item[0][0]))):
         in_features, out_features = matrix_shape(name, config.n_embd, config.vocab_size)
-        params = next(o[0] for o in options[name, block] if o[2] == shape)
+        params = picked[name, block][0]
         if shape is None:
             print(f"{block:>5} {name:>9} {'dense':>9} {'':>9} {'':>7} {params:>11,} {0:>8.4f}")
         else:
