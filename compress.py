@@ -86,6 +86,7 @@ INITS = {  # name -> decomposition; `random` keeps GPT's own init (W_hat entries
 assert tuple(INITS) == INIT_NAMES, "kron_shapes.INIT_NAMES lists the inits for --list, which needs no torch"
 ACT_BATCH_TOKENS = 8192  # per Adam step of init act's fit
 CHUNK_TOKENS = 8192  # per chunk of the forward passes over the calibration tokens
+MOMENT_TOKENS = 2**15  # of the calibration tokens, for the closed-form start's second moments (Adam uses them all)
 
 
 @torch.no_grad()
@@ -298,31 +299,34 @@ def teacher_input_moments(teacher, modules, calibration):
     return moments
 
 
-def relative_output_error(module, inputs, targets, chunk):
-    """sum ||module(x) - y||^2 / sum ||y||^2 over the calibration inputs."""
-    squared = sum((module(inputs[i:i + chunk]) - targets[i:i + chunk]).square().sum()
-                  for i in range(0, len(inputs), chunk))
-    return (squared / targets.square().sum()).item()
+def relative_output_error(outputs, targets):
+    """sum ||y_hat - y||^2 / sum ||y||^2."""
+    return ((outputs - targets).square().sum() / targets.square().sum()).item()
 
 
 def fit_sublayer(teacher_part, student_part, inputs, steps, lr, sweeps, batch, chunk, generator, desc, progress):
     """Fit student_part (the block's attention or MLP, with its Kronecker factors) to teacher_part's outputs on
     `inputs` (n, t, n_embd): every factored matrix starts at whitened_kronecker of what the teacher's matrix sees
-    (refined by `sweeps` of alternating_least_squares: lost in progress.md, so 0 by default), then `steps` of
-    Adam on all of student_part's parameters, mean squared error, `batch` sequences per step (forward passes in
-    chunks of `chunk`). Adam's result is kept only if it beats the start. Returns the relative output error
-    (start, end)."""
+    on the first MOMENT_TOKENS (refined by `sweeps` of alternating_least_squares: lost in progress.md, so 0 by
+    default), then `steps` of Adam on all of student_part's parameters, mean squared error, `batch` sequences per
+    step (forward passes in chunks of `chunk`). Adam's result is kept only if it beats the start. Returns the
+    relative output errors (start, end) and student_part's outputs on `inputs`."""
     teacher_modules = dict(teacher_part.named_modules())
     factored = {name: m for name, m in student_part.named_modules() if isinstance(m, KroneckerLinear)}
+    moment_rows = max(1, MOMENT_TOKENS // inputs.shape[1])  # the second moments of 3072-wide inputs cost the most
     with input_moments({name: teacher_modules[name] for name in factored}) as moments:
-        targets = in_chunks(teacher_part, inputs, chunk)
+        targets = [in_chunks(teacher_part, inputs[:moment_rows], chunk)]
+    if moment_rows < len(inputs):
+        targets.append(in_chunks(teacher_part, inputs[moment_rows:], chunk))
+    targets = torch.cat(targets)
     for name, target in factored.items():
         W = weight_of(teacher_modules[name])
         A, B = whitened_kronecker(W, moments[name], *target.A.shape[1:], target.A.shape[0])
         A, B, _ = alternating_least_squares(W, moments[name], A, B, sweeps)
         target.A.copy_(A)
         target.B.copy_(B)
-    start = relative_output_error(student_part, inputs, targets, chunk)
+    start_outputs = in_chunks(student_part, inputs, chunk)
+    start = relative_output_error(start_outputs, targets)
     start_state = {key: value.clone() for key, value in student_part.state_dict().items()}
     with torch.enable_grad():
         optimizer = torch.optim.Adam(student_part.parameters(), lr=lr)
@@ -334,18 +338,31 @@ def fit_sublayer(teacher_part, student_part, inputs, steps, lr, sweeps, batch, c
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-    end = relative_output_error(student_part, inputs, targets, chunk)
+    outputs = in_chunks(student_part, inputs, chunk)
+    end = relative_output_error(outputs, targets)
     if not end < start:  # an exact start (a full-rank plan) or a rate too large: keep the start
         student_part.load_state_dict(start_state)
-        end = start
-    return start, end
+        return start, start, start_outputs
+    return start, end, outputs
+
+
+@torch.no_grad()
+def balance_factors(module):
+    """Rescale each factor pair of a KroneckerLinear or KroneckerEmbedding to ||A_r||_F = ||B_r||_F, vl's balance:
+    A_r (x) B_r = (c A_r) (x) (B_r / c), so the function is unchanged, but the whitening and Adam leave A_r several
+    times B_r's norm, and fine-tuning such factors ends worse (progress.md)."""
+    a_norms, b_norms = module.A.flatten(1).norm(dim=1), module.B.flatten(1).norm(dim=1)
+    scale = torch.where((a_norms > 0) & (b_norms > 0), (b_norms / a_norms).sqrt(), torch.ones_like(a_norms))
+    module.A.mul_(scale[:, None, None])
+    module.B.div_(scale[:, None, None])
 
 
 @torch.no_grad()
 def fit_to_calibration(teacher, student, calibration, steps=ACT_STEPS, lr=ACT_LR, sweeps=0, progress=False):
     """init act on a student whose unfactored weights are the teacher's (compress does this): a factored wte by
     frequency_kronecker, then block by block each factored sublayer by fit_sublayer, on the calibration windows
-    (n, t) run through the student as compressed so far. Returns {"h.<block>.attn" or ".mlp": (start, end)}."""
+    (n, t) run through the student as compressed so far; every factor pair is balanced at the end (balance_factors).
+    Returns {"h.<block>.attn" or ".mlp": (start, end)}."""
     n, t = calibration.shape
     batch, chunk = max(1, ACT_BATCH_TOKENS // t), max(1, CHUNK_TOKENS // t)
     generator = torch.Generator().manual_seed(0)
@@ -367,10 +384,15 @@ def fit_to_calibration(teacher, student, calibration, steps=ACT_STEPS, lr=ACT_LR
             student_part = getattr(student_block, part)
             inputs = in_chunks(norm, x, chunk)
             if any(isinstance(m, KroneckerLinear) for m in student_part.modules()):
-                errors[f"h.{b}.{part}"] = fit_sublayer(getattr(teacher_block, part), student_part, inputs, steps, lr,
-                                                       sweeps, batch, chunk, generator, f"act: block {b} {part}",
-                                                       progress)
-            x = x + in_chunks(student_part, inputs, chunk)
+                start, end, outputs = fit_sublayer(getattr(teacher_block, part), student_part, inputs, steps, lr,
+                                                   sweeps, batch, chunk, generator, f"act: block {b} {part}", progress)
+                errors[f"h.{b}.{part}"] = start, end
+            else:
+                outputs = in_chunks(student_part, inputs, chunk)
+            x = x + outputs
+    for module in student.modules():
+        if isinstance(module, (KroneckerLinear, KroneckerEmbedding)):
+            balance_factors(module)
     teacher.train(modes[0]), student.train(modes[1])
     return errors
 

@@ -8,12 +8,14 @@ import pytest
 import torch
 from conftest import kron_sum, run_main, snapshot, tiny_gpt, tiny_train_args, train_in_process, write_tokens
 
+import compress as compress_module
 import kron_decompose
 from checkpoints import load_checkpoint, make_checkpoint, save_checkpoint
 from common import UsageError, read_calibration
-from compress import (compress, fit_to_calibration, frequency_kronecker, nearest_kronecker, output_errors,
-                      whitened_kronecker)
+from compress import (balance_factors, compress, fit_to_calibration, frequency_kronecker, nearest_kronecker,
+                      output_errors, whitened_kronecker)
 from kron_shapes import Plan
+from kronecker import KroneckerEmbedding, KroneckerLinear
 from model import weight_of
 
 VOCAB, BLOCK = 64, 8
@@ -67,6 +69,29 @@ def test_each_block_is_fitted_on_the_inputs_of_the_blocks_already_compressed():
     assert errors["h.1.mlp"][1] == pytest.approx(((got - want).square().sum() / want.square().sum()).item(), rel=1e-4)
 
 
+def test_the_closed_form_start_takes_the_first_moment_tokens_and_the_errors_all_of_them(monkeypatch):
+    """With MOMENT_TOKENS two windows, block 0's start (no Adam steps) is whitened_kronecker of the second moment
+    of the first two windows' inputs to c_fc, and its reported error covers every window: both by hand."""
+    monkeypatch.setattr(compress_module, "MOMENT_TOKENS", 2 * BLOCK)
+    model, calibration = teacher(), windows(5)
+    student = compress(model, plan_of(model, **MLP_PLAN), "vl")
+    errors = fit_to_calibration(model, student, calibration, steps=0)
+    model.eval(), student.eval()
+    with torch.no_grad():
+        block = model.transformer.h[0]
+        x = model.transformer.wte(calibration) + model.transformer.wpe(torch.arange(BLOCK))
+        inputs = block.ln_2(x + block.attn(block.ln_1(x)))  # attention is not factored: the teacher's inputs
+        first = inputs[:2].reshape(-1, inputs.shape[-1]).double()
+        A, B = whitened_kronecker(weight_of(block.mlp.c_fc), first.T @ first / len(first), 4, 16, 1)
+        factored = student.transformer.h[0].mlp.c_fc
+        assert torch.allclose(kron_sum(factored.A, factored.B).double(), kron_sum(A, B), atol=1e-5)
+        other = whitened_kronecker(weight_of(block.mlp.c_fc), (inputs.reshape(-1, inputs.shape[-1]).T @
+                                   inputs.reshape(-1, inputs.shape[-1]) / inputs[..., 0].numel()).double(), 4, 16, 1)
+        assert not torch.allclose(kron_sum(*other), kron_sum(A, B), atol=1e-5)  # the subset made a difference
+        got, want = student.transformer.h[0].mlp(inputs), block.mlp(inputs)
+    assert errors["h.0.mlp"][0] == pytest.approx(((got - want).square().sum() / want.square().sum()).item(), rel=1e-4)
+
+
 def test_attention_is_fitted_where_it_is_factored():
     model = teacher()
     student = compress(model, plan_of(model, kron={"c_attn@1": (4, 12, 1), "attn_proj@1": (4, 4, 1)}), "vl")
@@ -74,6 +99,29 @@ def test_attention_is_fitted_where_it_is_factored():
     assert set(errors) == {"h.1.attn"}
     start, end = errors["h.1.attn"]
     assert end < start
+
+
+def test_balancing_equalises_each_factor_pairs_norms_and_keeps_w():
+    torch.manual_seed(0)
+    layer = KroneckerLinear(8, 12, a_rows=4, a_cols=3, factors=3)
+    with torch.no_grad():
+        layer.A.mul_(torch.tensor([50.0, 0.1, 3.0])[:, None, None])
+        layer.A[2] = 0  # a vanished pair is left alone, not divided by zero
+    before = kron_sum(layer.A.detach(), layer.B.detach())
+    balance_factors(layer)
+    assert torch.allclose(kron_sum(layer.A.detach(), layer.B.detach()), before, atol=1e-6)
+    a_norms, b_norms = layer.A.flatten(1).norm(dim=1), layer.B.flatten(1).norm(dim=1)
+    assert torch.allclose(a_norms[:2], b_norms[:2]) and a_norms[2] == 0 and torch.isfinite(layer.B).all()
+
+
+def test_act_leaves_every_factor_pair_balanced():
+    model = teacher()
+    student = compress(model, plan_of(model, **MLP_PLAN, kron={"wte": (16, 4, 2)}), "vl")
+    fit_to_calibration(model, student, windows(4), steps=20)
+    factored = [m for m in student.modules() if isinstance(m, (KroneckerLinear, KroneckerEmbedding))]
+    assert len(factored) == 5
+    for module in factored:
+        assert torch.allclose(module.A.flatten(1).norm(dim=1), module.B.flatten(1).norm(dim=1), rtol=1e-5)
 
 
 def test_a_plan_that_holds_w_exactly_stays_exact():
