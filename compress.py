@@ -43,7 +43,7 @@ def nearest_kronecker(W, a_rows, a_cols, factors):
     U, Vh = U * sign, Vh * sign.T
     A = (U * S.sqrt()).T.reshape(factors, a_rows, a_cols)
     B = (Vh * S.sqrt()[:, None]).reshape(factors, b_rows, b_cols)
-    return A.to(W.dtype), B.to(W.dtype)
+    return A.to(W.device, W.dtype), B.to(W.device, W.dtype)
 
 
 def normalized_kronecker(W, a_rows, a_cols, factors):
@@ -89,20 +89,27 @@ CHUNK_TOKENS = 8192  # per chunk of the forward passes over the calibration toke
 MOMENT_TOKENS = 2**15  # of the calibration tokens, for the closed-form start's second moments (Adam uses them all)
 
 
+def check_act_device(device):
+    """Raises ValueError unless init act can fit on `device`: cpu or cuda (mps has no float64 for the whitening)."""
+    if torch.device(device).type not in ("cpu", "cuda"):
+        raise ValueError(f"init act fits on cpu or cuda, not {device}: its whitening needs float64")
+
+
 @torch.no_grad()
 def compress(teacher, plan, init="vl", progress=False, calibration=None, act_steps=ACT_STEPS, act_lr=ACT_LR,
-             act_sweeps=0):
+             act_sweeps=0, act_device="cpu"):
     """A GPT with the teacher's architecture and `plan` (a Plan for the teacher's shape; an empty one gives a dense
     GPT): every factored matrix initialised from the teacher's W (dense or itself factored) by `init`, every matrix
     the plan leaves dense set to the teacher's W, every other weight copied. init act needs `calibration`, token
     windows (n, t) as a LongTensor (common.read_calibration), and fits with act_steps, act_lr and act_sweeps
-    (fit_to_calibration). On the CPU in
-    float32; `random` draws from torch's global RNG. Raises ValueError on a plan or init that cannot be used,
-    before any work."""
+    (fit_to_calibration) on act_device. The student is returned on the CPU in float32; `random` draws from
+    torch's global RNG. Raises ValueError on a plan, init or device that cannot be used, before any work."""
     if init not in INITS:
         raise ValueError(f"init={init!r} is not one of {', '.join(INITS)}")
     if init == "act" and calibration is None:
         raise ValueError("init=act fits the factors to the teacher's outputs: it needs calibration tokens")
+    if init == "act":
+        check_act_device(act_device)
     plan.check_init(init)
     student = GPT(teacher.config.with_plan(plan))
     teacher_state, student_state = teacher.state_dict(), student.state_dict()
@@ -123,7 +130,7 @@ def compress(teacher, plan, init="vl", progress=False, calibration=None, act_ste
             target.A.copy_(A)
             target.B.copy_(B)
     if init == "act":
-        fit_to_calibration(teacher, student, calibration, act_steps, act_lr, act_sweeps, progress)
+        fit_to_calibration(teacher, student, calibration, act_steps, act_lr, act_sweeps, progress, act_device)
     return student
 
 
@@ -219,7 +226,7 @@ def fit_a(W, C, B, a_rows, ridge=1e-9):
     P = (C @ W).reshape(a_rows, b_rows, a_cols, b_cols)  # E[x y^T]
     G = torch.einsum("rskm,ikjm->risj", torch.einsum("rkl,sml->rskm", B, B), C4).reshape(r * a_rows, r * a_rows)
     h = torch.einsum("rkl,ikjl->rij", B, P).reshape(r * a_rows, a_cols)
-    G = G + ridge * G.trace() / len(G) * torch.eye(len(G), dtype=G.dtype)
+    G = G + ridge * G.trace() / len(G) * torch.eye(len(G), dtype=G.dtype, device=G.device)
     return torch.linalg.solve(G, h).reshape(r, a_rows, a_cols)
 
 
@@ -231,7 +238,7 @@ def fit_b(W, C, A, b_rows, ridge=1e-9):
     P = (C @ W).reshape(a_rows, b_rows, a_cols, b_cols)
     G = torch.einsum("rsim,ikmn->rksn", torch.einsum("rij,smj->rsim", A, A), C4).reshape(r * b_rows, r * b_rows)
     h = torch.einsum("rij,ikjl->rkl", A, P).reshape(r * b_rows, b_cols)
-    G = G + ridge * G.trace() / len(G) * torch.eye(len(G), dtype=G.dtype)
+    G = G + ridge * G.trace() / len(G) * torch.eye(len(G), dtype=G.dtype, device=G.device)
     return torch.linalg.solve(G, h).reshape(r, b_rows, b_cols)
 
 
@@ -333,7 +340,7 @@ def fit_sublayer(teacher_part, student_part, inputs, steps, lr, sweeps, batch, c
         for step in tqdm(range(steps), desc=desc, unit="step", disable=not progress, leave=False):
             for group in optimizer.param_groups:  # cosine from lr to lr / 10
                 group["lr"] = lr * (0.55 + 0.45 * math.cos(math.pi * step / steps))
-            rows = torch.randint(len(inputs), (batch,), generator=generator)
+            rows = torch.randint(len(inputs), (batch,), generator=generator).to(inputs.device)
             loss = F.mse_loss(student_part(inputs[rows]), targets[rows])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -358,12 +365,17 @@ def balance_factors(module):
 
 
 @torch.no_grad()
-def fit_to_calibration(teacher, student, calibration, steps=ACT_STEPS, lr=ACT_LR, sweeps=0, progress=False):
+def fit_to_calibration(teacher, student, calibration, steps=ACT_STEPS, lr=ACT_LR, sweeps=0, progress=False,
+                       device="cpu"):
     """init act on a student whose unfactored weights are the teacher's (compress does this): a factored wte by
     frequency_kronecker, then block by block each factored sublayer by fit_sublayer, on the calibration windows
     (n, t) run through the student as compressed so far; every factor pair is balanced at the end (balance_factors).
-    Returns {"h.<block>.attn" or ".mlp": (start, end)}."""
+    On `device`; the student comes back on the CPU, the teacher where it was. Returns {"h.<block>.attn" or ".mlp":
+    (start, end)}."""
     n, t = calibration.shape
+    teacher_device = next(teacher.parameters()).device
+    teacher.to(device), student.to(device)
+    calibration = calibration.to(device)
     batch, chunk = max(1, ACT_BATCH_TOKENS // t), max(1, CHUNK_TOKENS // t)
     generator = torch.Generator().manual_seed(0)
     modes = teacher.training, student.training
@@ -374,7 +386,7 @@ def fit_to_calibration(teacher, student, calibration, steps=ACT_STEPS, lr=ACT_LR
         A, B = frequency_kronecker(weight_of(teacher.transformer.wte), counts, *wte.A.shape[1:], wte.A.shape[0])
         wte.A.copy_(A)
         wte.B.copy_(B)
-    positions = student.transformer.wpe(torch.arange(t))
+    positions = student.transformer.wpe(torch.arange(t, device=device))
     x = in_chunks(lambda ids: wte(ids) + positions, calibration, chunk)
     errors = {}
     blocks = zip(teacher.transformer.h, student.transformer.h)
@@ -394,6 +406,7 @@ def fit_to_calibration(teacher, student, calibration, steps=ACT_STEPS, lr=ACT_LR
         if isinstance(module, (KroneckerLinear, KroneckerEmbedding)):
             balance_factors(module)
     teacher.train(modes[0]), student.train(modes[1])
+    teacher.to(teacher_device), student.to("cpu")
     return errors
 
 

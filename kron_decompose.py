@@ -108,7 +108,8 @@ def decompose(args, shorthand, kron):
     # torch takes seconds to import: only now, so that --list and argument errors answer at once
     import torch
     from checkpoints import load_model, load_model_config, load_vocab, make_checkpoint, save_checkpoint
-    from compress import compress, output_errors, weight_errors
+    from compress import check_act_device, compress, output_errors, weight_errors
+    from devices import setup_device
 
     what = f"--model {args.model}"
     shape = load_model_config(args.model, what)  # the plan is checked against the teacher's shape before its weights
@@ -127,6 +128,11 @@ def decompose(args, shorthand, kron):
     if args.init == "act" and not args.calibration:
         raise UsageError("--init act fits the factors to the teacher's outputs: give --calibration FILE, a token "
                          "file of the teacher's vocabulary (e.g. data/owt/train.bin)")
+    if args.init == "act":
+        try:
+            check_act_device(setup_device(args.device))
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     calibration = None
     if args.calibration:  # refused before the teacher's weights are read
         calibration = torch.from_numpy(read_calibration(args.calibration, args.calibration_tokens, shape.block_size,
@@ -138,7 +144,7 @@ def decompose(args, shorthand, kron):
     torch.manual_seed(1337)  # --init random is reproducible
     t0 = time.time()
     student = compress(teacher, plan, args.init, progress=True, calibration=calibration, act_steps=args.act_steps,
-                       act_lr=args.act_lr, act_sweeps=args.act_sweeps)
+                       act_lr=args.act_lr, act_sweeps=args.act_sweeps, act_device=args.device)
     seconds = time.time() - t0
     errors = weight_errors(teacher, student)  # "wte" and "h.<block>.<matrix>"
     outputs = output_errors(teacher, student, calibration) if calibration is not None else None
@@ -276,6 +282,7 @@ def build_parser():
                         help=f"--init act: Adam's learning rate, cosine to a tenth of it (default {ACT_LR:g})")
     parser.add_argument("--act_sweeps", type=int, default=0, help="--init act: alternating least-squares sweeps "
                                                                    "between the closed form and Adam (default 0)")
+    parser.add_argument("--device", default="cpu", help="--init act: where the fit runs, cpu or cuda (default cpu)")
     parser.add_argument("--out", help="checkpoint to write (default checks/krony_MODEL_SHAPE_INIT.pt)")
     parser.add_argument("--allocate", action="store_true",
                         help="choose the plan: per block, the shape and factors of each of --matrices with the least "

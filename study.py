@@ -165,12 +165,14 @@ def score(model_path, s, out_path, log_path):
     return next(iter(read_json(out_path)["datasets"].values()))["perplexity"], None
 
 
-def make_student(variant, teacher_model, teacher, init_path, data_dir):
+def make_student(variant, teacher_model, teacher, init_path, data_dir, device="cpu"):
     """The variant's student, made as kron_decompose.py makes it (the same seed for init random; init act
-    calibrated on data_dir's train.bin), saved at init_path; None on success, else why it failed."""
+    calibrated on data_dir's train.bin, fitted on `device`), saved at init_path; None on success, else why it
+    failed."""
     import torch
     from checkpoints import load_vocab, make_checkpoint, save_checkpoint
     from compress import compress
+    from devices import setup_device
     config = teacher_model.config
     init = variant.get("init", "vl")
     act = {"calibration_tokens": CALIBRATION_TOKENS, "act_steps": ACT_STEPS, "act_lr": ACT_LR, "act_sweeps": 0,
@@ -185,7 +187,8 @@ def make_student(variant, teacher_model, teacher, init_path, data_dir):
         torch.manual_seed(1337)
         t0 = time.time()
         student = compress(teacher_model, plan, init, calibration=calibration, act_steps=act["act_steps"],
-                           act_lr=act["act_lr"], act_sweeps=act["act_sweeps"])
+                           act_lr=act["act_lr"], act_sweeps=act["act_sweeps"],
+                           act_device=setup_device(device) if init == "act" else "cpu")
         info = {"teacher": teacher, "method": init, "kron": plan.to_kron(), "seconds": time.time() - t0,
                 **(act if init == "act" else {})}
         # the teacher's characters, if any: train.py refuses a model whose characters are not the dataset's
@@ -204,7 +207,7 @@ def run_variant(name, variant, s, teacher, open_teacher):
     result = {"variant": name, "runs": {}}
     error = None
     if not os.path.exists(init_path):
-        error = make_student(variant, open_teacher(), teacher, init_path, s["data_dir"])
+        error = make_student(variant, open_teacher(), teacher, init_path, s["data_dir"], s["device"])
     if error is None:
         result["init_perplexity"], error = score(init_path, s, os.path.join(folder, "init_ppl.json"),
                                                  os.path.join(folder, "init_ppl.log"))

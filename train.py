@@ -229,9 +229,9 @@ def plan_of(settings, config):
     return Plan.from_settings(config.n_embd, config.n_layer, config.vocab_size, **plan_settings)
 
 
-def init_model(settings, master, calibration_path):
+def init_model(settings, master, calibration_path, device="cpu"):
     """(model, checkpoint): the model init_from names, adapted to the run; checkpoint only when resuming. init act
-    reads its calibration tokens from calibration_path, before any weights."""
+    reads its calibration tokens from calibration_path, before any weights, and fits on `device`."""
     init_from = settings["init_from"]
     if init_from == "scratch":
         keys = MODEL_KEYS + PLAN_KEYS + ("dropout",)
@@ -272,7 +272,7 @@ def init_model(settings, master, calibration_path):
             try:
                 model = compress(model, plan, settings["init"], progress=master, calibration=calibration,
                                  act_steps=settings["act_steps"], act_lr=settings["act_lr"],
-                                 act_sweeps=settings["act_sweeps"])
+                                 act_sweeps=settings["act_sweeps"], act_device=device)
             except ValueError as e:
                 raise UsageError(f"{init_from}: {e}") from None
     if settings["block_size"] < model.config.block_size:
@@ -519,7 +519,7 @@ def train(settings):
 
     torch.manual_seed(settings["seed"])  # the same initial model whatever the number of processes
     model, checkpoint = init_model(settings, rt.master,
-                                   settings["calibration"] or os.path.join(data_dir, "train.bin"))
+                                   settings["calibration"] or os.path.join(data_dir, "train.bin"), rt.device)
     check_model_vocab(settings, model, checkpoint, itos, data_dir)
     run_settings = {**settings, **adopted_shape(settings, model, rt.master)}  # what the checkpoint records
     for split in ("train", "val"):

@@ -195,6 +195,12 @@ def test_bad_calibration_files_are_refused(tmp_path, case):
         read_calibration(path, 500 if case == "short" else 100, BLOCK, VOCAB)
 
 
+def test_act_refuses_a_device_without_float64_before_any_work():
+    model = teacher()
+    with pytest.raises(ValueError, match="fits on cpu or cuda, not meta"):
+        compress(model, plan_of(model, **MLP_PLAN), "act", calibration=windows(1), act_device="meta")
+
+
 @pytest.fixture(scope="module")
 def teacher_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("act")
@@ -218,17 +224,19 @@ def test_kron_decompose_act_reports_output_errors_and_saves_them(teacher_files, 
     assert sum(infos["act"]["output_errors"].values()) < sum(infos["vl"]["output_errors"].values())
 
 
-@pytest.mark.parametrize("case", ["no calibration", "missing file"])
-def test_kron_decompose_refuses_act_without_usable_calibration_before_loading(teacher_files, tmp_path, capsys,
+@pytest.mark.parametrize("case", ["no calibration", "missing file", "device"])
+def test_kron_decompose_refuses_act_without_usable_calibration_or_device_before_loading(teacher_files, tmp_path, capsys,
                                                                               monkeypatch, case):
     import checkpoints
     monkeypatch.setattr(checkpoints, "load_model", lambda *a, **k: pytest.fail("the teacher was loaded"))
-    extra = [] if case == "no calibration" else ["--calibration", tmp_path / "absent.bin"]
+    extra = {"no calibration": [], "missing file": ["--calibration", tmp_path / "absent.bin"],
+             "device": ["--calibration", teacher_files / "data" / "train.bin", "--device", "meta"]}[case]
     before = snapshot(tmp_path)
     status, out, err = run_main(kron_decompose.main, [4, 16, 1, "--model", teacher_files / "teacher.pt", "--init",
                                                       "act", "--out", tmp_path / "s.pt", *extra], capsys)
     assert status == 2 and len(err.strip().splitlines()) == 1
-    assert ("--calibration FILE" if case == "no calibration" else "no such token file") in err
+    assert {"no calibration": "--calibration FILE", "missing file": "no such token file",
+            "device": "fits on cpu or cuda, not meta"}[case] in err
     assert snapshot(tmp_path) == before
 
 
