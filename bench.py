@@ -12,11 +12,15 @@ Speed of Kronecker-factored GPT-2 against dense, measured side by side in one ru
    size on disk, parameters, and generation with transformers' generate() and its key-value cache.
 4. Evaluation (with --eval DATASET): perplexity.py's batched windows against the plain loop of the paper's
    evaluation (transformers, one window at a time, labels = inputs), same model and tokens; both must agree.
+5. init act (with --act): kron_decompose.py --init act's fit of GPT-2 small's MLPs, 81M plan, random weights
+   (the time does not depend on them) and 2^17 random calibration tokens, at the defaults: wall time and peak
+   memory; --act_layers times fewer blocks (each costs the same).
 
     python bench.py                                # layers and models, sizes chosen for the device
     python bench.py --skip_models --batch_size=8 --seq_len=1024 --device=cpu
     python bench.py --skip_layers --skip_models --eval=wiki2 --data_dir=../shared/eval --eval_tokens=8192
     python bench.py --skip_layers --skip_models --export --iters=3
+    python bench.py --skip_layers --skip_models --act --device=cpu
 """
 
 import argparse
@@ -29,9 +33,10 @@ import time
 import torch
 import torch.nn as nn
 
-from kron_shapes import matrix_shape
 from checkpoints import load_model
+from common import ACT_STEPS
 from devices import autocast_context, default_device, setup_device
+from kron_shapes import matrix_shape
 from kronecker import KroneckerEmbedding, KroneckerLinear
 from model import GPT, GPTConfig
 
@@ -308,6 +313,29 @@ def bench_eval(args):
               f"| {baseline_seconds / seconds:.2f} |", flush=True)
 
 
+def bench_act(args):
+    import resource
+    from common import CALIBRATION_TOKENS
+    from compress import compress, fit_to_calibration
+    from kron_shapes import Plan
+    torch.manual_seed(0)
+    config = GPTConfig(n_layer=args.act_layers)
+    teacher = GPT(config)
+    student = compress(teacher, Plan.from_settings(config.n_embd, config.n_layer, config.vocab_size, 768, 768, 1))
+    calibration = torch.randint(config.vocab_size, (CALIBRATION_TOKENS // config.block_size, config.block_size))
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    fit_to_calibration(teacher, student, calibration, steps=args.act_steps, progress=True, device=args.device)
+    seconds = time.perf_counter() - start
+    peak = (f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB on the GPU" if args.device.startswith("cuda")
+            else f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB resident")
+    print(f"\n## init act: GPT-2 small's MLPs, 81M plan, {args.act_layers} blocks, {CALIBRATION_TOKENS:,} calibration "
+          f"tokens, {args.act_steps} Adam steps per MLP\n")
+    per_block = seconds / args.act_layers
+    print(f"{seconds:.1f} s ({per_block:.1f} s per block; 12 blocks: {12 * per_block / 60:.1f} min), peak {peak}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default=default_device())
@@ -331,6 +359,9 @@ def main():
     parser.add_argument("--export_new_tokens", type=int, default=128, help="--export: tokens generated")
     parser.add_argument("--eval_tokens", type=int, default=8192, help="--eval: tokens scored")
     parser.add_argument("--eval_batch_size", type=int, default=8, help="--eval: perplexity.py's --batch_size")
+    parser.add_argument("--act", action="store_true", help="also time init act's fit (section 5)")
+    parser.add_argument("--act_layers", type=int, default=12, help="--act: blocks of GPT-2 small to fit")
+    parser.add_argument("--act_steps", type=int, default=ACT_STEPS, help="--act: Adam steps per MLP")
     args = parser.parse_args()
     gpu = args.device.startswith(("cuda", "mps"))
     args.model_batch_size = args.model_batch_size or (8 if gpu else 1)
@@ -352,6 +383,8 @@ def main():
         bench_eval(args)
     if args.export:
         bench_export(args)
+    if args.act:
+        bench_act(args)
 
 
 if __name__ == "__main__":

@@ -84,7 +84,7 @@ INITS = {  # name -> decomposition; `random` keeps GPT's own init (W_hat entries
     "act": None,  # fitted to calibration outputs by fit_to_calibration, below; needs the calibration windows
 }
 assert tuple(INITS) == INIT_NAMES, "kron_shapes.INIT_NAMES lists the inits for --list, which needs no torch"
-ACT_BATCH_TOKENS = 8192  # per Adam step of init act's fit
+ACT_BATCH_TOKENS = 2048  # per Adam step of init act's fit: as good as 8,192 at a quarter of the cost (progress.md)
 CHUNK_TOKENS = 8192  # per chunk of the forward passes over the calibration tokens
 MOMENT_TOKENS = 2**15  # of the calibration tokens, for the closed-form start's second moments (Adam uses them all)
 
@@ -311,11 +311,26 @@ def relative_output_error(outputs, targets):
     return ((outputs - targets).square().sum() / targets.square().sum()).item()
 
 
+@torch.no_grad()
+def balance_factors(module, per_entry=False):
+    """Rescale each factor pair of a KroneckerLinear or KroneckerEmbedding, A_r (x) B_r = (c A_r) (x) (B_r / c), so
+    that the function is unchanged: to ||A_r||_F = ||B_r||_F, vl's balance, or with per_entry to entries of equal
+    root mean square, so that a step of Adam (about the same size on every entry) changes A_r and B_r by the same
+    fraction. The whitening and Adam leave A_r several times B_r's norm, and such factors fit and fine-tune worse
+    (progress.md)."""
+    a_norms, b_norms = module.A.flatten(1).norm(dim=1), module.B.flatten(1).norm(dim=1)
+    if per_entry:
+        a_norms, b_norms = a_norms / module.A[0].numel() ** 0.5, b_norms / module.B[0].numel() ** 0.5
+    scale = torch.where((a_norms > 0) & (b_norms > 0), (b_norms / a_norms).sqrt(), torch.ones_like(a_norms))
+    module.A.mul_(scale[:, None, None])
+    module.B.div_(scale[:, None, None])
+
+
 def fit_sublayer(teacher_part, student_part, inputs, steps, lr, sweeps, batch, chunk, generator, desc, progress):
     """Fit student_part (the block's attention or MLP, with its Kronecker factors) to teacher_part's outputs on
     `inputs` (n, t, n_embd): every factored matrix starts at whitened_kronecker of what the teacher's matrix sees
     on the first MOMENT_TOKENS (refined by `sweeps` of alternating_least_squares: lost in progress.md, so 0 by
-    default), then `steps` of Adam on all of student_part's parameters, mean squared error, `batch` sequences per
+    default), its factors balanced entry by entry, then `steps` of Adam on all of student_part's parameters, mean squared error, `batch` sequences per
     step (forward passes in chunks of `chunk`). Adam's result is kept only if it beats the start. Returns the
     relative output errors (start, end) and student_part's outputs on `inputs`."""
     teacher_modules = dict(teacher_part.named_modules())
@@ -332,6 +347,7 @@ def fit_sublayer(teacher_part, student_part, inputs, steps, lr, sweeps, batch, c
         A, B, _ = alternating_least_squares(W, moments[name], A, B, sweeps)
         target.A.copy_(A)
         target.B.copy_(B)
+        balance_factors(target, per_entry=True)
     start_outputs = in_chunks(student_part, inputs, chunk)
     start = relative_output_error(start_outputs, targets)
     start_state = {key: value.clone() for key, value in student_part.state_dict().items()}
@@ -351,17 +367,6 @@ def fit_sublayer(teacher_part, student_part, inputs, steps, lr, sweeps, batch, c
         student_part.load_state_dict(start_state)
         return start, start, start_outputs
     return start, end, outputs
-
-
-@torch.no_grad()
-def balance_factors(module):
-    """Rescale each factor pair of a KroneckerLinear or KroneckerEmbedding to ||A_r||_F = ||B_r||_F, vl's balance:
-    A_r (x) B_r = (c A_r) (x) (B_r / c), so the function is unchanged, but the whitening and Adam leave A_r several
-    times B_r's norm, and fine-tuning such factors ends worse (progress.md)."""
-    a_norms, b_norms = module.A.flatten(1).norm(dim=1), module.B.flatten(1).norm(dim=1)
-    scale = torch.where((a_norms > 0) & (b_norms > 0), (b_norms / a_norms).sqrt(), torch.ones_like(a_norms))
-    module.A.mul_(scale[:, None, None])
-    module.B.div_(scale[:, None, None])
 
 
 @torch.no_grad()

@@ -114,6 +114,38 @@ def test_balancing_equalises_each_factor_pairs_norms_and_keeps_w():
     assert torch.allclose(a_norms[:2], b_norms[:2]) and a_norms[2] == 0 and torch.isfinite(layer.B).all()
 
 
+def test_balancing_per_entry_equalises_the_factors_root_mean_squares():
+    torch.manual_seed(0)
+    layer = KroneckerLinear(8, 12, a_rows=8, a_cols=6, factors=2)  # A 8x6, B 1x2
+    before = kron_sum(layer.A.detach(), layer.B.detach())
+    balance_factors(layer, per_entry=True)
+    assert torch.allclose(kron_sum(layer.A.detach(), layer.B.detach()), before, atol=1e-6)
+    assert torch.allclose(layer.A.square().mean((1, 2)), layer.B.square().mean((1, 2)))
+
+
+def test_adam_starts_from_factors_balanced_per_entry(monkeypatch):
+    """What Adam is given: the closed form's factors rescaled to equal root mean squares (with a B of 4 entries
+    and an A of 64 they would otherwise differ by far more than rounding)."""
+    started = []
+
+    class RecordingAdam(torch.optim.Adam):
+        def __init__(self, params, **settings):
+            params = list(params)
+            started.append({id(p): p.detach().clone() for p in params})
+            super().__init__(params, **settings)
+
+    monkeypatch.setattr(torch.optim, "Adam", RecordingAdam)
+    model = teacher()
+    student = compress(model, plan_of(model, **MLP_PLAN), "vl")
+    fit_to_calibration(model, student, windows(6), steps=1)
+    assert len(started) == model.config.n_layer
+    starts = {key: value for start in started for key, value in start.items()}
+    for module in student.modules():
+        if isinstance(module, KroneckerLinear):
+            A, B = starts[id(module.A)], starts[id(module.B)]
+            assert torch.allclose(A.square().mean((1, 2)), B.square().mean((1, 2)), rtol=1e-4)
+
+
 def test_act_leaves_every_factor_pair_balanced():
     model = teacher()
     student = compress(model, plan_of(model, **MLP_PLAN, kron={"wte": (16, 4, 2)}), "vl")
