@@ -263,8 +263,9 @@ def alternating_least_squares(W, C, A, B, sweeps, ridge=1e-9):
 # init act: factors fitted to what the blocks compute on calibration inputs, not to the weights. progress.md has
 # the variants measured; this is what won: each factored matrix starts at whitened_kronecker of the inputs it sees,
 # then Adam fits the whole sublayer (the MLP with its GELU, or attention with its causal mask) to the teacher's
-# outputs. Sequential, as GPTQ: block b is fitted on inputs computed by the already compressed blocks 0..b-1,
-# so each fit also absorbs the error of the blocks before it.
+# outputs, from factors balanced entry by entry; the factors end balanced as vl's are. Sequential, as GPTQ: block b
+# is fitted on inputs computed by the already compressed blocks 0..b-1, so each fit also absorbs the error of the
+# blocks before it.
 
 def in_chunks(function, x, size):
     return torch.cat([function(x[i:i + size]) for i in range(0, len(x), size)])
@@ -330,9 +331,9 @@ def fit_sublayer(teacher_part, student_part, inputs, steps, lr, sweeps, batch, c
     """Fit student_part (the block's attention or MLP, with its Kronecker factors) to teacher_part's outputs on
     `inputs` (n, t, n_embd): every factored matrix starts at whitened_kronecker of what the teacher's matrix sees
     on the first MOMENT_TOKENS (refined by `sweeps` of alternating_least_squares: lost in progress.md, so 0 by
-    default), its factors balanced entry by entry, then `steps` of Adam on all of student_part's parameters, mean squared error, `batch` sequences per
-    step (forward passes in chunks of `chunk`). Adam's result is kept only if it beats the start. Returns the
-    relative output errors (start, end) and student_part's outputs on `inputs`."""
+    default), its factors balanced entry by entry; then `steps` of Adam on all of student_part's parameters, mean
+    squared error, `batch` sequences per step (forward passes in chunks of `chunk`). Adam's result is kept only if
+    it beats the start. Returns the relative output errors (start, end) and student_part's outputs on `inputs`."""
     teacher_modules = dict(teacher_part.named_modules())
     factored = {name: m for name, m in student_part.named_modules() if isinstance(m, KroneckerLinear)}
     moment_rows = max(1, MOMENT_TOKENS // inputs.shape[1])  # the second moments of 3072-wide inputs cost the most

@@ -275,7 +275,8 @@ def build_parser():
     parser.add_argument("--calibration", metavar="FILE",
                         help="a token file (train.bin's format) for --init act, and for the output errors of any init")
     parser.add_argument("--calibration_tokens", type=int, default=CALIBRATION_TOKENS, metavar="N",
-                        help=f"tokens of --calibration, in windows of the teacher's context (default {CALIBRATION_TOKENS:,})")
+                        help=f"tokens of --calibration, in windows of the teacher's context "
+                             f"(default {CALIBRATION_TOKENS:,})")
     parser.add_argument("--act_steps", type=int, default=ACT_STEPS, help=f"--init act: Adam steps per factored MLP or "
                                                                            f"attention (default {ACT_STEPS})")
     parser.add_argument("--act_lr", type=float, default=ACT_LR,
@@ -297,8 +298,8 @@ def build_parser():
     parser.add_argument("--vocab_size", type=int, default=50257, help="--list: vocabulary")
     parser.add_argument("--factors", dest="factor_counts", default="1",
                         help="--list: the factor counts to list, comma-separated, e.g. 1,2,4")
-    parser.add_argument("--target", help="--allocate: the parameters without wpe to stay within, e.g. 81M; --list: mark "
-                                         "the shapes closest to this size")
+    parser.add_argument("--target", help="--allocate: the parameters without wpe to stay within, e.g. 81M; --list: "
+                                         "mark the shapes closest to this size")
     return parser
 
 

@@ -53,7 +53,8 @@ STUDY_SETTINGS = dict(  # key=(default, type)
     device=("cpu", str),
 )
 VARIANT_KEYS = ("plan", "init", "act", "distill", "finetune")
-ACT_KEYS = ("calibration_tokens", "act_steps", "act_lr", "act_sweeps")  # init act's settings (train.py's), on data_dir/train.bin
+# init act's settings (train.py's), calibrated on data_dir/train.bin
+ACT_KEYS = ("calibration_tokens", "act_steps", "act_lr", "act_sweeps")
 DISTILL_KEYS = ("distill_alpha", "distill_temperature", "distill_hidden")
 RUN_OWNED = ("out_dir", "init_from", "seed", "teacher", "overwrite", "data_dir", "device") + \
     tuple(PLAN_SETTINGS) + DISTILL_KEYS
