@@ -128,9 +128,11 @@ def decompose(args, shorthand, kron):
     if args.init == "act" and not args.calibration:
         raise UsageError("--init act fits the factors to the teacher's outputs: give --calibration FILE, a token "
                          "file of the teacher's vocabulary (e.g. data/owt/train.bin)")
+    act_device = "cpu"
     if args.init == "act":
         try:
-            check_act_device(setup_device(args.device))
+            act_device = setup_device(args.device)  # "auto" and "cuda:1" resolved once, for the check and the fit
+            check_act_device(act_device)
         except ValueError as e:
             raise UsageError(str(e)) from None
     calibration = None
@@ -144,7 +146,7 @@ def decompose(args, shorthand, kron):
     torch.manual_seed(1337)  # --init random is reproducible
     t0 = time.time()
     student = compress(teacher, plan, args.init, progress=True, calibration=calibration, act_steps=args.act_steps,
-                       act_lr=args.act_lr, act_sweeps=args.act_sweeps, act_device=args.device)
+                       act_lr=args.act_lr, act_sweeps=args.act_sweeps, act_device=act_device)
     seconds = time.time() - t0
     errors = weight_errors(teacher, student)  # "wte" and "h.<block>.<matrix>"
     outputs = output_errors(teacher, student, calibration) if calibration is not None else None

@@ -256,9 +256,20 @@ def test_kron_decompose_act_reports_output_errors_and_saves_them(teacher_files, 
     assert sum(infos["act"]["output_errors"].values()) < sum(infos["vl"]["output_errors"].values())
 
 
+def test_kron_decompose_act_fits_on_the_device_auto_names(teacher_files, tmp_path, capsys):
+    """--device auto resolves to this machine's default device once, for both the check and the fit."""
+    out = tmp_path / "auto.pt"
+    status, _, err = run_main(kron_decompose.main, [4, 16, 1, "--model", teacher_files / "teacher.pt", "--init", "act",
+                                                    "--calibration", teacher_files / "data" / "train.bin",
+                                                    "--calibration_tokens", 256, "--act_steps", 2, "--device", "auto",
+                                                    "--out", out], capsys)
+    assert status == 0, err
+    assert load_checkpoint(out)[1]["init"]["method"] == "act"
+
+
 @pytest.mark.parametrize("case", ["no calibration", "missing file", "device"])
-def test_kron_decompose_refuses_act_without_usable_calibration_or_device_before_loading(teacher_files, tmp_path, capsys,
-                                                                              monkeypatch, case):
+def test_kron_decompose_refuses_act_without_usable_calibration_or_device_before_loading(teacher_files, tmp_path,
+                                                                                        capsys, monkeypatch, case):
     import checkpoints
     monkeypatch.setattr(checkpoints, "load_model", lambda *a, **k: pytest.fail("the teacher was loaded"))
     extra = {"no calibration": [], "missing file": ["--calibration", tmp_path / "absent.bin"],
