@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 
 from checkpoints import load_model
-from common import ACT_STEPS
+from common import ACT_STEPS, CALIBRATION_TOKENS
 from devices import autocast_context, default_device, setup_device
 from kron_shapes import matrix_shape
 from kronecker import KroneckerEmbedding, KroneckerLinear
@@ -315,7 +315,6 @@ def bench_eval(args):
 
 def bench_act(args):
     import resource
-    from common import CALIBRATION_TOKENS
     from compress import compress, fit_to_calibration
     from kron_shapes import Plan
     torch.manual_seed(0)

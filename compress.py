@@ -338,10 +338,9 @@ def fit_sublayer(teacher_part, student_part, inputs, steps, lr, sweeps, batch, c
     factored = {name: m for name, m in student_part.named_modules() if isinstance(m, KroneckerLinear)}
     moment_rows = max(1, MOMENT_TOKENS // inputs.shape[1])  # the second moments of 3072-wide inputs cost the most
     with input_moments({name: teacher_modules[name] for name in factored}) as moments:
-        targets = [in_chunks(teacher_part, inputs[:moment_rows], chunk)]
+        targets = in_chunks(teacher_part, inputs[:moment_rows], chunk)
     if moment_rows < len(inputs):
-        targets.append(in_chunks(teacher_part, inputs[moment_rows:], chunk))
-    targets = torch.cat(targets)
+        targets = torch.cat([targets, in_chunks(teacher_part, inputs[moment_rows:], chunk)])
     for name, target in factored.items():
         W = weight_of(teacher_modules[name])
         A, B = whitened_kronecker(W, moments[name], *target.A.shape[1:], target.A.shape[0])
