@@ -4,7 +4,7 @@ Kronecker factors from dense weights: how kron_decompose.py and train.py initial
 compress(teacher, plan, init) is the one way to make a compressed student: a GPT with the teacher's architecture
 and the plan's factored matrices (a kron_shapes.Plan), every factored matrix initialised from the teacher's W by
 `init` and every other weight copied. materialize(model) multiplies every factor out: a dense GPT computing the
-same function.
+same function. keep_blocks(teacher, blocks) is DistilGPT2's student: some of the teacher's blocks, copied.
 
 Each decomposition takes W (in, out), as in x @ W (wte: vocab x n_embd), and returns A (factors, a_rows,
 a_cols) and B (factors, b_rows, b_cols) with kron's index convention
@@ -13,6 +13,7 @@ kron(A, B)[i*b_rows + k, j*b_cols + l] = A[i,j] B[k,l].
 
 import math
 from contextlib import contextmanager
+from dataclasses import replace
 
 import torch
 import torch.nn as nn
@@ -131,6 +132,29 @@ def compress(teacher, plan, init="vl", progress=False, calibration=None, act_ste
             target.B.copy_(B)
     if init == "act":
         fit_to_calibration(teacher, student, calibration, act_steps, act_lr, act_sweeps, progress, act_device)
+    return student
+
+
+@torch.no_grad()
+def keep_blocks(teacher, blocks):
+    """A GPT of the teacher's blocks `blocks` only (teacher block indices, in that order, renumbered 0..k-1), every
+    weight copied exactly, the embeddings and the final norm too, and each kept block's plan with it; its config's
+    teacher_blocks records the indices, in the teacher's own teacher's numbering when it was itself such a student."""
+    config = teacher.config
+    shapes = {(name, None if block is None else blocks.index(block)): shape
+              for (name, block), shape in config.plan.shapes.items() if block is None or block in blocks}
+    plan = Plan(config.n_embd, len(blocks), config.vocab_size, shapes)
+    held = [config.teacher_blocks[b] for b in blocks] if config.teacher_blocks else list(blocks)
+    student = GPT(replace(config, n_layer=len(blocks), kron=plan.to_kron() or None, teacher_blocks=held))
+    teacher_state = teacher.state_dict()
+    state = {}
+    for key in student.state_dict():
+        source = key
+        if key.startswith("transformer.h."):
+            index, rest = key[len("transformer.h."):].split(".", 1)
+            source = f"transformer.h.{blocks[int(index)]}.{rest}"
+        state[key] = teacher_state[source]
+    student.load_state_dict(state, strict=True)
     return student
 
 

@@ -9,12 +9,17 @@ Step 1 of the pipeline: choose Kronecker factor shapes, and initialise a compres
     python kron_decompose.py --allocate --target 81M             # per block: the shapes of least error in 81M
     python kron_decompose.py --list --target 81M                 # every valid MLP shape; needs no weights
     python kron_decompose.py --list --matrix c_attn              # ... or of any other factorable matrix
+    python kron_decompose.py --rank c_fc=64 --rank c_proj=64     # rank-64 factors: the truncated SVD
+    python kron_decompose.py --keep_blocks 0,2,4,6,8,10          # DistilGPT2's student: every other block
 
 DIM_1 DIM_2 FACTORS factor the MLP (c_fc's A is DIM_1 x DIM_2, c_proj's its transpose); --kron NAME=RxC:F
 factors any of wte (vocab x n_embd, tied to lm_head), c_attn (n_embd x 3 n_embd), attn_proj (n_embd x n_embd),
 c_fc (n_embd x 4 n_embd), c_proj (4 n_embd x n_embd) with F products of an R x C matrix A (x @ W orientation);
 --layers picks the blocks, and NAME@BLOCKS=RxC:F sets a matrix in the blocks listed (e.g. c_fc@1,3) over the
-rest. Every factored matrix of the teacher becomes W_hat = sum_r A_r (x) B_r, every other weight is copied.
+rest. --rank NAME[@BLOCKS]=R is low rank in the same layers: A in x 1, B 1 x out, R factors (vl: W's truncated
+SVD, R * (in + out) parameters). --keep_blocks 0,2,4 keeps only those teacher blocks (copied exactly, renumbered
+0..k-1, the embeddings and final norm too), as DistilGPT2 was made; a plan then factors the kept model. Every
+factored matrix of the teacher becomes W_hat = sum_r A_r (x) B_r, every other weight is copied.
 Initialisations:
   vl       Van Loan-Pitsianis nearest Kronecker sum: the Frobenius-optimal W_hat (Eckart-Young).
   vl_norm  vl rescaled so that ||W_hat||_F = ||W||_F (the paper's modified Van Loan).
@@ -41,7 +46,7 @@ import time
 
 from common import ACT_LR, ACT_STEPS, CALIBRATION_TOKENS, UsageError, exit_on_usage_error, read_calibration
 from kron_shapes import (BLOCK_MATRICES, INIT_NAMES, MATRICES, PART_OF, Plan, allocate, count_params, list_shapes,
-                         matrix_shape, parse_kron, weight_params)
+                         matrix_shape, parse_blocks, parse_kron, parse_rank, rank_kron, weight_params)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -89,10 +94,14 @@ def parse_size(text):
 # ----------------------------------------------------------------------------------------------------
 # Command line
 
-def default_out(source, plan, init, target=None):
+def default_out(source, plan, init, target=None, blocks=None):
     name = os.path.basename(os.path.normpath(source))
     name = re.sub(r"\.(pt|pth|ckpt)$", "", name)
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", name)
+    if blocks is not None:  # --keep_blocks: krony_gpt2-keep-0.2.4_...
+        name += f"-keep-{'.'.join(map(str, blocks))}"
+        if not plan and target is None:
+            return os.path.join("checks", f"krony_{name}.pt")
     if target is not None:  # --allocate: krony_gpt2_allocated-81M_act.pt
         return os.path.join("checks", f"krony_{name}_allocated-{re.sub(r'[^A-Za-z0-9.]+', '', target)}_{init}.pt")
     kron = plan.to_kron()
@@ -103,26 +112,35 @@ def default_out(source, plan, init, target=None):
     return os.path.join("checks", f"krony_{name}_{shape}_{init}.pt")
 
 
-def decompose(args, shorthand, kron):
+def decompose(args, shorthand, kron, ranks=None):
     """Decompose --model by the plan, report the errors and write the checkpoint."""
     # torch takes seconds to import: only now, so that --list and argument errors answer at once
     import torch
     from checkpoints import load_model, load_model_config, load_vocab, make_checkpoint, save_checkpoint
-    from compress import check_act_device, compress, output_errors, weight_errors
+    from compress import check_act_device, compress, keep_blocks, output_errors, weight_errors
     from devices import setup_device
 
     what = f"--model {args.model}"
     shape = load_model_config(args.model, what)  # the plan is checked against the teacher's shape before its weights
     itos = load_vocab(args.model, what)  # a teacher of a character-level dataset: the student reads its characters
+    ranks = ranks or {}
+    blocks, n_layer = None, shape.n_layer
+    if args.keep_blocks is not None:
+        try:
+            blocks = parse_blocks(args.keep_blocks, shape.n_layer)
+        except ValueError as e:
+            raise UsageError(f"{args.model} has {shape.n_layer} blocks: {e}") from None
+        n_layer = len(blocks)
     plan = None
     if not args.allocate:  # --allocate chooses the plan from the teacher's weights, below
         try:
-            plan = Plan.from_settings(shape.n_embd, shape.n_layer, shape.vocab_size, *shorthand, kron=kron or None,
+            plan = Plan.from_settings(shape.n_embd, n_layer, shape.vocab_size, *shorthand,
+                                      kron={**kron, **rank_kron(ranks, shape.n_embd, shape.vocab_size)} or None,
                                       kron_layers=args.layers)
             plan.check_init(args.init)
         except ValueError as e:
             raise UsageError(f"{args.model}: {e}") from None
-    out = args.out or default_out(args.model, plan, args.init, args.target if args.allocate else None)
+    out = args.out or default_out(args.model, plan, args.init, args.target if args.allocate else None, blocks)
     if os.path.isdir(out):
         raise UsageError(f"--out {out} is a directory; give a file name")
     if args.init == "act" and not args.calibration:
@@ -140,6 +158,8 @@ def decompose(args, shorthand, kron):
         calibration = torch.from_numpy(read_calibration(args.calibration, args.calibration_tokens, shape.block_size,
                                                         shape.vocab_size))
     teacher = load_model(args.model, what=what)
+    if blocks is not None:  # the kept blocks are the teacher the plan factors
+        teacher = keep_blocks(teacher, blocks)
     allocation = None
     if args.allocate:
         plan, allocation = allocate_plan(args, teacher, calibration if args.init == "act" else None)
@@ -157,6 +177,8 @@ def decompose(args, shorthand, kron):
                  "errors": errors}
     if allocation is not None:
         init_info.update(allocation=allocation)
+    if blocks is not None:
+        init_info.update(keep_blocks=blocks)
     if calibration is not None:
         init_info.update(output_errors=outputs, calibration={"file": args.calibration, "tokens": calibration.numel()})
     if args.init == "act":
@@ -166,7 +188,9 @@ def decompose(args, shorthand, kron):
     except OSError as e:
         raise UsageError(f"cannot write --out {out}: {e}") from None
     print(f"wrote {out}")
-    if shorthand[0] is not None and not kron and args.layers == "all" and not args.allocate:
+    if not plan:
+        settings = ""
+    elif shorthand[0] is not None and not kron and not ranks and args.layers == "all" and not args.allocate:
         settings = f"--dim_1={shorthand[0]} --dim_2={shorthand[1]} --factors={shorthand[2]}"
     else:
         settings = f'--dim_1=None --dim_2=None --factors=None --kron="{plan.to_kron()}"'
@@ -268,6 +292,12 @@ def build_parser():
     parser.add_argument("--kron", action="append", default=[], metavar="NAME[@BLOCKS]=ROWSxCOLS:FACTORS",
                         help=f"factor another matrix ({', '.join(MATRICES)}), in the --layers blocks or, with @BLOCKS "
                              f"(e.g. c_fc@3=128x128:2), in those; repeat for several")
+    parser.add_argument("--rank", action="append", default=[], metavar="NAME[@BLOCKS]=R",
+                        help="rank-R factors of a matrix (A in x 1, B 1 x out, R factors; vl: the truncated SVD), in "
+                             "the --layers blocks or, with @BLOCKS, in those; repeat for several")
+    parser.add_argument("--keep_blocks", metavar="BLOCKS",
+                        help="keep only these teacher blocks, e.g. 0,2,4 (copied, renumbered 0..k-1); with a plan, "
+                             "the kept model is factored")
     parser.add_argument("--layers", default="all",
                         help="blocks whose matrices (the MLP shorthand and NAME entries) are factored: all, odd, even "
                              "or a list like 0,2,4 (default all)")
@@ -324,9 +354,11 @@ def main(argv=None):
         print(format_listing(rows, args.n_embd, args.n_layer, target, args.matrix, args.vocab_size))
         return
     try:
-        kron = parse_kron(args.kron)
+        kron, ranks = parse_kron(args.kron), parse_rank(args.rank)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    if args.allocate and ranks:
+        raise UsageError("--allocate chooses the shapes: it takes no --rank")
     if args.allocate:
         if any(v is not None for v in shorthand) or kron or args.layers != "all":
             raise UsageError("--allocate chooses the shapes: it takes no DIM_1 DIM_2 FACTORS, --kron nor --layers")
@@ -338,15 +370,22 @@ def main(argv=None):
             raise UsageError(f"--matrices {args.matrices!r}: give some of {', '.join(BLOCK_MATRICES)}, comma-separated")
         decompose(args, shorthand, kron)
         return
-    if any(v is None for v in shorthand) and not (kron and all(v is None for v in shorthand)):
-        raise UsageError("give DIM_1 DIM_2 FACTORS, or --kron NAME=ROWSxCOLS:FACTORS, or --list to see the "
-                         "valid shapes")
-    if any(v is not None and v < 1 for v in shorthand) or any(min(shape) < 1 for shape in kron.values()):
+    if args.keep_blocks is not None:
+        try:
+            parse_blocks(args.keep_blocks, None)  # the range is checked against the teacher's config, in decompose
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    entries = kron or ranks or args.keep_blocks is not None
+    if any(v is None for v in shorthand) and not (entries and all(v is None for v in shorthand)):
+        raise UsageError("give DIM_1 DIM_2 FACTORS, or --kron NAME=ROWSxCOLS:FACTORS, --rank NAME=R or --keep_blocks, "
+                         "or --list to see the valid shapes")
+    if any(v is not None and v < 1 for v in shorthand) or any(min(shape) < 1 for shape in kron.values()) or \
+            any(rank < 1 for rank in ranks.values()):
         raise UsageError("shapes and factor counts must be positive")
     if args.calibration_tokens < 1 or min(args.act_steps, args.act_sweeps) < 0 or not args.act_lr > 0:
         raise UsageError("--calibration_tokens and --act_lr must be positive, --act_steps and --act_sweeps not "
                          "negative")
-    decompose(args, shorthand, kron)
+    decompose(args, shorthand, kron, ranks)
 
 
 if __name__ == "__main__":

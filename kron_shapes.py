@@ -15,6 +15,10 @@ it does not name stays dense. Its one written form is the `--kron` syntax, one e
     c_fc@3=128x128:2            ... in block 3 only (or @1,3,5: in those blocks)
     wte=50257x384:1             the token embedding (once per model, tied to lm_head)
 
+Rank-r factors are the plan's outer-product shapes: A in_features x 1, B 1 x out_features, r factors, so that
+W_hat = sum_r a_r b_r^T (Van Loan's init is then W's truncated SVD). `rank_kron` writes the `--rank NAME=R`
+shorthand (c_fc=64) as such entries.
+
 `str(plan)` writes it, `parse_kron` reads it; as a dict ({"c_fc": (128, 128, 1), "c_fc@3": (128, 128, 2)}) it is
 what config files, checkpoints and exported config.json files hold.
 """
@@ -130,6 +134,54 @@ def parse_kron(entries):
     return kron
 
 
+def parse_rank(entries):
+    """{key: rank} from `--rank` entries NAME[@BLOCKS]=R (c_fc=64, c_proj@0,2=32)."""
+    ranks = {}
+    for entry in entries:
+        match = re.fullmatch(r"(\w+(?:@[\d,]+)?)=(\d+)", entry.strip())
+        if not match:
+            raise ValueError(f"--rank {entry!r} is not NAME=RANK or NAME@BLOCKS=RANK, e.g. c_fc=64 or c_proj@3=32")
+        key, rank = match.group(1), int(match.group(2))
+        if key.partition("@")[0] not in MATRICES:
+            raise ValueError(f"--rank {entry!r}: {key.partition('@')[0]!r} is not one of {', '.join(MATRICES)}")
+        if key in ranks:
+            raise ValueError(f"--rank names {key} twice")
+        ranks[key] = rank
+    return ranks
+
+
+def rank_kron(ranks, n_embd, vocab_size):
+    """The kron entries of rank-r factors {key: r}: (in_features, 1, r), A a column and B a row per factor."""
+    wrong = [key for key in ranks if key.partition("@")[0] not in MATRICES]
+    if wrong:
+        raise ValueError(f"rank {wrong[0]}: {wrong[0].partition('@')[0]!r} is not one of {', '.join(MATRICES)}")
+    return {key: (matrix_shape(key.partition("@")[0], n_embd, vocab_size)[0], 1, rank) for key, rank in ranks.items()}
+
+
+def is_outer_product(name, shape, n_embd, vocab_size):
+    """Whether the shape is rank-r factors: A in x 1 with B 1 x out, or A 1 x out with B in x 1 (its mirror)."""
+    b_rows, b_cols = b_shape(name, shape, n_embd, vocab_size)
+    return (shape[1] == 1 and b_rows == 1) or (shape[0] == 1 and b_cols == 1)
+
+
+def parse_blocks(spec, n_layer):
+    """The teacher blocks a student keeps (--keep_blocks 0,2,4), in the order given: each once, each in range
+    (n_layer None: the range unchecked, for checking the list before the teacher's shape is known)."""
+    if not str(spec).strip():
+        raise ValueError("--keep_blocks is empty: name the blocks to keep, like 0,2,4")
+    try:
+        blocks = [int(item) for item in str(spec).split(",")]
+    except ValueError:
+        raise ValueError(f"--keep_blocks {spec!r} is not a list of block indices like 0,2,4") from None
+    if len(set(blocks)) != len(blocks):
+        raise ValueError(f"--keep_blocks {spec!r} names a block twice")
+    wrong = [b for b in blocks if not 0 <= b < (n_layer if n_layer is not None else math.inf)]
+    if wrong:
+        raise ValueError(f"--keep_blocks {spec!r}: block {wrong[0]} is out of range; the model's blocks are 0 to "
+                         f"{n_layer - 1}")
+    return blocks
+
+
 class Plan:
     """Which weight matrices of a GPT are Kronecker-factored, block by block: {(matrix, block): (a_rows, a_cols,
     factors)}, block None for wte. Tied to a model's n_embd, n_layer and vocab_size, and valid for them: every
@@ -152,10 +204,11 @@ class Plan:
 
     @classmethod
     def from_settings(cls, n_embd, n_layer, vocab_size, dim_1=None, dim_2=None, factors=None, kron=None,
-                      kron_layers="all"):
+                      kron_layers="all", rank=None):
         """The plan of train.py's and GPTConfig's settings: dim_1, dim_2, factors (the MLP shorthand: c_fc's A is
         dim_1 x dim_2, c_proj's its transpose) and kron ({NAME or NAME@BLOCKS: (a_rows, a_cols, factors)}), the
-        NAME entries in the blocks kron_layers lists (all, odd, even, "0,2,4"), NAME@BLOCKS entries in theirs."""
+        NAME entries in the blocks kron_layers lists (all, odd, even, "0,2,4"), NAME@BLOCKS entries in theirs;
+        rank ({NAME or NAME@BLOCKS: r}, kron_decompose.py's --rank) adds rank-r entries (rank_kron)."""
         shorthand = (dim_1, dim_2, factors)
         entries = {}
         if any(v is not None for v in shorthand):
@@ -165,10 +218,13 @@ class Plan:
             entries = {"c_fc": (dim_1, dim_2, factors), "c_proj": (dim_2, dim_1, factors)}
         if kron is not None and not isinstance(kron, dict):
             raise ValueError(f"kron must be a dict like {{'c_fc': (768, 768, 1)}}, got {kron!r}")
-        for key, shape in (kron or {}).items():
+        if rank is not None and not isinstance(rank, dict):
+            raise ValueError(f"rank must be a dict like {{'c_fc': 64}}, got {rank!r}")
+        for key, shape in [*(kron or {}).items(), *rank_kron(rank or {}, n_embd, vocab_size).items()]:
             shape = tuple(shape) if isinstance(shape, list) else shape  # JSON gives lists
             if entries.get(key, shape) != shape:
-                raise ValueError(f"{key}: kron gives {shape} but dim_1, dim_2, factors give {entries[key]}")
+                raise ValueError(f"{key} is given twice, as {shape} and as {entries[key]} (kron, rank or dim_1, "
+                                 f"dim_2, factors)")
             entries[key] = shape
         layers = parse_layers(kron_layers, n_layer)
         shapes, given_by = {}, {}

@@ -37,6 +37,9 @@ class GPTConfig:
     # The Kronecker plan as a kron dict (kron_shapes.py): {"c_fc": (128, 128, 1), "c_fc@3": (128, 128, 2), ...},
     # None for a dense model. Read once into `plan`, and kept in Plan.to_kron's form, whatever form was given.
     kron: dict | None = None
+    # The teacher's blocks this model's blocks were copied from, in order (kron_decompose.py --keep_blocks); None
+    # for a model of all its teacher's blocks.
+    teacher_blocks: list | None = None
 
     def __post_init__(self):
         if self.n_embd % self.n_head != 0:
@@ -56,12 +59,13 @@ class GPTConfig:
         return asdict(self)
 
     @classmethod
-    def from_settings(cls, dim_1=None, dim_2=None, factors=None, kron=None, kron_layers="all", **model_settings):
+    def from_settings(cls, dim_1=None, dim_2=None, factors=None, kron=None, kron_layers="all", rank=None,
+                      **model_settings):
         """A GPTConfig from train.py's settings: the model's, and the plan in any of its settings forms
         (kron_shapes.Plan.from_settings)."""
         config = cls(**model_settings)
         return config.with_plan(Plan.from_settings(config.n_embd, config.n_layer, config.vocab_size, dim_1, dim_2,
-                                                   factors, kron, kron_layers))
+                                                   factors, kron, kron_layers, rank))
 
     @classmethod
     def from_args(cls, args):

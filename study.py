@@ -34,10 +34,10 @@ import sys
 import time
 
 from common import (ACT_LR, ACT_STEPS, CALIBRATION_TOKENS, UsageError, exit_on_usage_error, one_line, read_calibration,
-                    write_json)
+                    read_vocab, write_json)
 from configurator import ConfigError, checked, load_config
-from kron_shapes import INIT_NAMES, PLAN_SETTINGS, Plan
-from plot import plot_frontier, plot_loss_panels, read_metrics
+from kron_shapes import INIT_NAMES, PLAN_SETTINGS, Plan, divisors, is_outer_product, max_factors, parse_blocks
+from plot import plot_family_frontier, plot_frontier, plot_loss_panels, read_metrics
 
 STUDY_SETTINGS = dict(  # key=(default, type)
     out_dir=("studies/study", str),
@@ -50,9 +50,17 @@ STUDY_SETTINGS = dict(  # key=(default, type)
     finetune=({}, dict),  # train.py settings shared by every variant's fine-tuning
     variants=({}, dict),
     questions=({}, dict),
+    # the frontier: each of `families` matched to each budget, a fraction of the teacher's parameters without wpe
+    budgets=([], list),
+    families=({}, dict),  # {name: {"family": one of FAMILIES, ... (see match_family)}}
     device=("cpu", str),
+    timing_rounds=(9, int),  # rounds of the timing phase, every model once per round
 )
-VARIANT_KEYS = ("plan", "init", "act", "distill", "finetune")
+VARIANT_KEYS = ("family", "plan", "keep_blocks", "dense", "init", "act", "distill", "finetune", "budget", "candidates")
+FAMILIES = ("kronecker", "lowrank", "drop_blocks", "dense")
+BUDGET_TOLERANCE = 0.03  # a frontier variant's parameters without wpe are within 3% of its budget
+DECODE_TOKENS = 64  # the timing phase's greedy decode: batch 1, the KV cache, this many new tokens (fewer where
+PROMPT_TOKENS = 16  # the prompt and they would not fit the model's context)
 # init act's settings (train.py's), calibrated on data_dir/train.bin
 ACT_KEYS = ("calibration_tokens", "act_steps", "act_lr", "act_sweeps")
 DISTILL_KEYS = ("distill_alpha", "distill_temperature", "distill_hidden")
@@ -88,8 +96,8 @@ def settings_args(settings):
 
 def check_study(s, train_settings):
     """Fail, naming the variant, on anything that would fail later: before any run starts."""
-    if not s["variants"]:
-        raise UsageError("the study has no variants")
+    if not s["variants"] and not s["families"]:
+        raise UsageError("the study has no variants nor families")
     if CONTROL in s["variants"]:
         raise UsageError(f"{CONTROL!r} is the study's own control: give the variant another name")
     if not s["seeds"] or not all(isinstance(seed, int) for seed in s["seeds"]):
@@ -101,19 +109,15 @@ def check_study(s, train_settings):
         raise UsageError(f"{val_path} not found: run data/shakespeare/prepare.py (or set data_dir)")
     shape = teacher_shape(s, train_settings)
     check_train_settings(s["finetune"], train_settings, "finetune")
+    s["variants"] = {**s["variants"], **frontier_variants(s, shape)}
+    s["questions"] = {**s["questions"], **frontier_questions(s, shape)}
     for name, variant in s["variants"].items():
         where = f"variant {name!r}"
         if not isinstance(variant, dict) or set(variant) - set(VARIANT_KEYS):
             raise UsageError(f"{where}: expected a dict with keys among {', '.join(VARIANT_KEYS)}, got {variant!r}")
-        plan = variant.get("plan", {})
-        if not isinstance(plan, dict) or set(plan) - set(PLAN_SETTINGS) or not set(plan) - {"kron_layers"}:
-            raise UsageError(f"{where}: plan must name matrices with the settings {', '.join(PLAN_SETTINGS)}, got "
-                             f"{plan!r}")
-        try:
-            Plan.from_settings(shape.n_embd, shape.n_layer, shape.vocab_size, **plan).check_init(
-                variant.get("init", "vl"))
-        except ValueError as e:
-            raise UsageError(f"{where}: {e}") from None
+        if variant.get("family", "kronecker") not in FAMILIES:
+            raise UsageError(f"{where}: family={variant['family']!r} is not one of {', '.join(FAMILIES)}")
+        check_student(where, variant, shape)
         if variant.get("init", "vl") not in INIT_NAMES:
             raise UsageError(f"{where}: init={variant['init']!r} is not one of {', '.join(INIT_NAMES)}")
         if set(variant.get("act", {})) - set(ACT_KEYS):
@@ -126,6 +130,34 @@ def check_study(s, train_settings):
         for name in [baseline, *names]:
             if name not in s["variants"]:
                 raise UsageError(f"question {title!r} names the unknown variant {name!r}")
+
+
+def check_student(where, variant, shape):
+    """The variant's student can be made from a teacher of this shape: its plan (after keep_blocks), or its dense
+    shape."""
+    from model import GPTConfig
+    plan = variant.get("plan", {})
+    student_made_otherwise = "keep_blocks" in variant or "dense" in variant or "candidates" in variant
+    if not isinstance(plan, dict) or set(plan) - {*PLAN_SETTINGS, "rank"} or \
+            (not student_made_otherwise and not set(plan) - {"kron_layers"}):
+        raise UsageError(f"{where}: plan must name matrices with the settings {', '.join(PLAN_SETTINGS)}, rank, got "
+                         f"{plan!r}")
+    if "dense" in variant:
+        if set(variant) & {"plan", "keep_blocks", "init", "act"}:
+            raise UsageError(f"{where}: a dense student starts from scratch: it takes no plan, keep_blocks, init nor "
+                             f"act")
+        try:
+            GPTConfig(block_size=shape.block_size, vocab_size=shape.vocab_size, **variant["dense"])
+        except (TypeError, ValueError) as e:
+            raise UsageError(f"{where}: dense={variant['dense']!r}: {one_line(e)}") from None
+        return
+    n_layer = shape.n_layer
+    try:
+        if "keep_blocks" in variant:
+            n_layer = len(parse_blocks(",".join(map(str, variant["keep_blocks"])), shape.n_layer))
+        Plan.from_settings(shape.n_embd, n_layer, shape.vocab_size, **plan).check_init(variant.get("init", "vl"))
+    except ValueError as e:
+        raise UsageError(f"{where}: {e}") from None
 
 
 def check_train_settings(settings, train_settings, where, allow=()):
@@ -150,7 +182,151 @@ def teacher_shape(s, train_settings):
         c = load_config(train_settings, [s["teacher_config"], *settings_args(s["teacher_overrides"])])
     except ConfigError as e:
         raise UsageError(f"teacher_config: {e}") from None
-    return GPTConfig(**{k: c[k] for k in ("n_layer", "n_head", "n_embd", "vocab_size", "block_size")})
+    itos = read_vocab(s["data_dir"])  # the teacher is trained on the study's data: its characters, if any
+    return GPTConfig(**{k: c[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "bias")},
+                     vocab_size=len(itos) if itos else c["vocab_size"])
+
+
+# ----------------------------------------------------------------------------------------------------
+# The frontier: each family matched to each budget
+#
+# A family is a way to spend a budget of parameters (without wpe) that a user would pick instead of another:
+#   kronecker    the MLPs factored in one shape in every block (c_fc's A dim_1 x dim_2, c_proj's its transpose):
+#                of the shapes within the budget (outer products excluded: they are lowrank), the one of least
+#                Van Loan error on the teacher's weights; init vl, vl_norm, prune or act
+#   lowrank      rank-r factors of both MLP matrices in every block: the truncated SVD (init vl), or act's fit
+#   drop_blocks  k of the teacher's blocks, spread evenly (DistilGPT2's every other block), copied; no init
+#   dense        a smaller GPT from scratch: narrower (vary="width"; as many of the teacher's heads as divide the
+#                width) or shallower (vary="depth")
+# Each family's spec takes the variant keys init, act, distill and finetune (dense: no init nor act), and `at`,
+# the budgets it runs at (default: all).
+
+def dense_params(n_embd, n_layer, shape):
+    """Parameters without wpe of a dense GPT of the teacher's vocabulary and bias."""
+    parts = Plan(n_embd, n_layer, shape.vocab_size).count_parts(shape.block_size, shape.bias)
+    return sum(parts.values()) - parts["position"]
+
+
+def spread_blocks(n_layer, k):
+    """k of n_layer blocks spread evenly from the first: half of them is every other one (0, 2, 4, ...)."""
+    return [i * n_layer // k for i in range(k)]
+
+
+def kronecker_candidates(shape, budget):
+    """[(dim_1, dim_2, factors)] of every MLP shape, outer products excluded, within the budget's tolerance."""
+    n, n_layer = shape.n_embd, shape.n_layer
+    rest = dense_params(n, n_layer, shape) - n_layer * 8 * n * n  # everything but the MLPs' weights
+    found = []
+    for dim_1 in divisors(n):
+        for dim_2 in divisors(4 * n):
+            if is_outer_product("c_fc", (dim_1, dim_2, 1), n, shape.vocab_size):
+                continue
+            per_factor = 2 * n_layer * (dim_1 * dim_2 + (n // dim_1) * (4 * n // dim_2))  # c_fc's and c_proj's
+            for factors in range(1, max_factors(n, 4 * n, dim_1, dim_2) + 1):
+                if abs(rest + factors * per_factor - budget) <= BUDGET_TOLERANCE * budget:
+                    found.append((dim_1, dim_2, factors))
+    return found
+
+
+def match_family(name, spec, budget, shape):
+    """The variant of family spec whose parameters without wpe are nearest `budget`, with the size it has; a
+    UsageError when none is within BUDGET_TOLERANCE."""
+    spec = dict(spec)
+    family = spec.pop("family", None)
+    if family not in FAMILIES:
+        raise UsageError(f"family {name!r}: family={family!r} is not one of {', '.join(FAMILIES)}")
+    vary = spec.pop("vary", "width") if family == "dense" else None
+    spec.pop("at", None)
+    if set(spec) - {"init", "act", "distill", "finetune"}:
+        raise UsageError(f"family {name!r}: takes family, at, init, act, distill, finetune{', vary' if vary else ''}; "
+                         f"got {sorted(spec)}")
+    n, n_layer = shape.n_embd, shape.n_layer
+    sized = []  # (parameters, what makes the student)
+    if family == "kronecker":
+        candidates = kronecker_candidates(shape, budget)
+        if candidates:  # the one of least error is chosen from the teacher's weights (make_student)
+            return {"family": family, **spec, "candidates": candidates,
+                    "budget": {"params_no_wpe": budget, "matched": None}}
+    elif family == "lowrank":
+        rest = dense_params(n, n_layer, shape) - n_layer * 8 * n * n
+        sized = [(rest + 10 * n * r * n_layer, {"plan": {"rank": {"c_fc": r, "c_proj": r}}}) for r in range(1, n + 1)]
+    elif family == "drop_blocks":
+        sized = [(dense_params(n, k, shape), {"keep_blocks": spread_blocks(n_layer, k)}) for k in range(1, n_layer)]
+    elif vary == "depth":
+        sized = [(dense_params(n, k, shape), {"dense": {"n_layer": k, "n_head": shape.n_head, "n_embd": n}})
+                 for k in range(1, n_layer)]
+    elif vary == "width":
+        sized = [(dense_params(w, n_layer, shape), {"dense": {"n_layer": n_layer, "n_embd": w,  # heads that divide w
+                                                              "n_head": max(h for h in divisors(w) if h <= shape.n_head)}})
+                 for w in range(1, n)]
+    else:
+        raise UsageError(f"family {name!r}: vary={vary!r} is not width or depth")
+    if not sized or min(abs(p - budget) for p, _ in sized) > BUDGET_TOLERANCE * budget:
+        nearest = f"; its nearest size is {min(sized, key=lambda c: abs(c[0] - budget))[0]:,}" if sized else ""
+        raise UsageError(f"family {name!r} ({family}) has no variant within {BUDGET_TOLERANCE:.0%} of the budget of "
+                         f"{budget:,} parameters without wpe{nearest}")
+    params, student = min(sized, key=lambda c: abs(c[0] - budget))
+    return {"family": family, **spec, **student, "budget": {"params_no_wpe": budget, "matched": params}}
+
+
+def teacher_params_no_wpe(shape):
+    parts = shape.plan.count_parts(shape.block_size, shape.bias)
+    return sum(parts.values()) - parts["position"]
+
+
+def budget_name(fraction):
+    return f"{100 * fraction:.1f}".rstrip("0").rstrip(".") + "%"
+
+
+def frontier_variants(s, shape):
+    """{name @ budget: variant} of every family at every budget, each printed with the budget it was matched to."""
+    if bool(s["budgets"]) != bool(s["families"]):
+        raise UsageError("a frontier needs both budgets (fractions of the teacher's parameters without wpe) and "
+                         "families")
+    if not all(isinstance(b, (int, float)) and 0 < b < 1 for b in s["budgets"]):
+        raise UsageError(f"budgets must be fractions between 0 and 1 of the teacher's parameters, got {s['budgets']}")
+    total = teacher_params_no_wpe(shape)
+    variants = {}
+    for name, spec in s["families"].items():
+        if not set(spec.get("at", [])) <= set(s["budgets"]):
+            raise UsageError(f"family {name!r}: at={spec['at']} names a budget not in budgets={s['budgets']}")
+    for fraction in s["budgets"]:
+        for name, spec in s["families"].items():
+            if fraction not in spec.get("at", s["budgets"]):
+                continue
+            variant = match_family(name, spec, round(fraction * total), shape)
+            variants[f"{name} @{budget_name(fraction)}"] = variant
+    for name, variant in variants.items():
+        budget = variant["budget"]
+        matched = f"{len(variant['candidates'])} shapes within {BUDGET_TOLERANCE:.0%}, the one of least error on " \
+            "the teacher's weights taken" if budget["matched"] is None else \
+            f"matched with {budget['matched']:,} ({budget['matched'] / budget['params_no_wpe'] - 1:+.1%})"
+        print(f"{name}: budget {budget['params_no_wpe']:,} parameters without wpe, {matched}", flush=True)
+    return variants
+
+
+def frontier_questions(s, shape):
+    """A question per budget: every family there against the first."""
+    total = teacher_params_no_wpe(shape)
+    names = list(s["families"])
+    return {f"At {budget_name(f)} of the teacher's parameters ({round(f * total):,} without wpe)":
+            (f"{names[0]} @{budget_name(f)}", [f"{name} @{budget_name(f)}" for name in names[1:]
+                                               if f in s["families"][name].get("at", s["budgets"])])
+            for f in s["budgets"]}
+
+
+def least_error_shape(teacher, candidates):
+    """Of the MLP shapes (dim_1, dim_2, factors), the plan of least summed Van Loan error over the teacher's c_fc
+    and c_proj (the allocator's proxy: the squared relative error of the closed form)."""
+    from compress import allocation_options
+    config = teacher.config
+    options = allocation_options(teacher, ["c_fc", "c_proj"])
+    error = {place: {shape: e for _, e, shape in opts} for place, opts in options.items()}
+
+    def total(shape):
+        a, b, f = shape
+        return sum(error["c_fc", block][a, b, f] + error["c_proj", block][b, a, f] for block in range(config.n_layer))
+    return Plan.from_settings(config.n_embd, config.n_layer, config.vocab_size, *min(candidates, key=total))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -172,14 +348,26 @@ def make_student(variant, teacher_model, teacher, init_path, data_dir, device="c
     failed."""
     import torch
     from checkpoints import load_vocab, make_checkpoint, save_checkpoint
-    from compress import compress
+    from compress import compress, keep_blocks
     from devices import setup_device
-    config = teacher_model.config
+    from model import GPT, GPTConfig
     init = variant.get("init", "vl")
     act = {"calibration_tokens": CALIBRATION_TOKENS, "act_steps": ACT_STEPS, "act_lr": ACT_LR, "act_sweeps": 0,
            **variant.get("act", {})}
+    family = {key: variant[key] for key in ("family", "keep_blocks", "dense", "budget") if key in variant}
+    if "dense" in variant:  # from scratch: GPT's own init, the same for every seed
+        torch.manual_seed(1337)
+        t = teacher_model.config
+        student = GPT(GPTConfig(block_size=t.block_size, vocab_size=t.vocab_size, bias=t.bias, **variant["dense"]))
+        save_checkpoint(make_checkpoint(student, load_vocab(teacher), init={"teacher": teacher, "method": "scratch",
+                                                                            **family}), init_path)
+        return None
+    if "keep_blocks" in variant:
+        teacher_model = keep_blocks(teacher_model, list(variant["keep_blocks"]))
+    config = teacher_model.config
     try:
-        plan = Plan.from_settings(config.n_embd, config.n_layer, config.vocab_size, **variant.get("plan", {}))
+        plan = least_error_shape(teacher_model, variant["candidates"]) if "candidates" in variant else \
+            Plan.from_settings(config.n_embd, config.n_layer, config.vocab_size, **variant.get("plan", {}))
         calibration = None
         if init == "act":
             calibration = torch.from_numpy(read_calibration(os.path.join(data_dir, "train.bin"),
@@ -191,7 +379,7 @@ def make_student(variant, teacher_model, teacher, init_path, data_dir, device="c
                            act_lr=act["act_lr"], act_sweeps=act["act_sweeps"],
                            act_device=setup_device(device) if init == "act" else "cpu")
         info = {"teacher": teacher, "method": init, "kron": plan.to_kron(), "seconds": time.time() - t0,
-                **(act if init == "act" else {})}
+                **(act if init == "act" else {}), **family}
         # the teacher's characters, if any: train.py refuses a model whose characters are not the dataset's
         save_checkpoint(make_checkpoint(student, load_vocab(teacher), init=info), init_path)
     except (ValueError, OSError) as e:
@@ -205,7 +393,8 @@ def run_variant(name, variant, s, teacher, open_teacher):
     folder = os.path.join(s["out_dir"], "runs", name)
     os.makedirs(folder, exist_ok=True)
     init_path = os.path.join(folder, "init.pt")
-    result = {"variant": name, "runs": {}}
+    result = {"variant": name, "family": variant.get("family", "kronecker"), "runs": {},
+              **({"budget": variant["budget"]} if "budget" in variant else {})}
     error = None
     if not os.path.exists(init_path):
         error = make_student(variant, open_teacher(), teacher, init_path, s["data_dir"], s["device"])
@@ -217,15 +406,18 @@ def run_variant(name, variant, s, teacher, open_teacher):
     result.update(model_size(init_path))
     for seed in s["seeds"]:
         result["runs"][seed] = run_seed(folder, init_path, variant, seed, s, teacher)
+    result["perplexity_per_seed"] = finetuned(result)
     return result
 
 
 def run_control(s, teacher, teacher_perplexity):
     """The teacher fine-tuned with the study's settings and seeds (the same batches as every variant), no variant's
     own settings: what fine-tuning alone does to a model, with nothing compressed."""
-    result = {"variant": CONTROL, "init_perplexity": teacher_perplexity, **model_size(teacher), "runs": {}}
+    result = {"variant": CONTROL, "family": "control", "init_perplexity": teacher_perplexity, **model_size(teacher),
+              "runs": {}}
     for seed in s["seeds"]:
         result["runs"][seed] = run_seed(os.path.join(s["out_dir"], "control"), teacher, {}, seed, s, teacher)
+    result["perplexity_per_seed"] = finetuned(result)
     return result
 
 
@@ -234,8 +426,9 @@ def model_size(source):
     from checkpoints import load_model_config
     config = load_model_config(source)
     parts = config.plan.count_parts(config.block_size, config.bias)
-    return {"parameters": sum(parts.values()), **{f"{part}_parameters": parts[part]
-                                                  for part in ("mlp", "attention", "embedding")}}
+    return {"parameters": sum(parts.values()), "params_no_wpe": sum(parts.values()) - parts["position"],
+            "plan": str(config.plan), "n_layer": config.n_layer, "n_embd": config.n_embd,
+            **{f"{part}_parameters": parts[part] for part in ("mlp", "attention", "embedding")}}
 
 
 def run_seed(folder, init_from, variant, seed, s, teacher):
@@ -262,6 +455,61 @@ def run_seed(folder, init_from, variant, seed, s, teacher):
               "val_loss": [[r["iter"], r["val_loss"]] for r in records if "val_loss" in r]}
     write_json(result, result_path)
     return result
+
+
+# ----------------------------------------------------------------------------------------------------
+# Timing: every model in this one process, in turns, so that the ratios hold whatever the machine's load
+
+def time_models(sources, batch_size, block_size, rounds):
+    """{name: {"step_ms", "decode_ms_per_token"}} of each model source: a training step (forward, backward, AdamW)
+    on a batch of the fine-tuning's shape, and greedy decoding of DECODE_TOKENS tokens after PROMPT_TOKENS,
+    batch 1, with transformers' generate() and its KV cache (the factored export's model for a factored one, the
+    dense one otherwise), float32; medians of `rounds` rounds, the models timed in turns."""
+    import tempfile
+
+    import torch
+    from bench import median_seconds
+    from checkpoints import load_model
+    from krony_to_gpt import to_hf, to_hf_factored
+    steps, decodes, new_tokens = {}, {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (name, source) in enumerate(sources.items()):
+            model = load_model(source)
+            vocab_size, context = model.config.vocab_size, min(block_size, model.config.block_size)
+            folder = os.path.join(tmp, str(i))
+            os.makedirs(folder)
+            hf_model = to_hf_factored(model, folder) if model.config.plan else to_hf(model)
+            new_tokens[name] = min(DECODE_TOKENS, model.config.block_size - PROMPT_TOKENS)  # within the context
+            steps[name] = train_step(model.train(), vocab_size, batch_size, context)
+            decodes[name] = decode(hf_model, vocab_size, new_tokens[name])
+        step_s = median_seconds(steps, "cpu", rounds, 1)
+        decode_s = median_seconds(decodes, "cpu", rounds, 1)
+    return {name: {"step_ms": 1e3 * step_s[name], "decode_ms_per_token": 1e3 * decode_s[name] / new_tokens[name],
+                   "decode_tokens": new_tokens[name]} for name in sources}
+
+
+def train_step(model, vocab_size, batch_size, block_size):
+    import torch
+    generator = torch.Generator().manual_seed(0)
+    x, y = (torch.randint(0, vocab_size, (batch_size, block_size), generator=generator) for _ in range(2))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        model(x, y)[1].backward()
+        optimizer.step()
+    return step
+
+
+def decode(hf_model, vocab_size, new_tokens):
+    import torch
+    prompt = torch.randint(0, vocab_size, (1, PROMPT_TOKENS), generator=torch.Generator().manual_seed(1))
+
+    def run():
+        with torch.inference_mode():
+            hf_model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                              attention_mask=torch.ones_like(prompt), pad_token_id=0)
+    return run
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -319,6 +567,8 @@ def results_markdown(s, results, compared, teacher_perplexity):
              "fine-tuning as every variant.", "",
              "| variant | parameters | MLP | attention | embedding | val ppl at init | val ppl fine-tuned "
              "| / teacher | train ms/step |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    if s["budgets"]:
+        lines[4:4] = frontier_markdown(s, results, compared) + [""]
     for name, r in results.items():
         if "error" in r:
             lines.append(f"| {name} | failed: {r['error']} | | | | | | | |")
@@ -350,6 +600,44 @@ def results_markdown(s, results, compared, teacher_perplexity):
     return "\n".join(lines) + "\n"
 
 
+def student_text(r, variant):
+    """What the student is: its plan, the blocks it kept, or its dense shape."""
+    if variant.get("family") == "dense":
+        return f"{r['n_layer']} blocks, n_embd {r['n_embd']}, from scratch"
+    kept = f"blocks {','.join(map(str, variant['keep_blocks']))} of the teacher's" if "keep_blocks" in variant else ""
+    plan = "" if r["plan"] == "dense" else r["plan"]
+    return " + ".join(part for part in (kept, plan) if part) or "the teacher's"
+
+
+def frontier_markdown(s, results, compared):
+    """The frontier table: each budget's families with their size, perplexity, cost to the control and speed."""
+    control = results[CONTROL]
+    lines = ["## The frontier", "", f"Each family matched to each budget (parameters without wpe, within "
+             f"{BUDGET_TOLERANCE:.0%}), fine-tuned on the same tokens. To the control: paired differences in fine-tuned "
+             "perplexity, mean (range over seeds). Step and decode times: medians of rounds in which every model "
+             f"ran in turn, in one process (decode: batch 1, KV cache, greedy, {DECODE_TOKENS} new tokens, float32), "
+             f"as ratios to the control's (the teacher: {control['step_ms']:.1f} ms/step, "
+             f"{control['decode_ms_per_token']:.2f} ms/token).", "",
+             "| budget | variant | family | student | params without wpe | ppl at init | ppl fine-tuned | to the control "
+             "| step (x teacher) | decode (x teacher) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, variant in s["variants"].items():
+        if "budget" not in variant:
+            continue
+        r, budget = results[name], variant["budget"]["params_no_wpe"]
+        if "error" in r:
+            lines.append(f"| {budget:,} | {name} | {variant['family']} | failed: {r['error']} | | | | | | |")
+            continue
+        ppl = list(finetuned(r).values())
+        c = compared["to_control"][name]
+        to_control = f"{c['mean']:+.2f} ({c['low']:+.2f} to {c['high']:+.2f})" if c else "-"
+        step = r["step_ms"] / control["step_ms"]
+        decode = r["decode_ms_per_token"] / control["decode_ms_per_token"]
+        lines.append(f"| {budget:,} | {name} | {variant['family']} | {student_text(r, variant)} "
+                     f"| {r['params_no_wpe']:,} ({r['params_no_wpe'] / budget - 1:+.1%}) | {r['init_perplexity']:.2f} "
+                     f"| {spread(ppl) if ppl else '-'} | {to_control} | {step:.2f} | {decode:.2f} |")
+    return lines
+
+
 def plot_results(s, results, teacher_perplexity, teacher_parameters):
     curves = {}
     for name, r in results.items():  # the mean val loss over the seeds at each evaluation
@@ -366,6 +654,19 @@ def plot_results(s, results, teacher_perplexity, teacher_parameters):
         curves_of_a_question[CONTROL] = curves[CONTROL]
     plot_loss_panels(panels, os.path.join(s["out_dir"], "val_loss.png"),
                      "val loss during fine-tuning (mean over seeds)", reference=CONTROL)
+    if s["budgets"]:
+        points = [{"family": s["variants"][name]["family"], "parameters": r["params_no_wpe"],
+                   "perplexities": list(finetuned(r).values()), "decode_ms": r["decode_ms_per_token"],
+                   "distilled": bool(s["variants"][name].get("distill", {}).get("distill_alpha"))}
+                  for name, r in results.items() if "budget" in s["variants"].get(name, {}) and "error" not in r]
+        control = results[CONTROL]
+        plot_family_frontier(points, {"parameters": control["params_no_wpe"], "perplexity": teacher_perplexity,
+                                      "perplexities": list(finetuned(control).values()),
+                                      "decode_ms": control["decode_ms_per_token"]},
+                             os.path.join(s["out_dir"], "frontier.png"),
+                             f"{os.path.basename(os.path.normpath(s['out_dir']))}: families at equal parameters and "
+                             "tokens (bars: range over seeds)")
+        return
     sizes = {name: (r.get("parameters"), list(finetuned(r).values())) for name, r in results.items()}
     plot_frontier(sizes, (teacher_parameters, teacher_perplexity), os.path.join(s["out_dir"], "frontier.png"),
                   "size against quality (bars: range over seeds)", reference=CONTROL)
@@ -414,6 +715,13 @@ def main(argv=None):
         print(f"{name}: {len(s['seeds'])} seed(s) ({time.time() - start:.0f} s)", flush=True)
         results[name] = run_variant(name, variant, s, teacher, open_teacher)
     rows = {CONTROL: control, **results}  # the control first: every variant is read against it
+    sources = {CONTROL: teacher, **{name: os.path.join(s["out_dir"], "runs", name, "init.pt")
+                                    for name, r in results.items() if "error" not in r}}
+    print(f"timing {len(sources)} models in turns ({time.time() - start:.0f} s)", flush=True)
+    settings = {**train.SETTINGS, **{k: (v, None) for k, v in s["finetune"].items()}}
+    for name, timing in time_models(sources, settings["batch_size"][0], settings["block_size"][0],
+                                     s["timing_rounds"]).items():
+        rows[name].update(timing)
     compared = comparisons(s, rows)
     write_json({"study": s, "teacher": teacher, "teacher_perplexity": teacher_perplexity,
                 "teacher_parameters": control["parameters"], "teacher_seconds": teacher_seconds,

@@ -342,7 +342,9 @@ def distillation_losses(logits, targets, states, teacher_logits, teacher_states,
     teacher_log_probs = F.log_softmax(teacher_logits.float() / T, dim=-1)
     kl = F.kl_div(student_log_probs, teacher_log_probs, log_target=True, reduction="none").sum(-1).mean()
     kd = T * T * kl
-    hidden = sum(F.mse_loss(s.float(), t.float()) for s, t in zip(states, teacher_states)) / len(states)
+    hidden = logits.new_zeros((), dtype=torch.float32)  # a student of another width or depth has no states to match
+    if settings["distill_hidden"] > 0:
+        hidden = sum(F.mse_loss(s.float(), t.float()) for s, t in zip(states, teacher_states)) / len(states)
     loss = (1 - settings["distill_alpha"]) * ce + settings["distill_alpha"] * kd + settings["distill_hidden"] * hidden
     return {"loss": loss, "ce_loss": ce, "kd_loss": kd, "hidden_loss": hidden}
 

