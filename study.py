@@ -58,7 +58,7 @@ STUDY_SETTINGS = dict(  # key=(default, type)
 )
 VARIANT_KEYS = ("family", "plan", "keep_blocks", "dense", "init", "act", "distill", "finetune", "budget", "candidates")
 FAMILIES = ("kronecker", "lowrank", "drop_blocks", "dense")
-BUDGET_TOLERANCE = 0.03  # a frontier variant's parameters without wpe are within 3% of its budget
+BUDGET_TOLERANCE = 0.03  # a frontier variant's parameters are within 3% of its budget (see tolerance)
 DECODE_TOKENS = 64  # the timing phase's greedy decode: batch 1, the KV cache, this many new tokens (fewer where
 PROMPT_TOKENS = 16  # the prompt and they would not fit the model's context)
 # init act's settings (train.py's), calibrated on data_dir/train.bin
@@ -212,6 +212,13 @@ def spread_blocks(n_layer, k):
     return [i * n_layer // k for i in range(k)]
 
 
+def tolerance(budget, shape):
+    """How far a variant may be from its budget: BUDGET_TOLERANCE of the budget's parameters outside the token
+    embedding, which no family but a narrower dense one changes (all but 2% of the char teacher's parameters; a
+    small GPT-2-token teacher's embedding is most of its own, and 3% of it would be more than a block)."""
+    return BUDGET_TOLERANCE * (budget - shape.vocab_size * shape.n_embd)
+
+
 def kronecker_candidates(shape, budget):
     """[(dim_1, dim_2, factors)] of every MLP shape, outer products excluded, within the budget's tolerance."""
     n, n_layer = shape.n_embd, shape.n_layer
@@ -223,7 +230,7 @@ def kronecker_candidates(shape, budget):
                 continue
             per_factor = 2 * n_layer * (dim_1 * dim_2 + (n // dim_1) * (4 * n // dim_2))  # c_fc's and c_proj's
             for factors in range(1, max_factors(n, 4 * n, dim_1, dim_2) + 1):
-                if abs(rest + factors * per_factor - budget) <= BUDGET_TOLERANCE * budget:
+                if abs(rest + factors * per_factor - budget) <= tolerance(budget, shape):
                     found.append((dim_1, dim_2, factors))
     return found
 
@@ -261,10 +268,11 @@ def match_family(name, spec, budget, shape):
                  for w in range(1, n)]
     else:
         raise UsageError(f"family {name!r}: vary={vary!r} is not width or depth")
-    if not sized or min(abs(p - budget) for p, _ in sized) > BUDGET_TOLERANCE * budget:
+    if not sized or min(abs(p - budget) for p, _ in sized) > tolerance(budget, shape):
         nearest = f"; its nearest size is {min(sized, key=lambda c: abs(c[0] - budget))[0]:,}" if sized else ""
-        raise UsageError(f"family {name!r} ({family}) has no variant within {BUDGET_TOLERANCE:.0%} of the budget of "
-                         f"{budget:,} parameters without wpe{nearest}")
+        raise UsageError(f"family {name!r} ({family}) has no variant within {tolerance(budget, shape):,.0f} "
+                         f"parameters ({BUDGET_TOLERANCE:.0%} of those outside wte) of the budget of {budget:,} "
+                         f"parameters without wpe{nearest}")
     params, student = min(sized, key=lambda c: abs(c[0] - budget))
     return {"family": family, **spec, **student, "budget": {"params_no_wpe": budget, "matched": params}}
 
@@ -298,7 +306,8 @@ def frontier_variants(s, shape):
             variants[f"{name} @{budget_name(fraction)}"] = variant
     for name, variant in variants.items():
         budget = variant["budget"]
-        matched = f"{len(variant['candidates'])} shapes within {BUDGET_TOLERANCE:.0%}, the one of least error on " \
+        matched = f"{len(variant['candidates'])} shapes within {tolerance(budget['params_no_wpe'], shape):,.0f}, the " \
+            "one of least error on " \
             "the teacher's weights taken" if budget["matched"] is None else \
             f"matched with {budget['matched']:,} ({budget['matched'] / budget['params_no_wpe'] - 1:+.1%})"
         print(f"{name}: budget {budget['params_no_wpe']:,} parameters without wpe, {matched}", flush=True)
