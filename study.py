@@ -263,8 +263,8 @@ def match_family(name, spec, budget, shape):
         sized = [(dense_params(n, k, shape), {"dense": {"n_layer": k, "n_head": shape.n_head, "n_embd": n}})
                  for k in range(1, n_layer)]
     elif vary == "width":
-        sized = [(dense_params(w, n_layer, shape), {"dense": {"n_layer": n_layer, "n_embd": w,  # heads that divide w
-                                                              "n_head": max(h for h in divisors(w) if h <= shape.n_head)}})
+        heads = {w: max(h for h in divisors(w) if h <= shape.n_head) for w in range(1, n)}  # heads that divide w
+        sized = [(dense_params(w, n_layer, shape), {"dense": {"n_layer": n_layer, "n_embd": w, "n_head": heads[w]}})
                  for w in range(1, n)]
     else:
         raise UsageError(f"family {name!r}: vary={vary!r} is not width or depth")
@@ -293,7 +293,10 @@ def frontier_variants(s, shape):
                          "families")
     if not all(isinstance(b, (int, float)) and 0 < b < 1 for b in s["budgets"]):
         raise UsageError(f"budgets must be fractions between 0 and 1 of the teacher's parameters, got {s['budgets']}")
-    total = teacher_params_no_wpe(shape)
+    total, embedding = teacher_params_no_wpe(shape), shape.vocab_size * shape.n_embd
+    if min(s["budgets"]) * total <= embedding:
+        raise UsageError(f"budget {min(s['budgets'])} is {round(min(s['budgets']) * total):,} parameters without wpe, "
+                         f"no more than the teacher's token embedding alone ({embedding:,})")
     variants = {}
     for name, spec in s["families"].items():
         if not set(spec.get("at", [])) <= set(s["budgets"]):
@@ -306,9 +309,8 @@ def frontier_variants(s, shape):
             variants[f"{name} @{budget_name(fraction)}"] = variant
     for name, variant in variants.items():
         budget = variant["budget"]
-        matched = f"{len(variant['candidates'])} shapes within {tolerance(budget['params_no_wpe'], shape):,.0f}, the " \
-            "one of least error on " \
-            "the teacher's weights taken" if budget["matched"] is None else \
+        matched = f"{len(variant['candidates'])} shapes within {tolerance(budget['params_no_wpe'], shape):,.0f}, " \
+            "the one of least error on the teacher's weights taken" if budget["matched"] is None else \
             f"matched with {budget['matched']:,} ({budget['matched'] / budget['params_no_wpe'] - 1:+.1%})"
         print(f"{name}: budget {budget['params_no_wpe']:,} parameters without wpe, {matched}", flush=True)
     return variants
@@ -622,13 +624,13 @@ def frontier_markdown(s, results, compared):
     """The frontier table: each budget's families with their size, perplexity, cost to the control and speed."""
     control = results[CONTROL]
     lines = ["## The frontier", "", f"Each family matched to each budget (parameters without wpe, within "
-             f"{BUDGET_TOLERANCE:.0%}), fine-tuned on the same tokens. To the control: paired differences in fine-tuned "
-             "perplexity, mean (range over seeds). Step and decode times: medians of rounds in which every model "
-             f"ran in turn, in one process (decode: batch 1, KV cache, greedy, {DECODE_TOKENS} new tokens, float32), "
-             f"as ratios to the control's (the teacher: {control['step_ms']:.1f} ms/step, "
+             f"{BUDGET_TOLERANCE:.0%}), fine-tuned on the same tokens. To the control: paired differences in "
+             "fine-tuned perplexity, mean (range over seeds). Step and decode times: medians of rounds in which every "
+             f"model ran in turn, in one process (decode: batch 1, KV cache, greedy, {DECODE_TOKENS} new tokens, "
+             f"float32), as ratios to the control's (the teacher: {control['step_ms']:.1f} ms/step, "
              f"{control['decode_ms_per_token']:.2f} ms/token).", "",
-             "| budget | variant | family | student | params without wpe | ppl at init | ppl fine-tuned | to the control "
-             "| step (x teacher) | decode (x teacher) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| budget | variant | family | student | params without wpe | ppl at init | ppl fine-tuned "
+             "| to the control | step (x teacher) | decode (x teacher) |", "| --- " * 10 + "|"]
     for name, variant in s["variants"].items():
         if "budget" not in variant:
             continue

@@ -95,7 +95,8 @@ def test_each_family_is_matched_within_3_percent_of_its_budget(fraction, spec):
         config = GPTConfig(block_size=128, vocab_size=65, **variant["dense"])
     elif "keep_blocks" in variant:
         config = GPTConfig(n_layer=len(variant["keep_blocks"]), n_head=4, n_embd=128, vocab_size=65, block_size=128)
-        assert variant["keep_blocks"] == {3: [0, 2, 4], 4: [0, 1, 3, 4], 5: [0, 1, 2, 3, 4]}[len(variant["keep_blocks"])]
+        spread = {3: [0, 2, 4], 4: [0, 1, 3, 4], 5: [0, 1, 2, 3, 4]}
+        assert variant["keep_blocks"] == spread[len(variant["keep_blocks"])]
     else:
         config = GPTConfig.from_settings(n_layer=6, n_head=4, n_embd=128, vocab_size=65, block_size=128,
                                          **variant["plan"])
