@@ -21,12 +21,19 @@ With a teacher (any model source), the loss mixes in knowledge distillation:
     + distill_hidden * mean squared error of the residual streams (after the embedding and each block)
 Writes out_dir/ckpt.pt (atomically, at evaluations) and out_dir/metrics.jsonl (one JSON line per log and
 evaluation step, each with the run's id).
+
+Preemption: on SIGUSR1 or SIGTERM the run finishes the iteration it is in, saves a complete ckpt.pt (also between
+evaluations), prints where, and exits 0 after SIGUSR1 (the early warning of Slurm's --signal=USR1@120, for a job
+that requeues itself) or 143 after SIGTERM (128 + 15, as if killed by it). Under torchrun every rank stops at the
+same iteration. A second SIGTERM before the save ends kills the run at once; the previous ckpt.pt stays intact.
+--init_from=resume then goes on with the same losses, bit for bit, as a run that was never stopped.
 """
 
 import json
 import math
 import os
 import random
+import signal
 import sys
 import time
 import uuid
@@ -120,6 +127,44 @@ PLAN_KEYS = tuple(PLAN_SETTINGS)
 
 class NonFiniteLoss(Exception):
     """The loss diverged: the run stops before the optimizer step, exit status 1."""
+
+
+STOP_EXIT_STATUS = {signal.SIGUSR1: 0, signal.SIGTERM: 128 + signal.SIGTERM}
+
+
+class Stopped(Exception):
+    """A stop signal arrived and the run saved its checkpoint; main exits with STOP_EXIT_STATUS[signum]."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class StopSignals:
+    """Records SIGUSR1 and SIGTERM for the loop to act on at its next step boundary (a handler that saved would
+    interrupt the step's work halfway); a second SIGTERM, once one is recorded, restores the default and kills."""
+
+    def __init__(self):
+        self.signum = None
+        self.previous = {signum: signal.signal(signum, self.handle) for signum in STOP_EXIT_STATUS}
+
+    def handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGTERM:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+        self.signum = self.signum or signum
+
+    def agreed(self, rt):
+        """The signal to stop on, the same on every rank (all-reduced: whichever rank got one), or None."""
+        if not rt.ddp:
+            return self.signum
+        flag = torch.tensor([self.signum or 0], device=rt.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item()) or None
+
+    def restore(self):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
 
 
 def check_config(settings):
@@ -508,6 +553,35 @@ def forward_backward(model, teacher, settings, data_dir, rt, batch_generator, sc
     return dict(zip(names, sums.tolist()))
 
 
+def save_run(raw_model, itos, optimizer, scaler, state, run_settings, batch_generator, rt, ckpt_path, elapsed):
+    """Everything resume needs, gathered from every rank (their random number generators) and written by rank 0,
+    atomically: a failed write leaves the previous checkpoint in place."""
+    states = [rng_state(batch_generator, rt.device)]
+    if rt.ddp:
+        states = [None] * rt.world_size
+        dist.all_gather_object(states, rng_state(batch_generator, rt.device))
+    if not rt.master:
+        return
+    ckpt = make_checkpoint(raw_model, itos, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
+                           iter_num=state.iter_num, best_val_loss=state.best_val_loss, config=run_settings,
+                           rng=states, elapsed_s=elapsed, run_id=state.run_id)
+    try:
+        save_checkpoint(ckpt, ckpt_path)
+    except OSError as e:  # disk full, quota: the previous checkpoint is still in place
+        raise UsageError(f"cannot write {ckpt_path} ({one_line(e)}); the previous checkpoint is intact: free some "
+                         f"space and resume with --init_from=resume") from None
+
+
+def optimizer_step(model, optimizer, scaler, settings):
+    """Clip the gradients (of the unscaled loss) and step: the iteration's update."""
+    if settings["grad_clip"] > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), settings["grad_clip"])
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def train(settings):
     """Run the training loop the settings describe; returns the last evaluation's losses."""
     data_dir = settings["data_dir"] or os.path.join("data", settings["dataset"])
@@ -556,7 +630,8 @@ def train(settings):
         report_run(raw_model, settings, rt, data_dir, itos, tokens_per_iter, ckpt_path, metrics_path, teacher)
         if settings["wandb_log"]:
             import wandb
-            wandb.init(project=settings["wandb_project"], name=settings["wandb_run_name"], config=run_settings)
+            wandb.init(project=settings["wandb_project"], name=settings["wandb_run_name"], config=run_settings,
+                       id=state.run_id, resume="allow")  # a resumed run goes on in the same wandb run
     if state.iter_num >= settings["max_iters"] and not settings["eval_only"]:
         if rt.master:
             print(f"nothing to do: iteration {state.iter_num} is already max_iters={settings['max_iters']}")
@@ -581,20 +656,9 @@ def train(settings):
         if losses["val"] < state.best_val_loss or settings["always_save_checkpoint"]:
             state.best_val_loss = min(state.best_val_loss, losses["val"])
             if state.iter_num > 0 and not settings["eval_only"]:
-                states = [rng_state(batch_generator, rt.device)]
-                if rt.ddp:
-                    states = [None] * rt.world_size
-                    dist.all_gather_object(states, rng_state(batch_generator, rt.device))
+                save_run(raw_model, itos, optimizer, scaler, state, run_settings, batch_generator, rt, ckpt_path,
+                         elapsed)
                 if rt.master:
-                    ckpt = make_checkpoint(raw_model, itos, optimizer=optimizer.state_dict(),
-                                           scaler=scaler.state_dict(), iter_num=state.iter_num,
-                                           best_val_loss=state.best_val_loss, config=run_settings, rng=states,
-                                           elapsed_s=elapsed, run_id=state.run_id)
-                    try:
-                        save_checkpoint(ckpt, ckpt_path)
-                    except OSError as e:  # disk full, quota: the previous checkpoint is still in place
-                        raise UsageError(f"cannot write {ckpt_path} ({one_line(e)}); the previous checkpoint is "
-                                         f"intact: free some space and resume with --init_from=resume") from None
                     print(f"saved {ckpt_path} (iteration {state.iter_num})")
         return losses
 
@@ -602,42 +666,49 @@ def train(settings):
     losses = {}
     run_start = time.time()
     train_time, logged_iters = 0.0, 0
-    while True:
-        lr = get_lr(state.iter_num, settings)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        due = state.iter_num % settings["eval_interval"] == 0 or state.iter_num == settings["max_iters"]
-        if settings["eval_only"] or (due and state.iter_num != last_eval_iter):
-            losses = evaluate_and_save(lr)
-            last_eval_iter = state.iter_num
-        if settings["eval_only"] or state.iter_num >= settings["max_iters"]:
-            break
+    stop_signals = StopSignals()
+    try:
+        while True:
+            lr = get_lr(state.iter_num, settings)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            due = state.iter_num % settings["eval_interval"] == 0 or state.iter_num == settings["max_iters"]
+            if settings["eval_only"] or (due and state.iter_num != last_eval_iter):
+                losses = evaluate_and_save(lr)
+                last_eval_iter = state.iter_num
+            if settings["eval_only"] or state.iter_num >= settings["max_iters"]:
+                break
+            signum = stop_signals.agreed(rt)
+            if signum is not None:
+                save_run(raw_model, itos, optimizer, scaler, state, run_settings, batch_generator, rt, ckpt_path,
+                         state.elapsed_before + time.time() - run_start)
+                if rt.master:
+                    print(f"stopped by {signal.Signals(signum).name} at iteration {state.iter_num}: saved "
+                          f"{ckpt_path}; go on with --init_from=resume", flush=True)
+                raise Stopped(signum)
 
-        step_start = time.time()
-        parts = forward_backward(model, teacher, settings, data_dir, rt, batch_generator, scaler)
-        # One device sync per iteration, so that a diverged loss stops the run before it reaches the weights.
-        if not all(math.isfinite(v) for v in parts.values()):
-            raise NonFiniteLoss(f"iteration {state.iter_num}: training loss {parts['loss']}")
-        if settings["grad_clip"] > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), settings["grad_clip"])
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        train_time += time.time() - step_start
-        logged_iters += 1
+            step_start = time.time()
+            parts = forward_backward(model, teacher, settings, data_dir, rt, batch_generator, scaler)
+            # One device sync per iteration, so that a diverged loss stops the run before it reaches the weights.
+            if not all(math.isfinite(v) for v in parts.values()):
+                raise NonFiniteLoss(f"iteration {state.iter_num}: training loss {parts['loss']}")
+            optimizer_step(model, optimizer, scaler, settings)
+            train_time += time.time() - step_start
+            logged_iters += 1
 
-        if state.iter_num % settings["log_interval"] == 0 and rt.master:
-            tokens_per_sec = tokens_per_iter * logged_iters / train_time
-            ms_per_iter = 1000 * train_time / logged_iters
-            elapsed = state.elapsed_before + time.time() - run_start
-            extra = "".join(f", {k} {v:.4f}" for k, v in parts.items() if k != "loss")
-            print(f"iter {state.iter_num}: loss {parts['loss']:.4f}{extra}, lr {lr:.3e}, {tokens_per_sec:,.0f} "
-                  f"tokens/s, {ms_per_iter:.0f} ms/iter, {elapsed:.0f} s")
-            log({"iter": state.iter_num, **parts, "lr": lr, "tokens_per_sec": tokens_per_sec,
-                 "ms_per_iter": ms_per_iter, "elapsed_s": elapsed})
-            train_time, logged_iters = 0.0, 0
-        state.iter_num += 1
+            if state.iter_num % settings["log_interval"] == 0 and rt.master:
+                tokens_per_sec = tokens_per_iter * logged_iters / train_time
+                ms_per_iter = 1000 * train_time / logged_iters
+                elapsed = state.elapsed_before + time.time() - run_start
+                extra = "".join(f", {k} {v:.4f}" for k, v in parts.items() if k != "loss")
+                print(f"iter {state.iter_num}: loss {parts['loss']:.4f}{extra}, lr {lr:.3e}, {tokens_per_sec:,.0f} "
+                      f"tokens/s, {ms_per_iter:.0f} ms/iter, {elapsed:.0f} s")
+                log({"iter": state.iter_num, **parts, "lr": lr, "tokens_per_sec": tokens_per_sec,
+                     "ms_per_iter": ms_per_iter, "elapsed_s": elapsed})
+                train_time, logged_iters = 0.0, 0
+            state.iter_num += 1
+    finally:
+        stop_signals.restore()
     return losses
 
 
@@ -673,6 +744,8 @@ def main(argv=None):
         if master:
             print(f"train.py: error: {' '.join(str(e).split())}", file=sys.stderr)
         sys.exit(2)
+    except Stopped as e:
+        sys.exit(STOP_EXIT_STATUS[e.signum])
     except NonFiniteLoss as e:
         if master:
             print(f"train.py: the loss is not finite at {e}; stopping. The last checkpoint written, if any, is "
