@@ -18,6 +18,13 @@ memory as it trained, and loads with
     AutoModelForCausalLM.from_pretrained(OUT_DIR, trust_remote_code=True)
 (perplexity.py, sample.py and checkpoints.load_model read it without running its code). Either export is checked
 (its logits must equal ours) before it is renamed into place, so OUT_DIR is never half written.
+
+Both carry a generation_config.json (GPT-2's <|endoftext|> as bos, eos and pad token, where the vocabulary holds
+it) and a model card, README.md (model_card.py: the Hub's metadata, the plan per block, parameters, init and
+training tokens; `perplexity.py OUT_DIR` adds its scores). To publish the folder as it is, card included:
+    from huggingface_hub import upload_folder
+    upload_folder(folder_path=OUT_DIR, repo_id="you/your-model", repo_type="model")
+(a model's own push_to_hub uploads what its save_pretrained writes, without this card).
 """
 
 import argparse
@@ -30,6 +37,7 @@ from checkpoints import load_checkpoint
 from common import EOT, UsageError, exit_on_usage_error, one_line, write_vocab
 from compress import materialize
 from model import HF_CONV1D_WEIGHTS
+from model_card import CARD, card_text
 
 LOGIT_TOLERANCE = 1e-3  # round-off is ~2e-6 on a random GPT-2 124M; one misplaced matrix moves logits by ~1
 FACTORED_TOLERANCE = 1e-5  # relative to the largest logit: the same factors, the same contractions
@@ -105,9 +113,19 @@ def logit_difference(model, hf_model, seq_len=64):
     return (ours - theirs).abs().max().item(), ours.abs().max().item()
 
 
-def export(model, out_dir, tokenizer, keep_factors=False, itos=None):
+def generation_config(config):
+    """GPT-2's: <|endoftext|> begins and ends a text, and pads a batch (GPT-2 has no pad token); a vocabulary
+    without it (characters) has none of them."""
+    from transformers import GenerationConfig
+    if config.vocab_size <= EOT:
+        return GenerationConfig()
+    return GenerationConfig(bos_token_id=EOT, eos_token_id=EOT, pad_token_id=EOT)
+
+
+def export(model, out_dir, tokenizer, keep_factors=False, itos=None, checkpoint=None):
     """Write model (our GPT) and tokenizer to out_dir, replacing it, via a temporary directory renamed into place;
-    for a model of characters (itos) their meta.json instead of the tokenizer, which may then be None.
+    for a model of characters (itos) their meta.json instead of the tokenizer, which may then be None. The model
+    card tells what it can of the model's making from checkpoint (ours: its init, settings and iteration).
 
     Returns the largest |logit difference| between the written model, as transformers reads it back, and ours.
     """
@@ -116,12 +134,14 @@ def export(model, out_dir, tokenizer, keep_factors=False, itos=None):
     # no dot in the temporary name: transformers imports remote code under the directory's name
     tmp_dir, old_dir = f"{out_dir}_tmp{os.getpid()}", f"{out_dir}_old{os.getpid()}"
     try:
+        os.makedirs(tmp_dir)
+        hf_model = to_hf_factored(model, tmp_dir) if keep_factors else to_hf(model)
+        hf_model.generation_config = generation_config(model.config)
+        hf_model.save_pretrained(tmp_dir)
         if keep_factors:
-            os.makedirs(tmp_dir)
-            to_hf_factored(model, tmp_dir).save_pretrained(tmp_dir)
             copy_remote_code(tmp_dir)  # save_pretrained copies the code it imported: make sure it is ours
-        else:
-            to_hf(model).save_pretrained(tmp_dir)
+        with open(os.path.join(tmp_dir, CARD), "w") as f:
+            f.write(card_text(model, checkpoint or {}, keep_factors, itos))
         if itos is not None:
             write_vocab(itos, tmp_dir)
         else:
@@ -201,7 +221,7 @@ def main(argv=None):
           f"block_size {config.block_size}, {model.get_num_params():,} parameters, "
           f"iter_num {checkpoint.get('iter_num')}")
     try:
-        diff = export(model, args.out_dir, tokenizer, args.keep_factors, itos)
+        diff = export(model, args.out_dir, tokenizer, args.keep_factors, itos, checkpoint)
     except OSError as e:
         raise UsageError(f"cannot write {args.out_dir}: {one_line(e)}") from None
     kind = "KronyForCausalLM (load with trust_remote_code=True)" if args.keep_factors else "GPT2LMHeadModel"

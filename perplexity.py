@@ -13,6 +13,9 @@ or .txt. A .bin with a meta.json beside it holds characters (data/shakespeare_ch
 characters scores it, per character, with its bits per character (log2 of that perplexity); a model of characters
 scores nothing else.
 
+An export's model card (MODEL/README.md, krony_to_gpt.py's) gets the wiki103, wiki2 and lambada scores as
+model-index results; nothing else in it changes.
+
 The paper's protocol (the default): the test split's rows joined with "\\n\\n" and tokenized once with GPT-2's
 tokenizer, cut into windows of the model's context length, stride equal to it; each window's loss has
 labels = inputs (n-1 predictions), and perplexity = exp(mean of the per-window mean losses).
@@ -44,6 +47,7 @@ from common import (EOT, UsageError, check_vocab, exit_on_usage_error, gpt2_enco
 from checkpoints import load_model, load_model_config, load_vocab
 from devices import autocast_context, default_device, setup_device
 from model import IGNORE_INDEX
+from model_card import CARD, add_results
 
 # name: (hub id, hub config, the JSON-lines file --data_dir must hold). The hub's lambada (cimec/lambada) is what
 # the paper's load_dataset("lambada") read; the local copy is OpenAI's rendering of the same 5,153 passages.
@@ -363,6 +367,13 @@ def main(argv=None):
         if args.out:
             write_json(report, args.out)
     print_table(report["datasets"])
+    card = os.path.join(args.model, CARD)
+    if os.path.isdir(args.model) and os.path.isfile(card):  # an export's model card gets the scores
+        limit = f", first {args.max_tokens:,} tokens" if args.max_tokens else ""
+        added = add_results(card, os.path.basename(os.path.normpath(args.model)), report["datasets"],
+                            protocol + limit)
+        if added:
+            print(f"added {', '.join(added)} to {card}'s model-index", file=sys.stderr)
 
 
 if __name__ == "__main__":

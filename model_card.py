@@ -1,0 +1,150 @@
+"""
+The model card of an export (its README.md): the YAML metadata the Hugging Face Hub reads, then a body that says
+what the model is, where it came from and how to load and score it. krony_to_gpt.py writes it; perplexity.py adds
+its scores to it as model-index results, changing nothing else: the body, and any metadata a user edited, stay.
+"""
+
+import os
+import re
+
+import yaml
+
+from kron_shapes import BLOCK_MATRICES, Plan
+
+CARD = "README.md"
+LICENSE = "mit"  # GPT-2's, which every krony model derives from
+# datasets the pipeline trains on (train.py's dataset) and scores on (perplexity.py's names), by their hub ids
+TRAINING_DATASETS = {"owt": "Skylion007/openwebtext"}
+SCORED_DATASETS = {  # perplexity.py's name: (hub id, config, what the card calls it)
+    "wiki103": ("Salesforce/wikitext", "wikitext-103-v1", "WikiText-103"),
+    "wiki2": ("Salesforce/wikitext", "wikitext-2-v1", "WikiText-2"),
+    "lambada": ("cimec/lambada", None, "LAMBADA"),
+}
+
+
+def hub_id(source):
+    """source when it names a model on the Hub (gpt2, openai-community/gpt2), None for a local file or folder."""
+    if not source or os.path.exists(source) or source.endswith(".pt"):
+        return None
+    return source if re.fullmatch(r"[\w.-]+(/[\w.-]+)?", source) else None
+
+
+def provenance(checkpoint):
+    """{"base", "init", "teacher", "dataset", "tokens", "iterations"}: what a checkpoint says of its making (None
+    where it does not say): kron_decompose.py records its init, train.py its settings and iteration."""
+    init, settings = checkpoint.get("init") or {}, checkpoint.get("config") or {}
+    init_from = settings.get("init_from")
+    base = init.get("teacher") or (init_from if init_from not in (None, "scratch", "resume") else None)
+    tokens = None
+    if settings and checkpoint.get("iter_num") is not None:
+        tokens = checkpoint["iter_num"] * settings["gradient_accumulation_steps"] * settings["batch_size"] * \
+            settings["block_size"]
+    dataset = settings.get("data_dir") or settings.get("dataset")
+    return {"base": base, "init": init.get("method") or settings.get("init"), "dataset": dataset, "tokens": tokens,
+            "teacher": settings.get("teacher") or None, "iterations": checkpoint.get("iter_num")}
+
+
+def plan_rows(config):
+    """The markdown table of the plan per block: each matrix's factor shape (A rows x A columns : factors)."""
+    plan = config.plan
+    rows = ["| block | " + " | ".join(BLOCK_MATRICES) + " |", "| --- " * (len(BLOCK_MATRICES) + 1) + "|"]
+    for block in range(config.n_layer):
+        cells = [f"{s[0]}x{s[1]}:{s[2]}" if (s := plan.shape(name, block)) else "dense" for name in BLOCK_MATRICES]
+        rows.append(f"| {block} | " + " | ".join(cells) + " |")
+    if plan.shape("wte"):
+        rows.append(f"\nThe token embedding (wte, tied to the output layer) is factored too: "
+                    f"{'x'.join(map(str, plan.shape('wte')[:2]))}:{plan.shape('wte')[2]}.")
+    return "\n".join(rows)
+
+
+def front_matter(metadata):
+    return "---\n" + yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True) + "---\n"
+
+
+def card_text(model, checkpoint, keep_factors, itos=None):
+    """The whole README.md of an export of model (our GPT) made from checkpoint."""
+    config, made = model.config, provenance(checkpoint)
+    metadata = {"library_name": "transformers", "pipeline_tag": "text-generation", "license": LICENSE,
+                "tags": ["krony", "kronecker", "gpt2", "compression"] + (["custom_code"] if keep_factors else [])}
+    if hub_id(made["base"]):
+        metadata["base_model"] = hub_id(made["base"])
+    dataset = made["dataset"] and TRAINING_DATASETS.get(os.path.basename(os.path.normpath(made["dataset"])))
+    if dataset:
+        metadata["datasets"] = [dataset]
+    parts = config.plan.count_parts(config.block_size, config.bias)
+    total, embeddings = sum(parts.values()), parts["embedding"] + parts["position"]
+    dense_plan = Plan(config.n_embd, config.n_layer, config.vocab_size)  # what a materialised export stores
+    on_disk = total if keep_factors else sum(dense_plan.count_parts(config.block_size, config.bias).values())
+    stored = "the Kronecker factors themselves" if keep_factors else "every Kronecker product multiplied out"
+    lines = [f"# A {'Kronecker-factored' if config.plan else 'dense'} GPT-2 made with krony", "",
+             f"{config.n_layer} blocks, {config.n_head} heads, n_embd {config.n_embd}, a context of "
+             f"{config.block_size} tokens, vocabulary {config.vocab_size:,}"
+             + (f" (the {len(itos)} characters of meta.json, not GPT-2's tokens)" if itos is not None else "") + ".",
+             "", f"- Parameters: {total:,}, {total - embeddings:,} without the token and position embeddings "
+             f"(embeddings {parts['embedding']:,} + {parts['position']:,}, attention {parts['attention']:,}, MLPs "
+             f"{parts['mlp']:,}); {on_disk:,} stored, {4 * on_disk / 2**20:.1f} MiB of float32 weights."]
+    if config.plan:
+        lines.append(f"- Plan: `{config.plan}`; this export stores {stored}.")
+    if config.teacher_blocks:
+        lines.append(f"- Blocks {', '.join(map(str, config.teacher_blocks))} of its teacher, copied and renumbered.")
+    if made["base"]:
+        lines.append(f"- Initialised from `{made['base']}`" + (f" with init `{made['init']}`" if made["init"] and
+                                                             config.plan else "") + ".")
+    if made["tokens"] is not None:
+        teacher = f", distilled from `{made['teacher']}`" if made["teacher"] else ""
+        lines.append(f"- Trained on {made['tokens']:,} tokens of `{made['dataset']}` ({made['iterations']:,} "
+                     f"iterations){teacher}.")
+    if config.plan:
+        lines += ["", "## The plan per block", "", plan_rows(config)]
+    remote = ", trust_remote_code=True" if keep_factors else ""
+    lines += ["", "## How to load it", "", "```python", "from transformers import AutoModelForCausalLM",
+              f'model = AutoModelForCausalLM.from_pretrained("path/to/this/folder"{remote})', "```", ""]
+    if keep_factors:
+        lines += ["The factored layers run from this folder's own code (modeling_krony.py, kronecker.py, "
+                  "kron_shapes.py), hence trust_remote_code.", ""]
+    lines += ["## How it was scored", "",
+              "`python perplexity.py THIS_FOLDER` (krony's perplexity.py) adds its perplexities to this card's "
+              "metadata as model-index results: the paper's protocol (the test split joined with blank lines, "
+              "disjoint windows of the context, perplexity the exponential of the mean window loss) unless a "
+              "result's name says otherwise.", ""]
+    return front_matter(metadata) + "\n" + "\n".join(lines)
+
+
+def split_card(text):
+    """(metadata dict, body) of a README.md with or without YAML front matter."""
+    match = re.match(r"---\n(.*?\n)?---\n", text, re.S)
+    if not match:
+        return {}, text
+    return yaml.safe_load(match.group(1) or "") or {}, text[match.end():]
+
+
+def add_results(path, name, results, protocol):
+    """Put perplexity.py's results ({dataset: {"perplexity", ["accuracy"]}}) of the named datasets into the card
+    at path as model-index results, replacing earlier ones of the same dataset and metric; the body and every other
+    metadata key are left as they are. Returns the datasets added."""
+    with open(path) as f:
+        metadata, body = split_card(f.read())
+    index = metadata.get("model-index") or [{"name": name, "results": []}]
+    entries = index[0].setdefault("results", [])
+    added = []
+    for dataset, result in results.items():
+        if dataset not in SCORED_DATASETS:
+            continue
+        hub, config, title = SCORED_DATASETS[dataset]
+        described = {"name": title, "type": hub, **({"config": config} if config else {}), "split": "test"}
+        metrics = [{"type": "perplexity", "value": round(result["perplexity"], 4), "name": f"Perplexity ({protocol})"}]
+        if "accuracy" in result:
+            metrics.append({"type": "accuracy", "value": round(result["accuracy"], 4),
+                            "name": "Last-word accuracy (lm-evaluation-harness's lambada_openai task)"})
+        entries[:] = [e for e in entries if e.get("dataset", {}).get("type") != hub or
+                      e.get("dataset", {}).get("config") != config]
+        entries.append({"task": {"type": "text-generation", "name": "Text Generation"}, "dataset": described,
+                        "metrics": metrics})
+        added.append(dataset)
+    if added:
+        metadata["model-index"] = index
+        tmp_path = f"{path}.tmp{os.getpid()}"
+        with open(tmp_path, "w") as f:
+            f.write(front_matter(metadata) + body)
+        os.replace(tmp_path, path)
+    return added
