@@ -294,7 +294,7 @@ def frontier_variants(s, shape):
     if not all(isinstance(b, (int, float)) and 0 < b < 1 for b in s["budgets"]):
         raise UsageError(f"budgets must be fractions between 0 and 1 of the teacher's parameters, got {s['budgets']}")
     total, embedding = teacher_params_no_wpe(shape), shape.vocab_size * shape.n_embd
-    if min(s["budgets"]) * total <= embedding:
+    if s["budgets"] and min(s["budgets"]) * total <= embedding:
         raise UsageError(f"budget {min(s['budgets'])} is {round(min(s['budgets']) * total):,} parameters without wpe, "
                          f"no more than the teacher's token embedding alone ({embedding:,})")
     variants = {}
