@@ -9,17 +9,11 @@ import re
 
 import yaml
 
-from kron_shapes import BLOCK_MATRICES, Plan
+from kron_shapes import BLOCK_MATRICES, count_params
 
 CARD = "README.md"
 LICENSE = "mit"  # GPT-2's, which every krony model derives from
-# datasets the pipeline trains on (train.py's dataset) and scores on (perplexity.py's names), by their hub ids
-TRAINING_DATASETS = {"owt": "Skylion007/openwebtext"}
-SCORED_DATASETS = {  # perplexity.py's name: (hub id, config, what the card calls it)
-    "wiki103": ("Salesforce/wikitext", "wikitext-103-v1", "WikiText-103"),
-    "wiki2": ("Salesforce/wikitext", "wikitext-2-v1", "WikiText-2"),
-    "lambada": ("cimec/lambada", None, "LAMBADA"),
-}
+TRAINING_DATASETS = {"owt": "Skylion007/openwebtext"}  # train.py's dataset names, by their hub ids
 
 
 def hub_id(source):
@@ -73,8 +67,8 @@ def card_text(model, checkpoint, keep_factors, itos=None):
         metadata["datasets"] = [dataset]
     parts = config.plan.count_parts(config.block_size, config.bias)
     total, embeddings = sum(parts.values()), parts["embedding"] + parts["position"]
-    dense_plan = Plan(config.n_embd, config.n_layer, config.vocab_size)  # what a materialised export stores
-    on_disk = total if keep_factors else sum(dense_plan.count_parts(config.block_size, config.bias).values())
+    on_disk = total if keep_factors else \
+        count_params(config.n_embd, config.n_layer, config.vocab_size, config.block_size, config.bias)[0]
     stored = "the Kronecker factors themselves" if keep_factors else "every Kronecker product multiplied out"
     lines = [f"# A {'Kronecker-factored' if config.plan else 'dense'} GPT-2 made with krony", "",
              f"{config.n_layer} blocks, {config.n_head} heads, n_embd {config.n_embd}, a context of "
@@ -119,19 +113,15 @@ def split_card(text):
 
 
 def add_results(path, name, results, protocol):
-    """Put perplexity.py's results ({dataset: {"perplexity", ["accuracy"]}}) of the named datasets into the card
-    at path as model-index results, replacing earlier ones of the same dataset and metric; the body and every other
-    metadata key are left as they are. Returns the datasets added."""
+    """Put perplexity.py's results ({(hub id, config or None): {"perplexity"[, "accuracy"]}}, of test splits) into
+    the card at path as model-index results, replacing earlier ones of the same dataset; the body and every other
+    metadata key are left as they are."""
     with open(path) as f:
         metadata, body = split_card(f.read())
     index = metadata.get("model-index") or [{"name": name, "results": []}]
     entries = index[0].setdefault("results", [])
-    added = []
-    for dataset, result in results.items():
-        if dataset not in SCORED_DATASETS:
-            continue
-        hub, config, title = SCORED_DATASETS[dataset]
-        described = {"name": title, "type": hub, **({"config": config} if config else {}), "split": "test"}
+    for (hub, config), result in results.items():
+        described = {"name": config or hub, "type": hub, **({"config": config} if config else {}), "split": "test"}
         metrics = [{"type": "perplexity", "value": round(result["perplexity"], 4), "name": f"Perplexity ({protocol})"}]
         if "accuracy" in result:
             metrics.append({"type": "accuracy", "value": round(result["accuracy"], 4),
@@ -140,11 +130,8 @@ def add_results(path, name, results, protocol):
                       e.get("dataset", {}).get("config") != config]
         entries.append({"task": {"type": "text-generation", "name": "Text Generation"}, "dataset": described,
                         "metrics": metrics})
-        added.append(dataset)
-    if added:
-        metadata["model-index"] = index
-        tmp_path = f"{path}.tmp{os.getpid()}"
-        with open(tmp_path, "w") as f:
-            f.write(front_matter(metadata) + body)
-        os.replace(tmp_path, path)
-    return added
+    metadata["model-index"] = index
+    tmp_path = f"{path}.tmp{os.getpid()}"
+    with open(tmp_path, "w") as f:
+        f.write(front_matter(metadata) + body)
+    os.replace(tmp_path, path)

@@ -367,13 +367,13 @@ def main(argv=None):
         if args.out:
             write_json(report, args.out)
     print_table(report["datasets"])
-    card = os.path.join(args.model, CARD)
-    if os.path.isdir(args.model) and os.path.isfile(card):  # an export's model card gets the scores
+    card = os.path.join(args.model, CARD) if os.path.isdir(args.model) else None
+    named = [dataset for dataset in report["datasets"] if dataset in DATASETS]  # the test sets, not local files
+    if card and os.path.isfile(card) and named:  # an export's model card gets the scores
         limit = f", first {args.max_tokens:,} tokens" if args.max_tokens else ""
-        added = add_results(card, os.path.basename(os.path.normpath(args.model)), report["datasets"],
-                            protocol + limit)
-        if added:
-            print(f"added {', '.join(added)} to {card}'s model-index", file=sys.stderr)
+        add_results(card, os.path.basename(os.path.normpath(args.model)),
+                    {DATASETS[dataset][:2]: report["datasets"][dataset] for dataset in named}, protocol + limit)
+        print(f"added {', '.join(named)} to {card}'s model-index", file=sys.stderr)
 
 
 if __name__ == "__main__":

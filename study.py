@@ -294,9 +294,10 @@ def frontier_variants(s, shape):
     if not all(isinstance(b, (int, float)) and 0 < b < 1 for b in s["budgets"]):
         raise UsageError(f"budgets must be fractions between 0 and 1 of the teacher's parameters, got {s['budgets']}")
     total, embedding = teacher_params_no_wpe(shape), shape.vocab_size * shape.n_embd
-    if s["budgets"] and min(s["budgets"]) * total <= embedding:
-        raise UsageError(f"budget {min(s['budgets'])} is {round(min(s['budgets']) * total):,} parameters without wpe, "
-                         f"no more than the teacher's token embedding alone ({embedding:,})")
+    smallest = min(s["budgets"], default=1)
+    if smallest * total <= embedding:
+        raise UsageError(f"budget {smallest} is {round(smallest * total):,} parameters without wpe, no more than the "
+                         f"teacher's token embedding alone ({embedding:,})")
     variants = {}
     for name, spec in s["families"].items():
         if not set(spec.get("at", [])) <= set(s["budgets"]):

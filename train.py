@@ -144,8 +144,9 @@ class StopSignals:
     """Records SIGUSR1 and SIGTERM for the loop to act on at its next step boundary (a handler that saved would
     interrupt the step's work halfway); a second SIGTERM, once one is recorded, restores the default and kills."""
 
-    def __init__(self):
+    def __init__(self, rt):
         self.signum = None
+        self.flag = torch.zeros(1, dtype=torch.long, device=rt.device) if rt.ddp else None  # all-reduced per step
         self.previous = {signum: signal.signal(signum, self.handle) for signum in STOP_EXIT_STATUS}
 
     def handle(self, signum, frame):
@@ -154,13 +155,13 @@ class StopSignals:
             os.kill(os.getpid(), signal.SIGTERM)
         self.signum = self.signum or signum
 
-    def agreed(self, rt):
+    def agreed(self):
         """The signal to stop on, the same on every rank (all-reduced: whichever rank got one), or None."""
-        if not rt.ddp:
+        if self.flag is None:
             return self.signum
-        flag = torch.tensor([self.signum or 0], device=rt.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return int(flag.item()) or None
+        self.flag.fill_(self.signum or 0)
+        dist.all_reduce(self.flag, op=dist.ReduceOp.MAX)
+        return int(self.flag.item()) or None
 
     def restore(self):
         for signum, handler in self.previous.items():
@@ -666,7 +667,7 @@ def train(settings):
     losses = {}
     run_start = time.time()
     train_time, logged_iters = 0.0, 0
-    stop_signals = StopSignals()
+    stop_signals = StopSignals(rt)
     try:
         while True:
             lr = get_lr(state.iter_num, settings)
@@ -678,7 +679,7 @@ def train(settings):
                 last_eval_iter = state.iter_num
             if settings["eval_only"] or state.iter_num >= settings["max_iters"]:
                 break
-            signum = stop_signals.agreed(rt)
+            signum = stop_signals.agreed()
             if signum is not None:
                 save_run(raw_model, itos, optimizer, scaler, state, run_settings, batch_generator, rt, ckpt_path,
                          state.elapsed_before + time.time() - run_start)
