@@ -37,16 +37,22 @@ def kronecker_matmul(x, A, B, bias, a_first):
     lead_shape = x.shape[:-1]
     x = x.reshape(-1, in_features)
     n = x.shape[0]
+    # One factor pair whose B is a single row or column (the paper's 81M model): one matmul with A and one
+    # memory-speed product with B, in the cheaper order whatever a_first says, with no reshapes between (decoding
+    # one token runs these few ops per layer and nothing else).
+    if r * b_rows == 1:  # (x A) (x) b: an outer product with B's row
+        return outer_product(x @ A[0], B.reshape(b_cols), bias).view(*lead_shape, out_features)
+    if r * b_cols == 1:  # (X b) A: a matrix-vector product with B's column, then A with the bias fused
+        t = matvec(x.reshape(n * a_rows, b_rows), B.reshape(b_rows)).view(n, a_rows)
+        y = t @ A[0] if bias is None else torch.addmm(bias, t, A[0])
+        return y.view(*lead_shape, out_features)
     if a_first:  # (A^T X) B
         t = x.view(n, a_rows, b_rows).transpose(1, 2).reshape(n * b_rows, a_rows)
         t = t @ A.permute(1, 0, 2).reshape(a_rows, r * a_cols)  # (n, b_rows, r, a_cols)
         t = t.view(n, b_rows, r, a_cols).permute(0, 3, 2, 1).reshape(n * a_cols, r * b_rows)
-        if r * b_rows == 1:  # B is one row: the second contraction has length 1
-            return OuterProduct.apply(t.view(n, a_cols), B.reshape(b_cols), bias).view(*lead_shape, out_features)
         y = (t @ B.reshape(r * b_rows, b_cols)).view(n, out_features)
     else:  # A^T (X B)
-        x_rows, Bm = x.reshape(n * a_rows, b_rows), B.permute(1, 0, 2).reshape(b_rows, r * b_cols)
-        t = MatVec.apply(x_rows, Bm.reshape(b_rows)) if r * b_cols == 1 else x_rows @ Bm  # B one column, or not
+        t = x.reshape(n * a_rows, b_rows) @ B.permute(1, 0, 2).reshape(b_rows, r * b_cols)
         t = t.view(n, a_rows, r, b_cols).permute(0, 3, 2, 1).reshape(n * b_cols, r * a_rows)
         Am = A.reshape(r * a_rows, a_cols)
         if b_cols == 1 and bias is not None:  # the GEMM's output is y itself: fuse the bias, as nn.Linear
@@ -55,6 +61,43 @@ def kronecker_matmul(x, A, B, bias, a_first):
     if bias is not None:
         y = y + bias.to(y.dtype)  # under autocast, stay in the matmul's precision as nn.Linear does
     return y.view(*lead_shape, out_features)
+
+
+def outer_product(t, b, bias):
+    """OuterProduct's y, through its autograd Function only where a gradient may be asked for: applying a
+    Function costs more than the multiply-add itself when decoding one token."""
+    if torch.is_grad_enabled():
+        return OuterProduct.apply(t, b, bias)
+    return OuterProduct.compute(t, b, bias)
+
+
+def matvec(x, w):
+    """x @ w for a vector w, through MatVec only where a gradient may be asked for (as outer_product)."""
+    if torch.is_grad_enabled():
+        return MatVec.apply(x, w)
+    return x @ w.to(x.dtype)
+
+
+def fuses_mlp(c_fc, c_proj):
+    """Whether kronecker_mlp computes c_proj(gelu(c_fc(x))) for this pair: one factor pair each, c_fc's B a row of
+    c values and c_proj's B a column of as many (the paper's 81M model: B 1x4 and 4x1), so that hidden unit
+    i*c + j of c_fc is c_proj's input i*c + j."""
+    return (isinstance(c_fc, KroneckerLinear) and isinstance(c_proj, KroneckerLinear) and c_fc.bias is not None
+            and c_fc.A.shape[0] == c_proj.A.shape[0] == 1 and c_fc.B.shape[1] == c_proj.B.shape[2] == 1
+            and c_fc.B.shape[2] == c_proj.B.shape[1])
+
+
+def kronecker_mlp(x, c_fc, c_proj):
+    """c_proj(gelu(c_fc(x))) (tanh GELU) for a pair that fuses_mlp accepts, without the 4*n_embd hidden layer:
+    c_fc's outer product, the GELU and c_proj's matrix-vector product collapse into GeluContract, between x @ A_fc
+    and the GEMM with A_proj. Two GEMMs of a quarter of the dense MLP's FLOPs and one pass over the hidden values."""
+    lead_shape = x.shape[:-1]
+    t = x.reshape(-1, c_fc.in_features) @ c_fc.A[0]
+    args = (t, c_fc.B.reshape(-1), c_fc.bias.view(t.shape[1], -1), c_proj.B.reshape(-1))
+    s = GeluContract.apply(*args) if torch.is_grad_enabled() else GeluContract.compute(*args)
+    A = c_proj.A[0]
+    y = s @ A if c_proj.bias is None else torch.addmm(c_proj.bias.to(s.dtype), s, A.to(s.dtype))
+    return y.view(*lead_shape, c_proj.out_features)
 
 
 def kronecker_sum(A, B):
@@ -161,13 +204,17 @@ class OuterProduct(torch.autograd.Function):
     result keeps t's precision, as a matmul's would."""
 
     @staticmethod
-    def forward(ctx, t, b, bias):
-        ctx.save_for_backward(t, b)
-        ctx.bias_dtype = None if bias is None else bias.dtype
+    def compute(t, b, bias):
         column, row = t.unsqueeze(-1), b.to(t.dtype)
         if bias is None:
             return (column * row).view(t.shape[0], -1)
         return torch.addcmul(bias.to(t.dtype).view(t.shape[1], -1), column, row).view(t.shape[0], -1)
+
+    @staticmethod
+    def forward(ctx, t, b, bias):
+        ctx.save_for_backward(t, b)
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return OuterProduct.compute(t, b, bias)
 
     @staticmethod
     def backward(ctx, grad):
@@ -194,3 +241,36 @@ class MatVec(torch.autograd.Function):
         grad_x = (grad.unsqueeze(1) * w.to(grad.dtype)).to(x.dtype)
         grad_w = (grad @ x.to(grad.dtype)).to(w.dtype)
         return grad_x, grad_w
+
+
+class GeluContract(torch.autograd.Function):
+    """s[n, i] = sum_j w[j] gelu(t[n, i] b[j] + bias[i, j]) for t (n, a), b and w (c,), bias (a, c): kronecker_mlp's
+    middle. The forward is three ops on an (n, a, c) grid (few ops: decoding one token runs them). The backward
+    recomputes the grid column by column, j = 0..c-1: elementwise work over (n, a) and sums over tokens first, which
+    vectorise along a (torch.compile's kernels for a trailing dimension of c = 4 run several times slower) and
+    keep only t for backward. Under autocast everything runs in t's precision, as a matmul's output would."""
+
+    @staticmethod
+    def compute(t, b, bias, w):
+        u = torch.addcmul(bias.to(t.dtype), t.unsqueeze(-1), b.to(t.dtype))
+        return (F.gelu(u, approximate="tanh").view(-1, w.numel()) @ w.to(t.dtype)).view_as(t)
+
+    @staticmethod
+    def forward(ctx, t, b, bias, w):
+        ctx.save_for_backward(t, b, bias, w)
+        return GeluContract.compute(t, b, bias, w)
+
+    @staticmethod
+    def backward(ctx, grad):
+        t, b, bias, w = ctx.saved_tensors
+        grad = grad.to(t.dtype)
+        grad_t, grad_b, grad_bias, grad_w = torch.zeros_like(t), [], [], []
+        for j in range(b.numel()):
+            u = torch.addcmul(bias[:, j].to(t.dtype), t, b[j].to(t.dtype))
+            grad_w.append((grad * F.gelu(u, approximate="tanh")).sum(0).sum())
+            grad_u = torch.ops.aten.gelu_backward(grad * w[j].to(t.dtype), u, approximate="tanh")
+            grad_bias.append(grad_u.sum(0))
+            grad_b.append((grad_u * t).sum(0).sum())
+            grad_t = torch.addcmul(grad_t, grad_u, b[j].to(t.dtype))
+        return (grad_t, torch.stack(grad_b).to(b.dtype), torch.stack(grad_bias, 1).to(bias.dtype),
+                torch.stack(grad_w).to(w.dtype))

@@ -18,7 +18,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from kron_shapes import Plan
-from kronecker import KroneckerEmbedding, KroneckerLinear
+from kronecker import KroneckerEmbedding, KroneckerLinear, fuses_mlp, kronecker_mlp
 
 # Hugging Face's GPT-2 stores these as Conv1D weights, (in, out); our nn.Linear weights are (out, in).
 HF_CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -125,8 +125,11 @@ class MLP(nn.Module):
         self.c_proj = linear(config, "c_proj", 4 * config.n_embd, config.n_embd, layer)
         self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"
         self.dropout = nn.Dropout(config.dropout)
+        self.fused = fuses_mlp(self.c_fc, self.c_proj)  # the 81M model's pair: no 4*n_embd hidden layer at all
 
     def forward(self, x):
+        if self.fused:
+            return self.dropout(kronecker_mlp(x, self.c_fc, self.c_proj))
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
 
 

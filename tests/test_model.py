@@ -8,7 +8,7 @@ from conftest import kron_sum, make_hf_gpt2
 
 from checkpoints import load_checkpoint, load_model, make_checkpoint, save_checkpoint
 from kron_shapes import kron_flops
-from kronecker import KroneckerLinear
+from kronecker import KroneckerEmbedding, KroneckerLinear
 from model import GPT, GPTConfig
 
 
@@ -107,6 +107,24 @@ def test_outer_product_and_matvec_paths(shape, bias, autocast):
     for got, want in zip([x] + params, [x_ref] + refs):
         assert got.grad.dtype == got.dtype == torch.float32
         torch.testing.assert_close(got.grad, want.grad, **tol)
+
+
+@pytest.mark.parametrize("shape", [(12, 48, 12, 12), (48, 12, 12, 12), (24, 24, 6, 4)])  # outer, matvec, GEMMs
+@pytest.mark.parametrize("no_grad", [torch.no_grad, torch.inference_mode])
+def test_inference_path_equals_materialized_layer(shape, no_grad):
+    """Without autograd (decoding) the layers skip their autograd Functions: the same numbers as the materialized
+    W, for KroneckerLinear and for a factored lm_head (transposed factor views)."""
+    torch.manual_seed(0)
+    in_f, out_f, a_rows, a_cols = shape
+    layer = KroneckerLinear(in_f, out_f, a_rows, a_cols, 1)
+    embedding = KroneckerEmbedding(out_f, in_f, a_cols, a_rows, 1)  # wte (out_f x in_f): lm_head maps in_f -> out_f
+    with torch.no_grad():
+        layer.bias.normal_()
+    x = torch.randn(3, 1, in_f)
+    with no_grad():
+        y, logits = layer(x), embedding.unembed(x)
+    torch.testing.assert_close(y, x @ kron_sum(layer.A, layer.B).detach() + layer.bias.detach(), rtol=0, atol=1e-5)
+    torch.testing.assert_close(logits, x @ embedding.dense_weight().detach().t(), rtol=0, atol=1e-5)
 
 
 def test_kronecker_linear_picks_cheaper_order():
