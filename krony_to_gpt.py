@@ -97,7 +97,10 @@ def to_hf_factored(model, folder):
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
     copy_remote_code(folder)
     KronyForCausalLM = get_class_from_dynamic_module("modeling_krony.KronyForCausalLM", folder)
-    config = KronyForCausalLM.config_class(**gpt2_fields(model.config), kron=model.config.plan.to_kron())
+    # GPT-2's tanh GELU as model.py computes it, one kernel: "gelu_new" is the same curve in seven ops per block,
+    # a cost a decoded token pays in every block
+    config = KronyForCausalLM.config_class(**gpt2_fields(model.config), kron=model.config.plan.to_kron(),
+                                           activation_function="gelu_pytorch_tanh")
     hf_model = KronyForCausalLM(config)
     hf_model.load_state_dict(hf_state_dict(model, hf_model))
     return hf_model.eval()

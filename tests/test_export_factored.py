@@ -81,6 +81,7 @@ def test_factored_export_equals_dense_export_and_ours(exported, layout):
     dense = AutoModelForCausalLM.from_pretrained(dense_dir, dtype=torch.float32).eval()
     assert type(factored).__name__ == "KronyForCausalLM" and type(dense).__name__ == "GPT2LMHeadModel"
     assert AutoConfig.from_pretrained(factored_dir, trust_remote_code=True).model_type == "krony"
+    assert factored.config.activation_function == "gelu_pytorch_tanh"  # model.py's GELU kernel, not gelu_new's 7 ops
     assert factored.num_parameters() == model.get_num_params(non_embedding=False) < dense.num_parameters()
     reloaded = load_model(str(factored_dir)).eval()
     assert reloaded.config.plan == model.config.plan  # block by block
