@@ -15,8 +15,20 @@ Speed of Kronecker-factored GPT-2 against dense, measured side by side in one ru
 5. init act (with --act): kron_decompose.py --init act's fit of GPT-2 small's MLPs, 81M plan, random weights
    (the time does not depend on them) and 2^17 random calibration tokens, at the defaults: wall time and peak
    memory; --act_layers times fewer blocks (each costs the same).
+6. Decode (with --decode): transformers' generate() with its KV cache, batch 1, greedy, float32, ms per new token
+   of dense GPT-2 124M, DistilGPT2's shape (6 blocks, as published: gelu_new) and krony's 81M and 48.5M
+   factored exports (krony_to_gpt.py --keep_factors), timed in turns; with a dynamic cache, a static one, and
+   (--compile) a static one with the forward pass compiled.
+
+--dtype takes a list (float32,bfloat16: each timed in the same turns); --compile times every section's models
+compiled beside eager. --suite gpu is the prepared GPU check (under 5 minutes on one GPU): the MLP and the 81M
+train step against dense in bfloat16, eager and compiled, act's fit of one block, decode; --out writes its
+tables as OUT.json and OUT.md. On a CPU (--device cpu) it runs the same code, shorter.
 
     python bench.py                                # layers and models, sizes chosen for the device
+    python bench.py --dtype=float32,bfloat16 --compile --device=cpu
+    python bench.py --skip_layers --skip_models --decode --compile
+    python bench.py --device=cuda --suite=gpu --out=bench_gpu
     python bench.py --skip_models --batch_size=8 --seq_len=1024 --device=cpu
     python bench.py --skip_layers --skip_models --eval=wiki2 --data_dir=../shared/eval --eval_tokens=8192
     python bench.py --skip_layers --skip_models --export --iters=3
@@ -38,7 +50,7 @@ from common import ACT_STEPS, CALIBRATION_TOKENS
 from devices import autocast_context, default_device, setup_device
 from kron_shapes import matrix_shape
 from kronecker import KroneckerEmbedding, KroneckerLinear
-from model import GPT, GPTConfig
+from model import GPT, MLP, GPTConfig
 
 # (model, matrix, (A rows, A cols, factors)) of GPT-2 small's matrices (kron_shapes.matrix_shape)
 LAYER_SHAPES = [
@@ -50,9 +62,40 @@ LAYER_SHAPES = [
 ]
 PLAN_50M = dict(dim_1=768, dim_2=768, factors=1,  # config/train_gpt2_50M.py
                 kron={"c_attn": (768, 1152, 1), "attn_proj": (768, 384, 1), "wte": (50257, 384, 1)})
+MLP_PLANS = [("81M", dict(dim_1=768, dim_2=768, factors=1)), ("95M", dict(dim_1=384, dim_2=3072, factors=1))]
 MODELS = [("GPT-2 124M (dense)", {}), ("Krony 81M (768 768 1)", dict(dim_1=768, dim_2=768, factors=1)),
           ("Krony 95M (384 3072 1)", dict(dim_1=384, dim_2=3072, factors=1)),
           ("Krony 48.5M (MLP, attention, embedding)", PLAN_50M)]
+
+
+TABLES = []  # every table printed, for --out
+
+
+class Table:
+    """A markdown table printed row by row as it is measured (a long run shows its progress), kept for --out."""
+
+    def __init__(self, title, columns):
+        self.title, self.columns, self.rows = title, columns, []
+        TABLES.append(self)
+        print(f"\n## {title}\n\n| {' | '.join(columns)} |\n|{' --- |' * len(columns)}", flush=True)
+
+    def row(self, *values):
+        self.rows.append(list(values))
+        print(f"| {' | '.join(cell(v) for v in values)} |", flush=True)
+
+    def markdown(self):
+        lines = [f"## {self.title}", "", f"| {' | '.join(self.columns)} |", "|" + " --- |" * len(self.columns)]
+        return "\n".join(lines + [f"| {' | '.join(cell(v) for v in row)} |" for row in self.rows])
+
+
+def cell(value):
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def compiled(module, args):
+    return torch.compile(module, backend=args.compile_backend)
 
 
 def synchronize(device):
@@ -129,43 +172,65 @@ class LookupAndHead(nn.Module):
 
 
 def bench_layers(args):
-    """Each layer's forward, and forward+backward, against the dense layer it replaces."""
+    """Each layer's forward, and forward+backward, against the dense layer it replaces; the whole MLP too."""
     n_tokens = args.batch_size * args.seq_len
-    print(f"\n## Layers: {n_tokens} tokens ({args.batch_size}x{args.seq_len}), {args.dtype}, median of "
-          f"{args.iters}, time relative to dense (nn.Linear; for wte nn.Embedding + its tied lm_head)\n")
-    print("| shape | pass | dense ms | Kronecker ms | ratio | materialized kron ms | ratio |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for model_name, matrix, (a_rows, a_cols, factors) in LAYER_SHAPES:
-        torch.manual_seed(0)
-        in_f, out_f = matrix_shape(matrix, 768, 50257)
-        if matrix == "wte":  # inputs: token ids for the lookup, hidden states for lm_head
-            kron = KroneckerEmbedding(in_f, out_f, a_rows, a_cols, factors).to(args.device)
-            layers = {"dense": TiedEmbedding(in_f, out_f), "kron": LookupAndHead(kron)}
-            x = (torch.randint(0, in_f, (n_tokens,), device=args.device),
-                 torch.randn(n_tokens, out_f, device=args.device, requires_grad=True))
-            grad_out = (torch.randn(n_tokens, out_f, device=args.device),
-                        torch.randn(n_tokens, in_f, device=args.device))
-        else:
-            kron = KroneckerLinear(in_f, out_f, a_rows, a_cols, factors).to(args.device)
-            layers = {"dense": nn.Linear(in_f, out_f), "kron": kron}
-            x = torch.randn(n_tokens, in_f, device=args.device, requires_grad=True)
-            grad_out = torch.randn(n_tokens, out_f, device=args.device)
-        layers = {name: layer.to(args.device) for name, layer in layers.items()}
-        layers["materialized"] = MaterializedKronecker(kron)
+    columns = ["shape", "pass", "dtype", "dense ms", "Kronecker ms", "ratio"]
+    columns += ["dense compiled ms", "Kronecker compiled ms", "ratio compiled"] if args.compile else []
+    table = Table(f"Layers: {n_tokens} tokens ({args.batch_size}x{args.seq_len}), median of {args.iters}, time "
+                  f"relative to dense (nn.Linear; for wte nn.Embedding + its tied lm_head; for mlp model.MLP), "
+                  f"compile={args.compile}", columns + ["materialized kron ms", "materialized ratio"])
+    shapes = [(name, "mlp", None) for name, _ in MLP_PLANS if name in args.layer_models] + \
+        [shape for shape in LAYER_SHAPES if shape[0] in args.layer_models]
+    for model_name, matrix, kron_shape in shapes:
+        layers, x, grad_out, label = layer_pair(model_name, matrix, kron_shape, n_tokens, args.device)
+        if args.compile:
+            layers.update({"dense compiled": compiled(layers["dense"], args),
+                           "kron compiled": compiled(layers["kron"], args)})
         for backward in (False, True):
-            steps = {name: layer_step(layer, x, grad_out if backward else None, args)
-                     for name, layer in layers.items()}
-            seconds = median_seconds(steps, args.device, args.iters, args.warmup)
-            ms = {name: 1e3 * s for name, s in seconds.items()}
-            print(f"| {model_name} {matrix} {in_f}x{out_f}, A {a_rows}x{a_cols} | {'fwd+bwd' if backward else 'fwd'} "
-                  f"| {ms['dense']:.2f} | {ms['kron']:.2f} | {ms['kron'] / ms['dense']:.2f} | {ms['materialized']:.2f} "
-                  f"| {ms['materialized'] / ms['dense']:.2f} |", flush=True)
+            for dtype in args.dtypes:
+                steps = {name: layer_step(layer, x, grad_out if backward else None, args.device, dtype)
+                         for name, layer in layers.items()}
+                ms = {name: 1e3 * s for name, s in median_seconds(steps, args.device, args.iters, args.warmup).items()}
+                row = [label, "fwd+bwd" if backward else "fwd", dtype, ms["dense"], ms["kron"], ms["kron"] / ms["dense"]]
+                if args.compile:
+                    row += [ms["dense compiled"], ms["kron compiled"], ms["kron compiled"] / ms["dense compiled"]]
+                materialized = ms.get("materialized")
+                table.row(*row, materialized or "-", materialized / ms["dense"] if materialized else "-")
 
 
-def layer_step(layer, x, grad_out, args):
+def layer_pair(model_name, matrix, kron_shape, n_tokens, device):
+    """({"dense", "kron", and for one matrix "materialized": module}, input, output gradient, label)."""
+    torch.manual_seed(0)
+    if matrix == "mlp":
+        plan = dict(MLP_PLANS)[model_name]
+        layers = {"dense": MLP(GPTConfig(), 0), "kron": MLP(GPTConfig.from_settings(**plan), 0)}
+        x = torch.randn(n_tokens, 768, device=device, requires_grad=True)
+        grad_out = torch.randn(n_tokens, 768, device=device)
+        a_rows, a_cols = plan["dim_1"], plan["dim_2"]
+        return ({name: layer.to(device) for name, layer in layers.items()}, x, grad_out,
+                f"{model_name} MLP (c_fc, GELU, c_proj), A {a_rows}x{a_cols}")
+    a_rows, a_cols, factors = kron_shape
+    in_f, out_f = matrix_shape(matrix, 768, 50257)
+    if matrix == "wte":  # inputs: token ids for the lookup, hidden states for lm_head
+        kron = KroneckerEmbedding(in_f, out_f, a_rows, a_cols, factors).to(device)
+        layers = {"dense": TiedEmbedding(in_f, out_f), "kron": LookupAndHead(kron)}
+        x = (torch.randint(0, in_f, (n_tokens,), device=device),
+             torch.randn(n_tokens, out_f, device=device, requires_grad=True))
+        grad_out = (torch.randn(n_tokens, out_f, device=device), torch.randn(n_tokens, in_f, device=device))
+    else:
+        kron = KroneckerLinear(in_f, out_f, a_rows, a_cols, factors).to(device)
+        layers = {"dense": nn.Linear(in_f, out_f), "kron": kron}
+        x = torch.randn(n_tokens, in_f, device=device, requires_grad=True)
+        grad_out = torch.randn(n_tokens, out_f, device=device)
+    layers = {name: layer.to(device) for name, layer in layers.items()}
+    layers["materialized"] = MaterializedKronecker(kron)
+    return layers, x, grad_out, f"{model_name} {matrix} {in_f}x{out_f}, A {a_rows}x{a_cols}"
+
+
+def layer_step(layer, x, grad_out, device, dtype):
     """layer(x) without an autograd graph, or layer(x).backward(grad_out) when grad_out is given."""
     def step():
-        with autocast_context(args.device, args.dtype):
+        with autocast_context(device, dtype):
             if grad_out is None:
                 with torch.no_grad():
                     layer(x)
@@ -177,32 +242,40 @@ def layer_step(layer, x, grad_out, args):
 
 
 def bench_models(args):
-    print(f"\n## Models: training on {args.model_batch_size}x{args.model_seq_len} tokens per step, generation of "
-          f"{args.gen_tokens} tokens after a {args.prompt_len}-token prompt (batch 1, no KV cache), {args.dtype}, "
-          f"compile={args.compile}, median of {args.iters}\n")
-    print("| model | parameters | train tokens/s | ratio | generation ms/token | ratio |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    train_steps, generate_steps, params = {}, {}, {}
-    for name, kron_args in MODELS:
-        train_steps[name], generate_steps[name], params[name] = model_steps(GPTConfig.from_settings(**kron_args), args)
-    train_s = median_seconds(train_steps, args.device, args.iters, args.warmup)
-    generate_s = median_seconds(generate_steps, args.device, max(1, args.iters // 2), 1)
-    dense = MODELS[0][0]
-    for name in train_steps:
-        tokens_per_s = args.model_batch_size * args.model_seq_len / train_s[name]
-        ms_per_token = 1e3 * generate_s[name] / args.gen_tokens
-        print(f"| {name} | {params[name]:,} | {tokens_per_s:,.0f} | {train_s[dense] / train_s[name]:.2f} "
-              f"| {ms_per_token:.2f} | {generate_s[name] / generate_s[dense]:.2f} |", flush=True)
+    modes = ["eager", "compiled"] if args.compile else ["eager"]
+    table = Table(f"Models: training on {args.model_batch_size}x{args.model_seq_len} tokens per step (forward, "
+                  f"backward, AdamW), generation of {args.gen_tokens} tokens after a {args.prompt_len}-token prompt "
+                  f"(batch 1, no KV cache, eager), median of {args.iters}; time ratios against dense in the same dtype "
+                  f"and mode", ["model", "parameters", "dtype", "mode", "train tokens/s", "step time ratio",
+                            "generation ms/token", "ratio"])
+    models = [(name, plan) for name, plan in MODELS if name.split(" (")[0] in args.models]
+    for dtype in args.dtypes:
+        train_steps, generate_steps, params = {}, {}, {}
+        for name, plan in models:
+            for mode in modes:
+                train_steps[name, mode], generate, params[name] = model_steps(
+                    GPTConfig.from_settings(n_layer=args.n_layer, **plan), args, dtype, mode == "compiled")
+                if mode == "eager":
+                    generate_steps[name] = generate
+        train_s = median_seconds(train_steps, args.device, args.iters, args.warmup)
+        generate_s = median_seconds(generate_steps, args.device, max(1, args.iters // 2), 1) if args.gen_tokens else {}
+        dense = models[0][0]
+        for (name, mode), seconds in train_s.items():
+            tokens_per_s = args.model_batch_size * args.model_seq_len / seconds
+            generation = ["-", "-"]
+            if mode == "eager" and generate_s:
+                generation = [1e3 * generate_s[name] / args.gen_tokens, generate_s[name] / generate_s[dense]]
+            table.row(name, params[name], dtype, mode, tokens_per_s, seconds / train_s[dense, mode], *generation)
 
 
-def model_steps(config, args):
+def model_steps(config, args, dtype, compile_model):
     """(one training step, one generation, parameters) of a randomly initialised GPT."""
     torch.manual_seed(0)
     device_type = args.device.split(":")[0]
     raw_model = GPT(config).to(args.device)
-    model = torch.compile(raw_model) if args.compile else raw_model
+    model = compiled(raw_model, args) if compile_model else raw_model
     optimizer = raw_model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), device_type)
-    autocast = autocast_context(args.device, args.dtype)
+    autocast = autocast_context(args.device, dtype)
     idx = torch.randint(0, config.vocab_size, (args.model_batch_size, args.model_seq_len + 1), device=args.device)
     prompt = torch.randint(0, config.vocab_size, (1, args.prompt_len), device=args.device)
 
@@ -215,7 +288,7 @@ def model_steps(config, args):
         optimizer.zero_grad(set_to_none=True)
 
     def generate():
-        model.eval()
+        raw_model.eval()
         with autocast:
             raw_model.generate(prompt, args.gen_tokens, temperature=0)
 
@@ -321,7 +394,7 @@ def bench_act(args):
     config = GPTConfig(n_layer=args.act_layers)
     teacher = GPT(config)
     student = compress(teacher, Plan.from_settings(config.n_embd, config.n_layer, config.vocab_size, 768, 768, 1))
-    calibration = torch.randint(config.vocab_size, (CALIBRATION_TOKENS // config.block_size, config.block_size))
+    calibration = torch.randint(config.vocab_size, (args.calibration_tokens // config.block_size, config.block_size))
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
@@ -329,26 +402,122 @@ def bench_act(args):
     seconds = time.perf_counter() - start
     peak = (f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB on the GPU" if args.device.startswith("cuda")
             else f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB resident")
-    print(f"\n## init act: GPT-2 small's MLPs, 81M plan, {args.act_layers} blocks, {CALIBRATION_TOKENS:,} calibration "
-          f"tokens, {args.act_steps} Adam steps per MLP\n")
+    table = Table(f"init act: GPT-2 small's MLPs, 81M plan, {len(calibration) * config.block_size:,} calibration "
+                  f"tokens, {args.act_steps} Adam steps per MLP", ["blocks", "seconds", "seconds per block",
+                                                                    "12 blocks, minutes", "peak memory"])
     per_block = seconds / args.act_layers
-    print(f"{seconds:.1f} s ({per_block:.1f} s per block; 12 blocks: {12 * per_block / 60:.1f} min), peak {peak}")
+    table.row(args.act_layers, seconds, per_block, 12 * per_block / 60, peak)
+
+
+def decode_models(args):
+    """{name: Hugging Face model, float32, on the device}: dense GPT-2 124M and DistilGPT2's shape as transformers
+    builds them (random weights: the time does not depend on them), and krony's factored exports as transformers
+    reads krony_to_gpt.py's folders back, remote code and all."""
+    import os
+
+    from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+    from krony_to_gpt import to_hf_factored
+    torch.manual_seed(0)
+    models = {"GPT-2 124M (dense)": GPT2LMHeadModel(GPT2Config(n_layer=args.n_layer)),
+              f"DistilGPT2 shape ({args.n_layer // 2} blocks)": GPT2LMHeadModel(GPT2Config(n_layer=args.n_layer // 2))}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, plan in MODELS[1::2]:  # the 81M and the 48.5M models
+            folder = os.path.join(tmp, f"export{len(models)}")
+            os.makedirs(folder)
+            to_hf_factored(GPT(GPTConfig.from_settings(n_layer=args.n_layer, **plan)), folder).save_pretrained(folder)
+            models[name.replace("Krony", "krony export")] = AutoModelForCausalLM.from_pretrained(
+                folder, trust_remote_code=True, dtype=torch.float32)
+    return {name: model.to(args.device).eval() for name, model in models.items()}
+
+
+def bench_decode(args):
+    """Per-token latency of generate() with the KV cache; the models timed in turns, one cache kind at a time."""
+    from transformers import CompileConfig
+    models = decode_models(args)
+    prompt = torch.randint(0, 50257, (1, args.prompt_len), generator=torch.Generator().manual_seed(1)).to(args.device)
+    n_new = args.decode_tokens
+    caches = {"dynamic": dict(), "static": dict(cache_implementation="static", disable_compile=True)}
+    if args.decode_compile:
+        # transformers compiles a static cache's forward by itself on GPUs; elsewhere it must be told to
+        compile_config = CompileConfig(fullgraph=True, backend=args.compile_backend,
+                                       mode="reduce-overhead" if args.device.startswith("cuda") else "default")
+        compile_config._compile_all_devices = True
+        caches["static, compiled"] = dict(cache_implementation="static", compile_config=compile_config)
+    table = Table(f"Decode: generate() with the KV cache, batch 1, greedy, float32, {n_new} new tokens after a "
+                  f"{args.prompt_len}-token prompt, median of {args.iters}, ratio against DistilGPT2's shape",
+                  ["model", "parameters", "cache", "ms/token", "ratio"])
+    distil = list(models)[1]
+    for cache, options in caches.items():
+        def generate(model, options=options):
+            with torch.inference_mode():
+                return model.generate(prompt, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False,
+                                      attention_mask=torch.ones_like(prompt), pad_token_id=50256, **options)
+        seconds = median_seconds({name: lambda m=m: generate(m) for name, m in models.items()}, args.device,
+                                 args.iters, args.warmup)
+        for name, model in models.items():
+            table.row(name, model.num_parameters(), cache, 1e3 * seconds[name] / n_new, seconds[name] / seconds[distil])
+
+
+def apply_suite(args):
+    """--suite gpu: the prepared check of a GPU (under 5 minutes on one): the 81M MLP and train step against dense
+    in bfloat16, eager and compiled; act's fit of one block; decode with both caches."""
+    gpu = args.device.startswith("cuda")
+    args.dtypes, args.compile, args.decode, args.decode_compile, args.act = ["bfloat16"], True, True, False, True
+    args.layer_models, args.models = ["81M"], ["GPT-2 124M", "Krony 81M"]
+    args.act_layers = 1
+    if not gpu:  # the same code, shorter
+        args.batch_size, args.seq_len, args.act_steps = 1, 128, min(args.act_steps, 5)
+        args.calibration_tokens = min(args.calibration_tokens, 2048)
+
+
+def write_tables(out, args):
+    """OUT.json (every table's title, columns and rows, the machine and the command) and OUT.md."""
+    import json
+    import os
+    header = dict(device=args.device, device_name=device_name(args.device), torch=torch.__version__,
+                  command=" ".join(["python"] + sys.argv))
+    results = dict(header, tables=[dict(title=t.title, columns=t.columns, rows=t.rows) for t in TABLES])
+    markdown = [f"# bench.py on {args.device} ({header['device_name']}), torch {torch.__version__}", "",
+                f"`{header['command']}`", ""] + [t.markdown() + "\n" for t in TABLES]
+    for path, text in ((f"{out}.json", json.dumps(results, indent=1)), (f"{out}.md", "\n".join(markdown))):
+        with open(path + ".tmp", "w") as f:
+            f.write(text + "\n")
+        os.replace(path + ".tmp", path)
+    print(f"\nwrote {out}.json and {out}.md")
+
+
+def device_name(device):
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name()
+    import platform
+    name = platform.processor() or platform.machine()
+    try:  # Linux names the CPU model (lscpu's "Model name") only here
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name}, {torch.get_num_threads()} threads"
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default=default_device())
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", default="float32", help="one or more of float32,bfloat16,float16")
     parser.add_argument("--batch_size", type=int, default=8, help="layer benchmark: sequences")
     parser.add_argument("--seq_len", type=int, default=1024, help="layer benchmark: tokens per sequence")
+    parser.add_argument("--layer_models", default="81M,95M,<60M", help="layer benchmark: the models' shapes")
+    parser.add_argument("--models", default=",".join(name.split(" (")[0] for name, _ in MODELS),
+                        help="model benchmark: which (the first is the dense reference)")
     parser.add_argument("--model_batch_size", type=int, default=None, help="default: 8 on GPU, 1 on CPU")
     parser.add_argument("--model_seq_len", type=int, default=None, help="default: 1024 on GPU, 256 on CPU")
     parser.add_argument("--prompt_len", type=int, default=64)
-    parser.add_argument("--gen_tokens", type=int, default=None, help="default: 100 on GPU, 20 on CPU")
+    parser.add_argument("--gen_tokens", type=int, default=None, help="default: 100 on GPU, 20 on CPU; 0: none")
     parser.add_argument("--iters", type=int, default=None, help="timed repetitions (default: 20 on GPU, 5 on CPU)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--compile", action="store_true", help="models: torch.compile the training step")
+    parser.add_argument("--compile", action="store_true", help="also time every model torch.compiled")
+    parser.add_argument("--compile_backend", default="inductor", help="torch.compile's backend")
     parser.add_argument("--skip_layers", action="store_true")
     parser.add_argument("--skip_models", action="store_true")
     parser.add_argument("--eval", metavar="DATASET", help="also time perplexity.py on this dataset (as its argument)")
@@ -361,18 +530,34 @@ def main():
     parser.add_argument("--act", action="store_true", help="also time init act's fit (section 5)")
     parser.add_argument("--act_layers", type=int, default=12, help="--act: blocks of GPT-2 small to fit")
     parser.add_argument("--act_steps", type=int, default=ACT_STEPS, help="--act: Adam steps per MLP")
+    parser.add_argument("--calibration_tokens", type=int, default=CALIBRATION_TOKENS, help="--act: tokens")
+    parser.add_argument("--decode", action="store_true", help="also time generate() with the KV cache (section 6)")
+    parser.add_argument("--decode_tokens", type=int, default=None, help="--decode: new tokens (128 GPU, 64 CPU)")
+    parser.add_argument("--n_layer", type=int, default=12,
+                        help="models and decode: blocks of every full-depth model (DistilGPT2's shape has half); "
+                             "fewer: a quick check of the code")
+    parser.add_argument("--suite", choices=["gpu"], help="the prepared GPU check (see above); implies its sections")
+    parser.add_argument("--out", help="write the tables to OUT.json and OUT.md")
     args = parser.parse_args()
     gpu = args.device.startswith(("cuda", "mps"))
+    args.dtypes = args.dtype.split(",")
+    unknown = sorted(set(args.dtypes) - {"float32", "bfloat16", "float16"})
+    if unknown:
+        parser.error(f"--dtype {','.join(unknown)}: expected float32, bfloat16 or float16")
+    args.layer_models, args.models = args.layer_models.split(","), args.models.split(",")
+    args.decode_compile = args.compile
+    if args.suite:
+        apply_suite(args)
     args.model_batch_size = args.model_batch_size or (8 if gpu else 1)
     args.model_seq_len = args.model_seq_len or (1024 if gpu else 256)
-    args.gen_tokens = args.gen_tokens or (100 if gpu else 20)
+    args.gen_tokens = (100 if gpu else 20) if args.gen_tokens is None else args.gen_tokens
+    args.decode_tokens = args.decode_tokens or (128 if gpu else 64)
     args.iters = args.iters or (20 if gpu else 5)
     if args.threads:
         torch.set_num_threads(args.threads)
     setup_device(args.device)
 
-    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{torch.get_num_threads()} threads"
-    print(f"# bench.py on {args.device} ({where}), torch {torch.__version__}")
+    print(f"# bench.py on {args.device} ({device_name(args.device)}), torch {torch.__version__}")
     print(f"command: python {' '.join(sys.argv)}")
     if not args.skip_layers:
         bench_layers(args)
@@ -384,6 +569,10 @@ def main():
         bench_export(args)
     if args.act:
         bench_act(args)
+    if args.decode:
+        bench_decode(args)
+    if args.out:
+        write_tables(args.out, args)
 
 
 if __name__ == "__main__":

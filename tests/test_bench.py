@@ -1,0 +1,57 @@
+"""bench.py --suite gpu, the prepared GPU check, run on the CPU as its docstring promises (the same code, shorter;
+dynamo's eager backend keeps it fast): every section's table is written to OUT.json and OUT.md, with the numbers
+the tables claim."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from model import GPT, GPTConfig
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "suite"
+    subprocess.run([sys.executable, "bench.py", "--device=cpu", "--suite=gpu", "--compile_backend=eager",
+                    "--n_layer=2", "--iters=1", "--warmup=1", "--model_seq_len=16", "--gen_tokens=2",
+                    "--decode_tokens=2", "--prompt_len=4", f"--out={out}"], cwd=ROOT, check=True,
+                   capture_output=True, text=True)
+    with open(f"{out}.json") as f:
+        results = json.load(f)
+    return results, {t["title"].split(":")[0]: t for t in results["tables"]}, open(f"{out}.md").read()
+
+
+def test_suite_writes_every_section(suite):
+    results, tables, markdown = suite
+    assert list(tables) == ["Layers", "Models", "init act", "Decode"]
+    assert results["device"] == "cpu" and "--suite=gpu" in results["command"]
+    for table in results["tables"]:
+        assert f"| {' | '.join(table['columns'])} |" in markdown and table["rows"]
+    layers = tables["Layers"]
+    assert {row[0].split(",")[0] for row in layers["rows"]} == {"81M MLP (c_fc", "81M c_fc 768x3072", "81M c_proj 3072x768"}
+    for row in layers["rows"]:  # bfloat16, eager and compiled beside each other, the ratios of their times
+        values = dict(zip(layers["columns"], row))
+        assert values["dtype"] == "bfloat16"
+        assert values["ratio"] == pytest.approx(values["Kronecker ms"] / values["dense ms"])
+        assert values["ratio compiled"] == pytest.approx(values["Kronecker compiled ms"] / values["dense compiled ms"])
+    modes = [(row[0].split(" (")[0], row[3]) for row in tables["Models"]["rows"]]
+    assert modes == [("GPT-2 124M", "eager"), ("GPT-2 124M", "compiled"), ("Krony 81M", "eager"),
+                     ("Krony 81M", "compiled")]
+    assert tables["init act"]["rows"][0][0] == 1  # one block
+
+
+def test_decode_table_times_the_exports_against_distilgpt2s_shape(suite):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    decode = suite[1]["Decode"]
+    assert {row[2] for row in decode["rows"]} == {"dynamic", "static"}
+    for cache in ("dynamic", "static"):
+        rows = {row[0]: row for row in decode["rows"] if row[2] == cache}
+        distil = rows["DistilGPT2 shape (1 blocks)"]
+        assert distil[1] == GPT2LMHeadModel(GPT2Config(n_layer=1)).num_parameters()
+        krony = rows["krony export 81M (768 768 1)"]  # transformers' count of the export is ours
+        assert krony[1] == GPT(GPTConfig.from_settings(n_layer=2, dim_1=768, dim_2=768, factors=1)).get_num_params(
+            non_embedding=False)
+        for row in rows.values():
+            assert row[4] == pytest.approx(row[3] / distil[3])
