@@ -46,7 +46,7 @@ import torch
 import torch.nn as nn
 
 from checkpoints import load_model
-from common import ACT_STEPS, CALIBRATION_TOKENS
+from common import ACT_STEPS, CALIBRATION_TOKENS, write_json, write_text
 from devices import autocast_context, default_device, setup_device
 from kron_shapes import matrix_shape
 from kronecker import KroneckerEmbedding, KroneckerLinear
@@ -77,7 +77,7 @@ class Table:
     def __init__(self, title, columns):
         self.title, self.columns, self.rows = title, columns, []
         TABLES.append(self)
-        print(f"\n## {title}\n\n| {' | '.join(columns)} |\n|{' --- |' * len(columns)}", flush=True)
+        print(f"\n{self.markdown()}", flush=True)
 
     def row(self, *values):
         self.rows.append(list(values))
@@ -473,17 +473,13 @@ def apply_suite(args):
 
 def write_tables(out, args):
     """OUT.json (every table's title, columns and rows, the machine and the command) and OUT.md."""
-    import json
-    import os
     header = dict(device=args.device, device_name=device_name(args.device), torch=torch.__version__,
                   command=" ".join(["python"] + sys.argv))
     results = dict(header, tables=[dict(title=t.title, columns=t.columns, rows=t.rows) for t in TABLES])
     markdown = [f"# bench.py on {args.device} ({header['device_name']}), torch {torch.__version__}", "",
                 f"`{header['command']}`", ""] + [t.markdown() + "\n" for t in TABLES]
-    for path, text in ((f"{out}.json", json.dumps(results, indent=1)), (f"{out}.md", "\n".join(markdown))):
-        with open(path + ".tmp", "w") as f:
-            f.write(text + "\n")
-        os.replace(path + ".tmp", path)
+    write_json(results, f"{out}.json")
+    write_text("\n".join(markdown) + "\n", f"{out}.md")
     print(f"\nwrote {out}.json and {out}.md")
 
 

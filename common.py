@@ -43,12 +43,16 @@ def exit_on_usage_error(prog):
         sys.exit(2)
 
 
-def write_json(obj, path):
+def write_text(text, path):
     """Atomically: a crash mid-write never leaves a truncated results file."""
     tmp_path = f"{path}.tmp{os.getpid()}"
     with open(tmp_path, "w") as f:
-        json.dump(obj, f, indent=2)
+        f.write(text)
     os.replace(tmp_path, path)
+
+
+def write_json(obj, path):
+    write_text(json.dumps(obj, indent=2), path)
 
 
 @functools.cache

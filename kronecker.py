@@ -41,9 +41,9 @@ def kronecker_matmul(x, A, B, bias, a_first):
     # memory-speed product with B, in the cheaper order whatever a_first says, with no reshapes between (decoding
     # one token runs these few ops per layer and nothing else).
     if r * b_rows == 1:  # (x A) (x) b: an outer product with B's row
-        return outer_product(x @ A[0], B.reshape(b_cols), bias).view(*lead_shape, out_features)
+        return apply(OuterProduct, x @ A[0], B.reshape(b_cols), bias).view(*lead_shape, out_features)
     if r * b_cols == 1:  # (X b) A: a matrix-vector product with B's column, then A with the bias fused
-        t = matvec(x.reshape(n * a_rows, b_rows), B.reshape(b_rows)).view(n, a_rows)
+        t = apply(MatVec, x.reshape(n * a_rows, b_rows), B.reshape(b_rows)).view(n, a_rows)
         y = t @ A[0] if bias is None else torch.addmm(bias, t, A[0])
         return y.view(*lead_shape, out_features)
     if a_first:  # (A^T X) B
@@ -63,19 +63,10 @@ def kronecker_matmul(x, A, B, bias, a_first):
     return y.view(*lead_shape, out_features)
 
 
-def outer_product(t, b, bias):
-    """OuterProduct's y, through its autograd Function only where a gradient may be asked for: applying a
-    Function costs more than the multiply-add itself when decoding one token."""
-    if torch.is_grad_enabled():
-        return OuterProduct.apply(t, b, bias)
-    return OuterProduct.compute(t, b, bias)
-
-
-def matvec(x, w):
-    """x @ w for a vector w, through MatVec only where a gradient may be asked for (as outer_product)."""
-    if torch.is_grad_enabled():
-        return MatVec.apply(x, w)
-    return x @ w.to(x.dtype)
+def apply(function, *args):
+    """function's result, through its autograd machinery only where a gradient may be asked for: applying an
+    autograd Function costs more than the few ops it wraps when decoding one token."""
+    return function.apply(*args) if torch.is_grad_enabled() else function.compute(*args)
 
 
 def fuses_mlp(c_fc, c_proj):
@@ -93,8 +84,7 @@ def kronecker_mlp(x, c_fc, c_proj):
     and the GEMM with A_proj. Two GEMMs of a quarter of the dense MLP's FLOPs and one pass over the hidden values."""
     lead_shape = x.shape[:-1]
     t = x.reshape(-1, c_fc.in_features) @ c_fc.A[0]
-    args = (t, c_fc.B.reshape(-1), c_fc.bias.view(t.shape[1], -1), c_proj.B.reshape(-1))
-    s = GeluContract.apply(*args) if torch.is_grad_enabled() else GeluContract.compute(*args)
+    s = apply(GeluContract, t, c_fc.B.reshape(-1), c_fc.bias.view(t.shape[1], -1), c_proj.B.reshape(-1))
     A = c_proj.A[0]
     y = s @ A if c_proj.bias is None else torch.addmm(c_proj.bias.to(s.dtype), s, A.to(s.dtype))
     return y.view(*lead_shape, c_proj.out_features)
@@ -231,9 +221,13 @@ class MatVec(torch.autograd.Function):
     multiply rather than as a GEMM with a contraction of length 1, which runs far below memory speed."""
 
     @staticmethod
+    def compute(x, w):
+        return x @ w.to(x.dtype)
+
+    @staticmethod
     def forward(ctx, x, w):
         ctx.save_for_backward(x, w)
-        return x @ w.to(x.dtype)
+        return MatVec.compute(x, w)
 
     @staticmethod
     def backward(ctx, grad):

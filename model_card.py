@@ -9,6 +9,7 @@ import re
 
 import yaml
 
+from common import write_text
 from kron_shapes import BLOCK_MATRICES, count_params
 
 CARD = "README.md"
@@ -131,7 +132,4 @@ def add_results(path, name, results, protocol):
         entries.append({"task": {"type": "text-generation", "name": "Text Generation"}, "dataset": described,
                         "metrics": metrics})
     metadata["model-index"] = index
-    tmp_path = f"{path}.tmp{os.getpid()}"
-    with open(tmp_path, "w") as f:
-        f.write(front_matter(metadata) + body)
-    os.replace(tmp_path, path)
+    write_text(front_matter(metadata) + body, path)
