@@ -461,14 +461,14 @@ def bench_decode(args):
 
 def apply_suite(args):
     """--suite gpu: the prepared check of a GPU (under 5 minutes on one): the 81M MLP and train step against dense
-    in bfloat16, eager and compiled; act's fit of one block; decode with both caches."""
-    gpu = args.device.startswith("cuda")
-    args.dtypes, args.compile, args.decode, args.decode_compile, args.act = ["bfloat16"], True, True, False, True
-    args.layer_models, args.models = ["81M"], ["GPT-2 124M", "Krony 81M"]
+    in bfloat16 (unless --dtype says otherwise), eager and compiled; act's fit of one block; decode with both caches."""
+    args.dtype = args.dtype or "bfloat16"
+    args.compile, args.decode, args.decode_compile, args.act = True, True, False, True
+    args.layer_models, args.models = "81M", "GPT-2 124M,Krony 81M"
     args.act_layers = 1
-    if not gpu:  # the same code, shorter
-        args.batch_size, args.seq_len, args.act_steps = 1, 128, min(args.act_steps, 5)
-        args.calibration_tokens = min(args.calibration_tokens, 2048)
+    if not args.device.startswith("cuda"):  # the same code, shorter
+        args.batch_size, args.seq_len = args.batch_size or 1, args.seq_len or 128
+        args.act_steps, args.calibration_tokens = min(args.act_steps, 5), min(args.calibration_tokens, 2048)
 
 
 def write_tables(out, args):
@@ -499,9 +499,10 @@ def device_name(device):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default=default_device())
-    parser.add_argument("--dtype", default="float32", help="one or more of float32,bfloat16,float16")
-    parser.add_argument("--batch_size", type=int, default=8, help="layer benchmark: sequences")
-    parser.add_argument("--seq_len", type=int, default=1024, help="layer benchmark: tokens per sequence")
+    parser.add_argument("--dtype", help="one or more of float32,bfloat16,float16 (default: float32; --suite: bfloat16)")
+    parser.add_argument("--batch_size", type=int, help="layer benchmark: sequences (default: 8; --suite on CPU: 1)")
+    parser.add_argument("--seq_len", type=int, help="layer benchmark: tokens per sequence (default: 1024; --suite on "
+                                                    "CPU: 128)")
     parser.add_argument("--layer_models", default="81M,95M,<60M", help="layer benchmark: the models' shapes")
     parser.add_argument("--models", default=",".join(name.split(" (")[0] for name, _ in MODELS),
                         help="model benchmark: which (the first is the dense reference)")
@@ -536,14 +537,15 @@ def main():
     parser.add_argument("--out", help="write the tables to OUT.json and OUT.md")
     args = parser.parse_args()
     gpu = args.device.startswith(("cuda", "mps"))
-    args.dtypes = args.dtype.split(",")
+    args.decode_compile = args.compile
+    if args.suite:
+        apply_suite(args)
+    args.dtypes = (args.dtype or "float32").split(",")
     unknown = sorted(set(args.dtypes) - {"float32", "bfloat16", "float16"})
     if unknown:
         parser.error(f"--dtype {','.join(unknown)}: expected float32, bfloat16 or float16")
     args.layer_models, args.models = args.layer_models.split(","), args.models.split(",")
-    args.decode_compile = args.compile
-    if args.suite:
-        apply_suite(args)
+    args.batch_size, args.seq_len = args.batch_size or 8, args.seq_len or 1024
     args.model_batch_size = args.model_batch_size or (8 if gpu else 1)
     args.model_seq_len = args.model_seq_len or (1024 if gpu else 256)
     args.gen_tokens = (100 if gpu else 20) if args.gen_tokens is None else args.gen_tokens
