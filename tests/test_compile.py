@@ -1,9 +1,13 @@
 """torch.compile traces the Kronecker layers and a factored GPT whole (fullgraph=True: no graph break), custom
 autograd included, and the traced model computes what the eager one does, forward and backward. Dynamo's eager
-backend keeps this a test of tracing, fast and without a C++ compiler; bench.py times inductor."""
+backend keeps those tests of tracing, fast and without a C++ compiler; one run of train.py --compile=True uses
+inductor, as users do (it needs a C++ compiler; bench.py times it)."""
+import os
+import shutil
+
 import pytest
 import torch
-from conftest import tiny_gpt
+from conftest import metrics, random_corpus, tiny_gpt, tiny_train_args, train_in_process
 
 from kronecker import KroneckerEmbedding, KroneckerLinear
 
@@ -44,3 +48,24 @@ def test_a_factored_gpt_compiles_whole_and_equals_eager():
     torch.testing.assert_close(compiled[0], eager[0], rtol=0, atol=1e-5)
     for a, b in zip(compiled[1], eager[1]):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="inductor on the CPU needs g++")
+def test_train_with_compile_logs_the_losses_of_eager_training_and_saves_a_plain_checkpoint(tmp_path):
+    data = random_corpus(tmp_path / "data")
+    runs = {}
+    for compile_model in (False, True):
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        out = tmp_path / f"compile={compile_model}"
+        train_in_process(tiny_train_args(data, out, compile=compile_model, dim_1=8, dim_2=16, factors=2, init="random",
+                                         max_iters=6, eval_interval=3, lr_decay_iters=6))
+        assert (torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0) == compile_model  # compiled, or not
+        records = metrics(out)
+        runs[compile_model] = ([r["loss"] for r in records if "loss" in r],
+                               [r["val_loss"] for r in records if "val_loss" in r])
+        assert len(runs[compile_model][0]) == 6 and len(runs[compile_model][1]) == 3
+        checkpoint = torch.load(out / "ckpt.pt", map_location="cpu", weights_only=True)
+        assert not any("_orig_mod" in key for key in checkpoint["model"])  # loads into a plain GPT
+    for eager, compiled in zip(runs[False], runs[True]):
+        assert compiled == pytest.approx(eager, abs=1e-3)
