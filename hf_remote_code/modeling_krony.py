@@ -11,6 +11,8 @@ generate()); only the modules that the config's plan factors are swapped, block 
 initialised:
 
 - a block's Conv1D (c_attn, attn.c_proj, c_fc, c_proj) becomes a KroneckerLinear: y = x @ W + bias, as Conv1D;
+- a block whose c_fc and c_proj kronecker.fuses_mlp accepts (the paper's 81M layout), with a tanh GELU, runs
+  its MLP as kronecker.kronecker_mlp, as model.py does: no 4*n_embd hidden layer (KroneckerMLP, same keys);
 - the token embedding becomes a KroneckerEmbedding (rows looked up from the factors) and lm_head a
   KroneckerLMHead computing h @ W^T from the same factors, so no vocab x n_embd tensor exists anywhere.
 
@@ -27,8 +29,9 @@ from transformers import initialization as hf_init  # init functions that leave 
 from transformers.models.gpt2.modeling_gpt2 import GPT2Attention, GPT2MLP
 
 from .configuration_krony import KronyConfig
-from .kronecker import KroneckerEmbedding, KroneckerLinear, factor_std
+from .kronecker import KroneckerEmbedding, KroneckerLinear, factor_std, fuses_mlp, kronecker_mlp
 
+TANH_GELUS = ("gelu_pytorch_tanh", "gelu_new")  # the GELU that kronecker_mlp computes, in transformers' names
 # a block matrix of the plan -> where GPT2Block keeps it: (submodule, attribute)
 BLOCK_MODULES = {"c_attn": ("attn", "c_attn"), "attn_proj": ("attn", "c_proj"), "c_fc": ("mlp", "c_fc"),
                  "c_proj": ("mlp", "c_proj")}
@@ -58,6 +61,13 @@ def _init_factors(module, std):
     hf_init.normal_(module.B, mean=0.0, std=s)
     if getattr(module, "bias", None) is not None:
         hf_init.zeros_(module.bias)
+
+
+class KroneckerMLP(GPT2MLP):
+    """GPT2MLP (c_fc, tanh GELU, c_proj, dropout) computed by kronecker_mlp, for a pair that fuses_mlp accepts."""
+
+    def forward(self, hidden_states):
+        return self.dropout(kronecker_mlp(hidden_states, self.c_fc, self.c_proj))
 
 
 class KronyPreTrainedModel(GPT2PreTrainedModel):
@@ -114,6 +124,9 @@ class KronyModel(KronyPreTrainedModel, GPT2Model):
             parent = getattr(self.h[block], submodule)
             in_features, out_features = getattr(parent, attr).weight.shape  # Conv1D: (nx, nf), y = x @ weight + b
             setattr(parent, attr, KroneckerLinear(in_features, out_features, *shape))
+        for block in self.h:
+            if fuses_mlp(block.mlp.c_fc, block.mlp.c_proj) and config.activation_function in TANH_GELUS:
+                block.mlp.__class__ = KroneckerMLP  # a subclass adding no state: the same modules and keys
 
     def resize_token_embeddings(self, *args, **kwargs):
         if isinstance(self.wte, KroneckerEmbedding):

@@ -83,6 +83,8 @@ def test_factored_export_equals_dense_export_and_ours(exported, layout):
     assert AutoConfig.from_pretrained(factored_dir, trust_remote_code=True).model_type == "krony"
     assert factored.config.activation_function == "gelu_pytorch_tanh"  # model.py's GELU kernel, not gelu_new's 7 ops
     assert factored.num_parameters() == model.get_num_params(non_embedding=False) < dense.num_parameters()
+    mlps = {type(block.mlp).__name__ for block in factored.transformer.h}  # the 81M pair runs as model.py's fused MLP
+    assert mlps == ({"KroneckerMLP"} if layout == "81M-like" else {"GPT2MLP"})
     reloaded = load_model(str(factored_dir)).eval()
     assert reloaded.config.plan == model.config.plan  # block by block
     idx = torch.randint(0, 50257, (2, 64), generator=torch.Generator().manual_seed(1))
@@ -99,6 +101,15 @@ def test_factored_export_equals_dense_export_and_ours(exported, layout):
     assert config["auto_map"] == {"AutoConfig": "configuration_krony.KronyConfig",
                                   "AutoModelForCausalLM": "modeling_krony.KronyForCausalLM"}
     assert config["kron"] == model.config.plan.to_kron()
+
+
+def test_only_a_tanh_gelu_runs_the_fused_mlp(exported):
+    from transformers import AutoConfig, AutoModelForCausalLM
+    factored_dir = exported("81M-like")[2]
+    for activation, mlp in [("gelu_new", "KroneckerMLP"), ("gelu", "GPT2MLP"), ("relu", "GPT2MLP")]:
+        config = AutoConfig.from_pretrained(factored_dir, trust_remote_code=True, activation_function=activation)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=True)
+        assert {type(block.mlp).__name__ for block in model.transformer.h} == {mlp}, activation
 
 
 def test_generate_with_cache_equals_our_greedy_generation(exported):
