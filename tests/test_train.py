@@ -184,6 +184,21 @@ def test_loss_falls_on_a_tiny_corpus(tmp_path, kron):
     assert loss.item() < 1.0  # the saved weights are the trained ones
 
 
+def test_bfloat16_autocast_on_the_cpu_trains_like_float32_and_saves_float32_weights(tmp_path):
+    data_dir = cycle_corpus(tmp_path)
+    kron = dict(dim_1=32, dim_2=32, factors=1, init="random")
+    runs = {dtype: train_in_process(tiny_train_args(data_dir, tmp_path / dtype, dtype=dtype, **kron))
+            for dtype in ("float32", "bfloat16")}
+    assert runs["bfloat16"]["val"] < 1.0 and runs["float32"]["val"] < 1.0  # both learn the cycle (ln(64) = 4.16)
+    assert runs["bfloat16"]["val"] == pytest.approx(runs["float32"]["val"], abs=0.05)  # 0.815 vs 0.816 here
+    bf16_steps = [r["loss"] for r in metrics(tmp_path / "bfloat16") if "loss" in r]
+    fp32_steps = [r["loss"] for r in metrics(tmp_path / "float32") if "loss" in r]
+    assert bf16_steps[0] == pytest.approx(fp32_steps[0], abs=2e-2) and bf16_steps != fp32_steps  # autocast ran
+    model, ckpt = load_checkpoint(str(tmp_path / "bfloat16" / "ckpt.pt"))
+    assert ckpt["config"]["dtype"] == "bfloat16" and model.transformer.h[0].mlp.fused  # the 81M layout's fused MLP
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
 def test_resume_is_exact(tmp_path):
     data_dir = random_corpus(tmp_path / "random")
     # dropout exercises the torch RNG state, Kronecker factors the optimizer state of 3-D parameters
