@@ -18,7 +18,8 @@ Speed of Kronecker-factored GPT-2 against dense, measured side by side in one ru
 6. Decode (with --decode): transformers' generate() with its KV cache, batch 1, greedy, float32, ms per new token
    of dense GPT-2 124M, DistilGPT2's shape (6 blocks, as published: gelu_new) and krony's 81M and 48.5M
    factored exports (krony_to_gpt.py --keep_factors), timed in turns; with a dynamic cache, a static one, and
-   (--compile) a static one with the forward pass compiled.
+   (--compile) a static one with the forward pass compiled; --decode_profile adds where one generate()'s time goes
+   (torch.profiler: calls and self CPU time per token of GEMMs, KV cache growth, attention).
 
 --dtype takes a list (float32,bfloat16: each timed in the same turns); --compile times every section's models
 compiled beside eager. --suite gpu is the prepared GPU check (under 5 minutes on one GPU): the MLP and the 81M
@@ -28,6 +29,7 @@ tables as OUT.json and OUT.md. On a CPU (--device cpu) it runs the same code, sh
     python bench.py                                # layers and models, sizes chosen for the device
     python bench.py --dtype=float32,bfloat16 --compile --device=cpu
     python bench.py --skip_layers --skip_models --decode --compile
+    python bench.py --skip_layers --skip_models --decode --decode_profile --device=cpu
     python bench.py --device=cuda --suite=gpu --out=bench_gpu
     python bench.py --skip_models --batch_size=8 --seq_len=1024 --device=cpu
     python bench.py --skip_layers --skip_models --eval=wiki2 --data_dir=../shared/eval --eval_tokens=8192
@@ -457,6 +459,34 @@ def bench_decode(args):
                                  args.iters, args.warmup)
         for name, model in models.items():
             table.row(name, model.num_parameters(), cache, 1e3 * seconds[name] / n_new, seconds[name] / seconds[distil])
+    if args.decode_profile:
+        profile_decode(models, lambda model: model.generate(prompt, max_new_tokens=n_new, min_new_tokens=n_new,
+                                                            do_sample=False, attention_mask=torch.ones_like(prompt),
+                                                            pad_token_id=50256), n_new)
+
+
+# --decode_profile's op groups: aten op names -> what they are in a GPT-2 decode step
+DECODE_OPS = {"GEMMs": ("aten::mm", "aten::addmm"), "KV cache growth": ("aten::cat",),
+              "attention kernel": ("aten::_scaled_dot_product",)}
+
+
+def profile_decode(models, generate, n_new):
+    """Where a decode step's time goes: torch.profiler's self CPU time (host time on a GPU) and calls per new
+    token of one generate() with the dynamic cache (n_new forward passes, the prompt's first), by op group."""
+    from torch.profiler import ProfilerActivity, profile
+    table = Table(f"Decode profile: one generate() of {n_new} tokens, dynamic cache, torch.profiler self CPU time "
+                  f"per new token, ms (calls)", ["model", "aten calls", "all ops ms", *DECODE_OPS])
+    for name, model in models.items():
+        with torch.inference_mode():
+            generate(model)  # warm
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                generate(model)
+        events = prof.key_averages()
+        groups = [[e for e in events if e.key.startswith(prefixes)] for prefixes in DECODE_OPS.values()]
+        table.row(name, round(sum(e.count for e in events if e.key.startswith("aten::")) / n_new),
+                  sum(e.self_cpu_time_total for e in events) / 1e3 / n_new,
+                  *[f"{sum(e.self_cpu_time_total for e in group) / 1e3 / n_new:.3f} "
+                    f"({sum(e.count for e in group) / n_new:g})" for group in groups])
 
 
 def apply_suite(args):
@@ -529,6 +559,8 @@ def main():
     parser.add_argument("--act_steps", type=int, default=ACT_STEPS, help="--act: Adam steps per MLP")
     parser.add_argument("--calibration_tokens", type=int, default=CALIBRATION_TOKENS, help="--act: tokens")
     parser.add_argument("--decode", action="store_true", help="also time generate() with the KV cache (section 6)")
+    parser.add_argument("--decode_profile", action="store_true",
+                        help="--decode: also profile one generate() per model (self CPU time by op group)")
     parser.add_argument("--decode_tokens", type=int, default=None, help="--decode: new tokens (128 GPU, 64 CPU)")
     parser.add_argument("--n_layer", type=int, default=12,
                         help="models and decode: blocks of every full-depth model (DistilGPT2's shape has half); "

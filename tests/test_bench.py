@@ -3,6 +3,7 @@ dynamo's eager backend, float32 and 16 tokens keep it fast: bfloat16 on a CPU wi
 a step): every section's table is written to OUT.json and OUT.md, with the numbers the tables claim."""
 import argparse
 import json
+import re
 import subprocess
 import sys
 
@@ -17,7 +18,7 @@ def suite(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "suite"
     subprocess.run([sys.executable, "bench.py", "--device=cpu", "--suite=gpu", "--compile_backend=eager",
                     "--n_layer=2", "--dtype=float32", "--seq_len=16", "--iters=1", "--warmup=1", "--model_seq_len=16", "--gen_tokens=2",
-                    "--decode_tokens=2", "--prompt_len=4", f"--out={out}"], cwd=ROOT, check=True,
+                    "--decode_tokens=2", "--prompt_len=4", "--decode_profile", f"--out={out}"], cwd=ROOT, check=True,
                    capture_output=True, text=True)
     with open(f"{out}.json") as f:
         results = json.load(f)
@@ -26,7 +27,7 @@ def suite(tmp_path_factory):
 
 def test_suite_writes_every_section(suite):
     results, tables, markdown = suite
-    assert list(tables) == ["Layers", "Models", "init act", "Decode"]
+    assert list(tables) == ["Layers", "Models", "init act", "Decode", "Decode profile"]
     assert results["device"] == "cpu" and "--suite=gpu" in results["command"]
     for table in results["tables"]:
         assert f"| {' | '.join(table['columns'])} |" in markdown and table["rows"]
@@ -70,3 +71,22 @@ def test_decode_table_times_the_exports_against_distilgpt2s_shape(suite):
             non_embedding=False)
         for row in rows.values():
             assert row[4] == pytest.approx(row[3] / distil[3])
+
+
+def test_decode_profile_counts_each_blocks_ops(suite):
+    profile = suite[1]["Decode profile"]
+    assert profile["columns"] == ["model", "aten calls", "all ops ms", "GEMMs", "KV cache growth", "attention kernel"]
+    rows = {row[0]: row for row in profile["rows"]}
+
+    def calls(cell):  # "ms (calls)" per new token
+        ms, count = re.fullmatch(r"(\S+) \((\S+)\)", cell).groups()
+        assert 0 <= float(ms)
+        return float(count)
+    # per new token, every forward pass the same: 4 GEMMs a block (c_attn, attn.c_proj, c_fc, c_proj; the fused MLP
+    # too: x @ A_fc, then the addmm with A_proj) + lm_head; a K and a V cache grown a block, and 2 for the mask
+    # and the ids; one attention kernel a block
+    for name, blocks in [("GPT-2 124M (dense)", 2), ("DistilGPT2 shape (1 blocks)", 1),
+                         ("krony export 81M (768 768 1)", 2)]:
+        gemms, cache, attention = (calls(cell) for cell in rows[name][3:])
+        assert (gemms, cache, attention) == (4 * blocks + 1, 2 * blocks + 2, blocks), name
+        assert rows[name][2] > 0 and rows[name][1] > 0
