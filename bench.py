@@ -23,8 +23,8 @@ Speed of Kronecker-factored GPT-2 against dense, measured side by side in one ru
 
 --dtype takes a list (float32,bfloat16: each timed in the same turns); --compile times every section's models
 compiled beside eager. --suite gpu is the prepared GPU check (under 5 minutes on one GPU): the MLP and the 81M
-train step against dense in bfloat16, eager and compiled, act's fit of one block, decode; --out writes its
-tables as OUT.json and OUT.md. On a CPU (--device cpu) it runs the same code, shorter.
+train step against dense in bfloat16, eager and compiled, act's fit of one block, decode and its profile; --out
+writes its tables as OUT.json and OUT.md. On a CPU (--device cpu) it runs the same code, shorter.
 
     python bench.py                                # layers and models, sizes chosen for the device
     python bench.py --dtype=float32,bfloat16 --compile --device=cpu
@@ -491,9 +491,10 @@ def profile_decode(models, generate, n_new):
 
 def apply_suite(args):
     """--suite gpu: the prepared check of a GPU (under 5 minutes on one): the 81M MLP and train step against dense
-    in bfloat16 (unless --dtype says otherwise), eager and compiled; act's fit of one block; decode with both caches."""
+    in bfloat16 (unless --dtype says otherwise), eager and compiled; act's fit of one block; decode with both caches,
+    and its profile."""
     args.dtype = args.dtype or "bfloat16"
-    args.compile, args.decode, args.decode_compile, args.act = True, True, False, True
+    args.compile, args.decode, args.decode_compile, args.decode_profile, args.act = True, True, False, True, True
     args.layer_models, args.models = "81M", "GPT-2 124M,Krony 81M"
     args.act_layers = 1
     if not args.device.startswith("cuda"):  # the same code, shorter

@@ -17,8 +17,8 @@ from model import GPT, GPTConfig
 def suite(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "suite"
     subprocess.run([sys.executable, "bench.py", "--device=cpu", "--suite=gpu", "--compile_backend=eager",
-                    "--n_layer=2", "--dtype=float32", "--seq_len=16", "--iters=1", "--warmup=1", "--model_seq_len=16", "--gen_tokens=2",
-                    "--decode_tokens=2", "--prompt_len=4", "--decode_profile", f"--out={out}"], cwd=ROOT, check=True,
+                    "--n_layer=2", "--dtype=float32", "--seq_len=16", "--iters=1", "--warmup=1", "--model_seq_len=16",
+                    "--gen_tokens=2", "--decode_tokens=2", "--prompt_len=4", f"--out={out}"], cwd=ROOT, check=True,
                    capture_output=True, text=True)
     with open(f"{out}.json") as f:
         results = json.load(f)
@@ -49,12 +49,14 @@ def test_suite_defaults_to_bfloat16_and_a_short_cpu_run_but_keeps_what_the_user_
 
     def suite_args(**chosen):
         args = argparse.Namespace(device="cpu", dtype=None, batch_size=None, seq_len=None, act_steps=300,
-                                  calibration_tokens=2**17, compile=False, decode=False, act=False)
+                                  calibration_tokens=2**17, compile=False, decode=False, decode_profile=False,
+                                  act=False)
         vars(args).update(chosen)
         bench.apply_suite(args)
-        return args.dtype, args.batch_size, args.seq_len, args.compile, args.decode, args.act, args.act_steps
-    assert suite_args() == ("bfloat16", 1, 128, True, True, True, 5)
-    assert suite_args(dtype="float32", seq_len=16) == ("float32", 1, 16, True, True, True, 5)
+        return (args.dtype, args.batch_size, args.seq_len, args.compile, args.decode, args.decode_profile, args.act,
+                args.act_steps)
+    assert suite_args() == ("bfloat16", 1, 128, True, True, True, True, 5)
+    assert suite_args(dtype="float32", seq_len=16) == ("float32", 1, 16, True, True, True, True, 5)
     assert suite_args(device="cuda")[:3] == ("bfloat16", None, None)  # main()'s full-size defaults
 
 
