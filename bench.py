@@ -450,19 +450,18 @@ def bench_decode(args):
                   f"{args.prompt_len}-token prompt, median of {args.iters}, ratio against DistilGPT2's shape",
                   ["model", "parameters", "cache", "ms/token", "ratio"])
     distil = list(models)[1]
+
+    def generate(model, **options):
+        with torch.inference_mode():
+            return model.generate(prompt, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False,
+                                  attention_mask=torch.ones_like(prompt), pad_token_id=50256, **options)
     for cache, options in caches.items():
-        def generate(model, options=options):
-            with torch.inference_mode():
-                return model.generate(prompt, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False,
-                                      attention_mask=torch.ones_like(prompt), pad_token_id=50256, **options)
-        seconds = median_seconds({name: lambda m=m: generate(m) for name, m in models.items()}, args.device,
-                                 args.iters, args.warmup)
+        seconds = median_seconds({name: lambda m=m, o=options: generate(m, **o) for name, m in models.items()},
+                                 args.device, args.iters, args.warmup)
         for name, model in models.items():
             table.row(name, model.num_parameters(), cache, 1e3 * seconds[name] / n_new, seconds[name] / seconds[distil])
     if args.decode_profile:
-        profile_decode(models, lambda model: model.generate(prompt, max_new_tokens=n_new, min_new_tokens=n_new,
-                                                            do_sample=False, attention_mask=torch.ones_like(prompt),
-                                                            pad_token_id=50256), n_new)
+        profile_decode(models, generate, n_new)
 
 
 # --decode_profile's op groups: aten op names -> what they are in a GPT-2 decode step
@@ -477,10 +476,9 @@ def profile_decode(models, generate, n_new):
     table = Table(f"Decode profile: one generate() of {n_new} tokens, dynamic cache, torch.profiler self CPU time "
                   f"per new token, ms (calls)", ["model", "aten calls", "all ops ms", *DECODE_OPS])
     for name, model in models.items():
-        with torch.inference_mode():
-            generate(model)  # warm
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
-                generate(model)
+        generate(model)  # warm
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            generate(model)
         events = prof.key_averages()
         groups = [[e for e in events if e.key.startswith(prefixes)] for prefixes in DECODE_OPS.values()]
         table.row(name, round(sum(e.count for e in events if e.key.startswith("aten::")) / n_new),
@@ -573,6 +571,8 @@ def main():
     args.decode_compile = args.compile
     if args.suite:
         apply_suite(args)
+    if args.decode_profile and not args.decode:
+        parser.error("--decode_profile profiles the decode section: add --decode")
     args.dtypes = (args.dtype or "float32").split(",")
     unknown = sorted(set(args.dtypes) - {"float32", "bfloat16", "float16"})
     if unknown:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import ROOT
 from model import GPT, GPTConfig
@@ -64,13 +65,16 @@ def test_decode_table_times_the_exports_against_distilgpt2s_shape(suite):
     from transformers import GPT2Config, GPT2LMHeadModel
     decode = suite[1]["Decode"]
     assert {row[2] for row in decode["rows"]} == {"dynamic", "static"}
+    with torch.device("meta"):  # parameter counts only
+        distil_params = GPT2LMHeadModel(GPT2Config(n_layer=1)).num_parameters()
+        krony_params = GPT(GPTConfig.from_settings(n_layer=2, dim_1=768, dim_2=768, factors=1)).get_num_params(
+            non_embedding=False)
     for cache in ("dynamic", "static"):
         rows = {row[0]: row for row in decode["rows"] if row[2] == cache}
         distil = rows["DistilGPT2 shape (1 blocks)"]
-        assert distil[1] == GPT2LMHeadModel(GPT2Config(n_layer=1)).num_parameters()
+        assert distil[1] == distil_params
         krony = rows["krony export 81M (768 768 1)"]  # transformers' count of the export is ours
-        assert krony[1] == GPT(GPTConfig.from_settings(n_layer=2, dim_1=768, dim_2=768, factors=1)).get_num_params(
-            non_embedding=False)
+        assert krony[1] == krony_params
         for row in rows.values():
             assert row[4] == pytest.approx(row[3] / distil[3])
 
@@ -92,3 +96,11 @@ def test_decode_profile_counts_each_blocks_ops(suite):
         gemms, cache, attention = (calls(cell) for cell in rows[name][3:])
         assert (gemms, cache, attention) == (4 * blocks + 1, 2 * blocks + 2, blocks), name
         assert rows[name][2] > 0 and rows[name][1] > 0
+
+
+@pytest.mark.parametrize("flags,message", [(["--dtype=int8"], "--dtype int8: expected float32, bfloat16 or float16"),
+                                           (["--decode_profile"], "--decode_profile profiles the decode section")])
+def test_a_bad_flag_is_one_usage_line_and_nothing_is_timed(flags, message):
+    result = subprocess.run([sys.executable, "bench.py", "--device=cpu", *flags], cwd=ROOT, capture_output=True,
+                            text=True)
+    assert result.returncode == 2 and message in result.stderr.splitlines()[-1] and result.stdout == ""
