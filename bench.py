@@ -39,6 +39,7 @@ writes its tables as OUT.json and OUT.md. On a CPU (--device cpu) it runs the sa
 
 import argparse
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -300,8 +301,6 @@ def model_steps(config, args, dtype, compile_model):
 def bench_export(args):
     """krony_to_gpt.py's two exports of the 81M and 95M models (random weights): size on disk, parameters, and
     transformers' generate() with its key-value cache, factored against dense."""
-    import os
-
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import krony_to_gpt
@@ -415,8 +414,6 @@ def decode_models(args):
     """{name: Hugging Face model, float32, on the device}: dense GPT-2 124M and DistilGPT2's shape as transformers
     builds them (random weights: the time does not depend on them), and krony's factored exports as transformers
     reads krony_to_gpt.py's folders back, remote code and all."""
-    import os
-
     from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
     from krony_to_gpt import to_hf_factored

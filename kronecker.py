@@ -85,8 +85,7 @@ def kronecker_mlp(x, c_fc, c_proj):
     lead_shape = x.shape[:-1]
     t = x.reshape(-1, c_fc.in_features) @ c_fc.A[0]
     s = apply(GeluContract, t, c_fc.B.reshape(-1), c_fc.bias.view(t.shape[1], -1), c_proj.B.reshape(-1))
-    A = c_proj.A[0]
-    y = s @ A if c_proj.bias is None else torch.addmm(c_proj.bias.to(s.dtype), s, A.to(s.dtype))
+    y = s @ c_proj.A[0] if c_proj.bias is None else torch.addmm(c_proj.bias, s, c_proj.A[0])  # autocast casts
     return y.view(*lead_shape, c_proj.out_features)
 
 

@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,9 +22,8 @@ def suite(tmp_path_factory):
                     "--n_layer=2", "--dtype=float32", "--seq_len=16", "--iters=1", "--warmup=1", "--model_seq_len=16",
                     "--gen_tokens=2", "--decode_tokens=2", "--prompt_len=4", f"--out={out}"], cwd=ROOT, check=True,
                    capture_output=True, text=True)
-    with open(f"{out}.json") as f:
-        results = json.load(f)
-    return results, {t["title"].split(":")[0]: t for t in results["tables"]}, open(f"{out}.md").read()
+    results = json.loads(Path(f"{out}.json").read_text())
+    return results, {t["title"].split(":")[0]: t for t in results["tables"]}, Path(f"{out}.md").read_text()
 
 
 def test_suite_writes_every_section(suite):
