@@ -1,4 +1,4 @@
-# Issue 21: what init act (kron_decompose.py's --init act: factors fitted to what the blocks compute on
+# What init act (kron_decompose.py's --init act: factors fitted to what the blocks compute on
 # calibration tokens) buys over the weight-fitting inits, on the character-level testbed of config/study_char.py:
 # the same teacher, recipe, seeds and held-out characters, and the same out_dir, so the variants it shares with
 # that study (81M f1, 95M vl, 95M vl_norm, MLP+attention, all init vl unless named) are not run again.

@@ -1,7 +1,7 @@
-# Issue 21 on the GPT-2-token teacher: init act against vl and vl_norm for the 81M shape, on the quickstart's
+# Init act on the GPT-2-token teacher: against vl and vl_norm for the 81M shape, on the quickstart's
 # teacher (config/train_shakespeare.py: 4 layers, n_embd 128, the 50,257-token vocabulary, so 89% of its
-# weights are the embedding, which no init here changes). The issue's probe had vl_norm best at init on this
-# teacher and worst on the character one; this asks the same after fine-tuning, paired over seeds 1-3, scored
+# weights are the embedding, which no init here changes). At init, vl_norm is best on this teacher and worst on
+# the character one (progress.md); this asks the same after fine-tuning, paired over seeds 1-3, scored
 # by perplexity.py on the first 100,000 val tokens. The recipe is config/study_char.py's learning rate (3e-4
 # cosine to 3e-5, the rate that did no harm there) over 300 steps of 512 tokens; the control says whether it
 # does harm here. About 33 minutes on 2 CPU cores (progress.md).

@@ -4,7 +4,8 @@
 # the first 100,000 tokens of val.bin. The paper's shapes are scaled from n_embd 768 to 128 (hidden 3072 to 512).
 #
 # The variants and questions are config/study_char.py's (the same shapes: both teachers are 128 wide), plus the
-# one question only this teacher can answer: factoring its large tied embedding. The recipe is issue 15's.
+# one question only this teacher can answer: factoring its large tied embedding. The recipe (`finetune`, below)
+# re-warms the learning rate to 1e-3 for 30 steps.
 #
 #   python data/shakespeare/prepare.py && python study.py config/study_paper_questions.py
 
