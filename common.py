@@ -84,11 +84,16 @@ def open_tokens(path, vocab_size=None):
     return tokens
 
 
-# init act (compress.fit_to_calibration): tokens the teacher is run over (128 windows of GPT-2's 1,024), and the
-# Adam steps and learning rate (cosine to a tenth) of each factored sublayer's fit, chosen in progress.md
+# The initialisations compress.compress offers, named here rather than beside their torch code so that every
+# script's --init choices (kron_decompose.py --list's included) are known without importing torch.
+INIT_NAMES = ("vl", "vl_norm", "prune", "random", "act")
+# init act's defaults (compress.fit_to_calibration): the tokens the teacher is run over (128 windows of GPT-2's
+# 1,024); the Adam steps and learning rate (cosine to a tenth) of each factored sublayer's fit; no alternating
+# least-squares sweeps before Adam, which start it from a worse point (progress.md measures all three).
 CALIBRATION_TOKENS = 2 ** 17
 ACT_STEPS = 300
 ACT_LR = 1e-2
+ACT_SWEEPS = 0
 
 
 def read_calibration(path, n_tokens, block_size, vocab_size, seed=0):

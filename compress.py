@@ -20,8 +20,8 @@ import torch.nn as nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from common import ACT_LR, ACT_STEPS
-from kron_shapes import INIT_NAMES, Plan, divisors
+from common import ACT_LR, ACT_STEPS, ACT_SWEEPS, INIT_NAMES
+from kron_shapes import Plan, divisors
 from kronecker import KroneckerEmbedding, KroneckerLinear, kronecker_sum
 from model import GPT, factorable_matrices, weight_of
 
@@ -77,14 +77,11 @@ def pruned_kronecker(W, a_rows, a_cols, factors):
     return A, B
 
 
-INITS = {  # name -> decomposition; `random` keeps GPT's own init (W_hat entries of std 0.02, c_proj scaled as GPT-2)
-    "vl": nearest_kronecker,
-    "vl_norm": normalized_kronecker,
-    "prune": pruned_kronecker,
-    "random": None,
-    "act": None,  # fitted to calibration outputs by fit_to_calibration, below; needs the calibration windows
-}
-assert tuple(INITS) == INIT_NAMES, "kron_shapes.INIT_NAMES lists the inits for --list, which needs no torch"
+DECOMPOSITIONS = {"vl": nearest_kronecker, "vl_norm": normalized_kronecker, "prune": pruned_kronecker}
+# Every init by name (common.INIT_NAMES), with the decomposition of W it starts from; None for the two that have
+# none: random keeps GPT's own init (W_hat entries of std 0.02, c_proj scaled as GPT-2), and act fits A and B to
+# the teacher's outputs on calibration windows (fit_to_calibration, below).
+INITS = {name: DECOMPOSITIONS.get(name) for name in INIT_NAMES}
 ACT_BATCH_TOKENS = 2048  # per Adam step of init act's fit: as good as 8,192 at a quarter of the cost (progress.md)
 CHUNK_TOKENS = 8192  # per chunk of the forward passes over the calibration tokens
 MOMENT_TOKENS = 2**15  # of the calibration tokens, for the closed-form start's second moments (Adam uses them all)
@@ -98,7 +95,7 @@ def check_act_device(device):
 
 @torch.no_grad()
 def compress(teacher, plan, init="vl", progress=False, calibration=None, act_steps=ACT_STEPS, act_lr=ACT_LR,
-             act_sweeps=0, act_device="cpu"):
+             act_sweeps=ACT_SWEEPS, act_device="cpu"):
     """A GPT with the teacher's architecture and `plan` (a Plan for the teacher's shape; an empty one gives a dense
     GPT): every factored matrix initialised from the teacher's W (dense or itself factored) by `init`, every matrix
     the plan leaves dense set to the teacher's W, every other weight copied. init act needs `calibration`, token
@@ -394,8 +391,8 @@ def fit_sublayer(teacher_part, student_part, inputs, steps, lr, sweeps, batch, c
 
 
 @torch.no_grad()
-def fit_to_calibration(teacher, student, calibration, steps=ACT_STEPS, lr=ACT_LR, sweeps=0, progress=False,
-                       device="cpu"):
+def fit_to_calibration(teacher, student, calibration, steps=ACT_STEPS, lr=ACT_LR, sweeps=ACT_SWEEPS,
+                       progress=False, device="cpu"):
     """init act on a student whose unfactored weights are the teacher's (compress does this): a factored wte by
     frequency_kronecker, then block by block each factored sublayer by fit_sublayer, on the calibration windows
     (n, t) run through the student as compressed so far; every factor pair is balanced at the end (balance_factors).

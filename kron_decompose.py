@@ -44,8 +44,8 @@ import os
 import re
 import time
 
-from common import ACT_LR, ACT_STEPS, CALIBRATION_TOKENS, UsageError, exit_on_usage_error, read_calibration
-from kron_shapes import (BLOCK_MATRICES, INIT_NAMES, MATRICES, PART_OF, Plan, allocate, count_params, list_shapes,
+from common import ACT_LR, ACT_STEPS, CALIBRATION_TOKENS, INIT_NAMES, UsageError, exit_on_usage_error, read_calibration
+from kron_shapes import (BLOCK_MATRICES, MATRICES, PART_OF, Plan, allocate, count_params, list_shapes,
                          matrix_shape, parse_blocks, parse_kron, parse_rank, rank_kron, weight_params)
 
 

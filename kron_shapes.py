@@ -28,7 +28,6 @@ import re
 
 BLOCK_MATRICES = ("c_attn", "attn_proj", "c_fc", "c_proj")  # in every block: attention's two, the MLP's two
 MATRICES = ("wte",) + BLOCK_MATRICES  # wte: the token embedding, tied to lm_head, once per model
-INIT_NAMES = ("vl", "vl_norm", "prune", "random", "act")  # compress.INITS: here, so that --list needs no torch
 PLAN_SETTINGS = dict(dim_1=None, dim_2=None, factors=None, kron=None, kron_layers="all")  # unset: a dense model
 PART_OF = {"wte": "embedding", "c_attn": "attention", "attn_proj": "attention", "c_fc": "mlp", "c_proj": "mlp"}
 

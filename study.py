@@ -33,10 +33,10 @@ import subprocess
 import sys
 import time
 
-from common import (ACT_LR, ACT_STEPS, CALIBRATION_TOKENS, UsageError, exit_on_usage_error, one_line, read_calibration,
-                    read_vocab, write_json)
+from common import (ACT_LR, ACT_STEPS, CALIBRATION_TOKENS, INIT_NAMES, UsageError, exit_on_usage_error, one_line,
+                    read_calibration, read_vocab, write_json)
 from configurator import ConfigError, checked, load_config
-from kron_shapes import INIT_NAMES, PLAN_SETTINGS, Plan, divisors, is_outer_product, max_factors, parse_blocks
+from kron_shapes import PLAN_SETTINGS, Plan, divisors, is_outer_product, max_factors, parse_blocks
 from plot import plot_family_frontier, plot_frontier, plot_loss_panels, read_metrics
 
 STUDY_SETTINGS = dict(  # key=(default, type)

@@ -218,7 +218,7 @@ def test_listing_has_the_papers_shapes_and_is_fast():
 def test_cli_offers_every_initialisation_of_the_model():
     import kron_decompose
     from compress import INITS
-    from kron_shapes import INIT_NAMES
+    from common import INIT_NAMES
     assert INIT_NAMES == tuple(INITS)  # the names live torch-free, so that --list needs no torch
     init_action = next(a for a in kron_decompose.build_parser()._actions if a.dest == "init")
     assert tuple(init_action.choices) == INIT_NAMES
