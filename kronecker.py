@@ -1,12 +1,18 @@
 """
-The Kronecker layers: x @ sum_r A_r (x) B_r without ever building the sum, and the tied embedding as factors.
+The Kronecker layers: x @ W for W = sum_r A_r (x) B_r without ever building W, and the tied token embedding stored
+as its A and B.
 
-This is the one implementation. model.py builds its GPT from it, and `krony_to_gpt.py --keep_factors` ships this
-very file (with kron_shapes.py) inside the exported Hugging Face folder, whose modeling_krony.py imports it: the
+This is the one implementation: model.py builds its GPT from it, and `krony_to_gpt.py --keep_factors` ships this
+very file (with kron_shapes.py) inside the exported Hugging Face folder, whose modeling_krony.py imports it, so the
 exported model computes exactly what ours does.
 
-Index convention: kron(A, B)[i*b_rows + k, j*b_cols + l] = A[i, j] B[k, l]; W is (in_features, out_features) as
-in x @ W; A (factors, a_rows, a_cols), B (factors, b_rows, b_cols).
+Names: W is (in_features, out_features), as in x @ W. It is a sum of `factors` terms A_r (x) B_r, with A of shape
+(factors, a_rows, a_cols) and B of shape (factors, b_rows, b_cols), and kron's index convention
+kron(A_r, B_r)[i*b_rows + k, j*b_cols + l] = A_r[i, j] B_r[k, l].
+
+The general product, two matmuls in either order, comes first, then the layers built on it. The fast paths for one
+term whose B is a single row or column (the paper's 81M model), including the fused MLP, are in a section of their
+own at the end.
 """
 
 import math
@@ -21,31 +27,47 @@ except ImportError:  # in the repository it is a top-level module
     from kron_shapes import kron_flops
 
 
-def kronecker_matmul(x, A, B, bias, a_first):
-    """x (..., in) @ sum_r kron(A[r], B[r]) + bias without building W (in, out); A (r, a_rows, a_cols), B (r, b_rows,
-    b_cols), either possibly transposed views (KroneckerEmbedding's lm_head).
+def kronecker_sum(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """W = sum_r kron(A[r], B[r]), materialized in one einsum: for checks, exports and inits, never the forward."""
+    (_, a_rows, a_cols), (_, b_rows, b_cols) = A.shape, B.shape
+    w = torch.einsum("rij,rkl->ikjl", A, B)  # W[i*b_rows + k, j*b_cols + l] = sum_r A[r,i,j] B[r,k,l]
+    return w.reshape(a_rows * b_rows, a_cols * b_cols)
 
-    x is viewed as (a_rows, b_rows) per row and contracted with the factors in the order a_first chooses:
-    (A^T X) B or A^T (X B). Stacking the r factors along one GEMM dimension turns the sum over r into part of the
-    second matmul, so any r costs two matmuls. A matmul that degenerates to an outer product or a matrix-vector
-    product (B a single row or column, as in the paper's 81M model) takes OuterProduct or MatVec instead, which
-    run at memory speed.
+
+def entry_std(std: float, factors: int) -> float:
+    """The std of A's and B's entries that gives W entries of std `std`. Each entry of W is a sum of `factors`
+    products of two independent N(0, s^2) entries, so its variance is factors * s^4."""
+    return math.sqrt(std / math.sqrt(factors))
+
+
+def kronecker_matmul(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, bias: torch.Tensor | None,
+                     a_first: bool) -> torch.Tensor:
+    """x (..., in_features) @ sum_r kron(A[r], B[r]) + bias, of shape (..., out_features), without building W.
+    A and B may be transposed views (KroneckerEmbedding's lm_head). One term whose B is a single row or column
+    takes a fast path (below); every other shape is contracted in the order a_first picks."""
+    r, a_rows, a_cols = A.shape
+    _, b_rows, b_cols = B.shape
+    lead_shape = x.shape[:-1]
+    x = x.reshape(-1, a_rows * b_rows)
+    if r * b_rows == 1:
+        y = outer_product_matmul(x, A[0], B.reshape(b_cols), bias)
+    elif r * b_cols == 1:
+        y = matvec_matmul(x, A[0], B.reshape(b_rows), bias)
+    else:
+        y = contract(x, A, B, bias, a_first)
+    return y.view(*lead_shape, a_cols * b_cols)
+
+
+def contract(x, A, B, bias, a_first):
+    """x (n, a_rows*b_rows) @ sum_r kron(A[r], B[r]) + bias, of shape (n, a_cols*b_cols), in two matmuls.
+
+    Each row of x, viewed as X (a_rows, b_rows), maps to sum_r A_r^T X B_r, computed as (A^T X) B when a_first,
+    else as A^T (X B) (kron_flops counts both). Stacking the r terms along one GEMM dimension makes the sum over r
+    part of the second matmul, so any number of terms costs two matmuls.
     """
     r, a_rows, a_cols = A.shape
     _, b_rows, b_cols = B.shape
-    in_features, out_features = a_rows * b_rows, a_cols * b_cols
-    lead_shape = x.shape[:-1]
-    x = x.reshape(-1, in_features)
-    n = x.shape[0]
-    # One factor pair whose B is a single row or column (the paper's 81M model): one matmul with A and one
-    # memory-speed product with B, in the cheaper order whatever a_first says, with no reshapes between (decoding
-    # one token runs these few ops per layer and nothing else).
-    if r * b_rows == 1:  # (x A) (x) b: an outer product with B's row
-        return apply(OuterProduct, x @ A[0], B.reshape(b_cols), bias).view(*lead_shape, out_features)
-    if r * b_cols == 1:  # (X b) A: a matrix-vector product with B's column, then A with the bias fused
-        t = apply(MatVec, x.reshape(n * a_rows, b_rows), B.reshape(b_rows)).view(n, a_rows)
-        y = t @ A[0] if bias is None else torch.addmm(bias, t, A[0])
-        return y.view(*lead_shape, out_features)
+    n, out_features = x.shape[0], a_cols * b_cols
     if a_first:  # (A^T X) B
         t = x.view(n, a_rows, b_rows).transpose(1, 2).reshape(n * b_rows, a_rows)
         t = t @ A.permute(1, 0, 2).reshape(a_rows, r * a_cols)  # (n, b_rows, r, a_cols)
@@ -56,60 +78,21 @@ def kronecker_matmul(x, A, B, bias, a_first):
         t = t.view(n, a_rows, r, b_cols).permute(0, 3, 2, 1).reshape(n * b_cols, r * a_rows)
         Am = A.reshape(r * a_rows, a_cols)
         if b_cols == 1 and bias is not None:  # the GEMM's output is y itself: fuse the bias, as nn.Linear
-            return torch.addmm(bias, t, Am).view(*lead_shape, out_features)
+            return torch.addmm(bias, t, Am)
         y = (t @ Am).view(n, b_cols, a_cols).transpose(1, 2).reshape(n, out_features)
     if bias is not None:
         y = y + bias.to(y.dtype)  # under autocast, stay in the matmul's precision as nn.Linear does
-    return y.view(*lead_shape, out_features)
-
-
-def apply(function, *args):
-    """function's result, through its autograd machinery only where a gradient may be asked for: applying an
-    autograd Function costs more than the few ops it wraps when decoding one token."""
-    return function.apply(*args) if torch.is_grad_enabled() else function.compute(*args)
-
-
-def fuses_mlp(c_fc, c_proj):
-    """Whether kronecker_mlp computes c_proj(gelu(c_fc(x))) for this pair: one factor pair each, c_fc's B a row of
-    c values and c_proj's B a column of as many (the paper's 81M model: B 1x4 and 4x1), so that hidden unit
-    i*c + j of c_fc is c_proj's input i*c + j."""
-    return (isinstance(c_fc, KroneckerLinear) and isinstance(c_proj, KroneckerLinear) and c_fc.bias is not None
-            and c_fc.A.shape[0] == c_proj.A.shape[0] == 1 and c_fc.B.shape[1] == c_proj.B.shape[2] == 1
-            and c_fc.B.shape[2] == c_proj.B.shape[1])
-
-
-def kronecker_mlp(x, c_fc, c_proj):
-    """c_proj(gelu(c_fc(x))) (tanh GELU) for a pair that fuses_mlp accepts, without the 4*n_embd hidden layer:
-    c_fc's outer product, the GELU and c_proj's matrix-vector product collapse into GeluContract, between x @ A_fc
-    and the GEMM with A_proj. Two GEMMs of a quarter of the dense MLP's FLOPs and one pass over the hidden values."""
-    lead_shape = x.shape[:-1]
-    t = x.reshape(-1, c_fc.in_features) @ c_fc.A[0]
-    s = apply(GeluContract, t, c_fc.B.reshape(-1), c_fc.bias.view(t.shape[1], -1), c_proj.B.reshape(-1))
-    y = s @ c_proj.A[0] if c_proj.bias is None else torch.addmm(c_proj.bias, s, c_proj.A[0])  # autocast casts
-    return y.view(*lead_shape, c_proj.out_features)
-
-
-def kronecker_sum(A, B):
-    """sum_r kron(A[r], B[r]) for A (r, a_rows, a_cols), B (r, b_rows, b_cols), in one einsum."""
-    (_, a_rows, a_cols), (_, b_rows, b_cols) = A.shape, B.shape
-    w = torch.einsum("rij,rkl->ikjl", A, B)  # W[i*b_rows + k, j*b_cols + l] = sum_r A[r,i,j] B[r,k,l]
-    return w.reshape(a_rows * b_rows, a_cols * b_cols)
-
-
-def factor_std(std, factors):
-    """The std of both factors' entries that gives W = sum_r A_r (x) B_r entries of std `std`: each entry of W is
-    a sum of r products of independent N(0, s^2), so var = r * s^4."""
-    return math.sqrt(std / math.sqrt(factors))
+    return y
 
 
 class KroneckerLinear(nn.Module):
-    """y = x @ W + b with W = sum_r kron(A[r], B[r]) of shape (in_features, out_features).
+    """y = x @ W + b, W = sum_r kron(A[r], B[r]) of shape (in_features, out_features): nn.Linear's job with
+    factors * (a_rows*a_cols + b_rows*b_cols) weights instead of in_features * out_features. A is
+    (factors, a_rows, a_cols), B (factors, in_features/a_rows, out_features/a_cols); x is contracted with them in
+    whichever order costs fewer multiply-adds for this shape (a_first)."""
 
-    A: (factors, a_rows, a_cols), B: (factors, in_features/a_rows, out_features/a_cols); kronecker_matmul
-    contracts x with them in whichever order is cheaper for this shape.
-    """
-
-    def __init__(self, in_features, out_features, a_rows, a_cols, factors=1, bias=True):
+    def __init__(self, in_features: int, out_features: int, a_rows: int, a_cols: int, factors: int = 1,
+                 bias: bool = True):
         super().__init__()
         if in_features % a_rows or out_features % a_cols:
             raise ValueError(f"A of shape {a_rows}x{a_cols} must divide W of shape {in_features}x{out_features}")
@@ -122,17 +105,18 @@ class KroneckerLinear(nn.Module):
         self.a_first = a_first <= b_first
         self.reset_parameters()
 
-    def reset_parameters(self, std=0.02):
-        nn.init.normal_(self.A, mean=0.0, std=factor_std(std, self.A.shape[0]))
-        nn.init.normal_(self.B, mean=0.0, std=factor_std(std, self.A.shape[0]))
+    def reset_parameters(self, std: float = 0.02) -> None:
+        """Random A and B whose W has entries of std `std`, as GPT-2 draws its dense matrices; a zero bias."""
+        nn.init.normal_(self.A, mean=0.0, std=entry_std(std, self.A.shape[0]))
+        nn.init.normal_(self.B, mean=0.0, std=entry_std(std, self.A.shape[0]))
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return kronecker_matmul(x, self.A, self.B, self.bias, self.a_first)
 
-    def dense_weight(self):
-        """The materialized W, shape (in_features, out_features): what x is multiplied by."""
+    def dense_weight(self) -> torch.Tensor:
+        """W, materialized: the (in_features, out_features) matrix that x is multiplied by."""
         return kronecker_sum(self.A, self.B)
 
     def extra_repr(self):
@@ -143,14 +127,14 @@ class KroneckerLinear(nn.Module):
 
 
 class KroneckerEmbedding(nn.Module):
-    """The tied token embedding W (vocab x n_embd) = sum_r kron(A[r], B[r]), as a lookup and as lm_head.
+    """The tied token embedding W (vocab_size, n_embd) = sum_r kron(A[r], B[r]), as a lookup and as lm_head.
 
     Token t = i*b_rows + k has the row sum_r A[r, i, :] (x) B[r, k, :]: two small gathers and an outer product,
-    never the whole matrix. lm_head's logits h @ W^T contract h with the transposed factors
-    (W^T = sum_r A_r^T (x) B_r^T) in the cheaper order, as KroneckerLinear does.
+    never the whole matrix. lm_head's logits h @ W^T contract h with A and B transposed
+    (W^T = sum_r A_r^T (x) B_r^T), in the cheaper order, as KroneckerLinear does.
     """
 
-    def __init__(self, vocab_size, n_embd, a_rows, a_cols, factors=1):
+    def __init__(self, vocab_size: int, n_embd: int, a_rows: int, a_cols: int, factors: int = 1):
         super().__init__()
         if vocab_size % a_rows or n_embd % a_cols:
             raise ValueError(f"A of shape {a_rows}x{a_cols} must divide wte of shape {vocab_size}x{n_embd}")
@@ -161,11 +145,12 @@ class KroneckerEmbedding(nn.Module):
         self.a_first = a_first <= b_first
         self.reset_parameters()
 
-    def reset_parameters(self, std=0.02):
-        nn.init.normal_(self.A, mean=0.0, std=factor_std(std, self.A.shape[0]))
-        nn.init.normal_(self.B, mean=0.0, std=factor_std(std, self.A.shape[0]))
+    def reset_parameters(self, std: float = 0.02) -> None:
+        """Random A and B whose W has entries of std `std`, as GPT-2 draws its embedding."""
+        nn.init.normal_(self.A, mean=0.0, std=entry_std(std, self.A.shape[0]))
+        nn.init.normal_(self.B, mean=0.0, std=entry_std(std, self.A.shape[0]))
 
-    def forward(self, idx):
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
         r, a_rows, a_cols = self.A.shape
         _, b_rows, b_cols = self.B.shape
         a = F.embedding(idx // b_rows, self.A.permute(1, 0, 2).reshape(a_rows, r * a_cols))
@@ -173,17 +158,45 @@ class KroneckerEmbedding(nn.Module):
         rows = torch.einsum("...rj,...rl->...jl", a.unflatten(-1, (r, a_cols)), b.unflatten(-1, (r, b_cols)))
         return rows.flatten(-2)
 
-    def unembed(self, h):
-        """Logits h @ W^T, shape (..., vocab_size)."""
+    def unembed(self, h: torch.Tensor) -> torch.Tensor:
+        """The logits h @ W^T, of shape (..., vocab_size)."""
         return kronecker_matmul(h, self.A.transpose(1, 2), self.B.transpose(1, 2), None, self.a_first)
 
-    def dense_weight(self):
-        """The materialized W, shape (vocab_size, n_embd): row t embeds token t."""
+    def dense_weight(self) -> torch.Tensor:
+        """W, materialized: the (vocab_size, n_embd) matrix whose row t embeds token t."""
         return kronecker_sum(self.A, self.B)
 
     def extra_repr(self):
         (r, a_rows, a_cols), (_, b_rows, b_cols) = self.A.shape, self.B.shape
         return f"vocab={self.vocab_size}, n_embd={self.n_embd}, factors={r}, A={a_rows}x{a_cols}, B={b_rows}x{b_cols}"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Fast paths for one term whose B is a single row or column (the paper's 81M model: B is 1x4 in c_fc, 4x1 in
+# c_proj). One of the two matmuls then has a contraction of length 1, which as a GEMM runs far below memory
+# speed; it is done as a broadcast product instead, after the one real matmul with A, whatever a_first says, and
+# with no reshapes between, since decoding one token runs these few ops per layer and nothing else. The fused MLP
+# goes one step further: c_fc's outer product, the GELU and c_proj's matrix-vector product in one pass, without
+# the 4*n_embd hidden layer.
+
+def apply_or_compute(function, *args):
+    """function.apply(*args), which autograd records, where a gradient may be asked for, else the plain
+    function.compute(*args): applying an autograd Function costs more than the few ops it wraps when decoding one
+    token."""
+    return function.apply(*args) if torch.is_grad_enabled() else function.compute(*args)
+
+
+def outer_product_matmul(x, A, b, bias):
+    """x (n, in_features) @ kron(A, b) + bias for one term whose B is the row b: (x A) (x) b, an outer product of
+    each row of x A with b."""
+    return apply_or_compute(OuterProduct, x @ A, b, bias)
+
+
+def matvec_matmul(x, A, b, bias):
+    """x (n, in_features) @ kron(A, b) + bias for one term whose B is the column b: each row of x, viewed as
+    X (a_rows, len(b)), maps to (X b) A, a matrix-vector product, then a GEMM with A that adds the bias."""
+    t = apply_or_compute(MatVec, x.reshape(-1, len(b)), b).view(x.shape[0], -1)
+    return t @ A if bias is None else torch.addmm(bias, t, A)
 
 
 class OuterProduct(torch.autograd.Function):
@@ -234,6 +247,26 @@ class MatVec(torch.autograd.Function):
         grad_x = (grad.unsqueeze(1) * w.to(grad.dtype)).to(x.dtype)
         grad_w = (grad @ x.to(grad.dtype)).to(w.dtype)
         return grad_x, grad_w
+
+
+def fuses_mlp(c_fc: nn.Module, c_proj: nn.Module) -> bool:
+    """Whether kronecker_mlp computes c_proj(gelu(c_fc(x))) for this pair of layers: one term each, c_fc's B a row
+    of c values and c_proj's B a column of as many (the paper's 81M model: B 1x4 and 4x1), so that hidden unit
+    i*c + j of c_fc is c_proj's input i*c + j."""
+    return (isinstance(c_fc, KroneckerLinear) and isinstance(c_proj, KroneckerLinear) and c_fc.bias is not None
+            and c_fc.A.shape[0] == c_proj.A.shape[0] == 1 and c_fc.B.shape[1] == c_proj.B.shape[2] == 1
+            and c_fc.B.shape[2] == c_proj.B.shape[1])
+
+
+def kronecker_mlp(x: torch.Tensor, c_fc: KroneckerLinear, c_proj: KroneckerLinear) -> torch.Tensor:
+    """c_proj(gelu(c_fc(x))) (tanh GELU) for a pair that fuses_mlp accepts, without the 4*n_embd hidden layer:
+    c_fc's outer product, the GELU and c_proj's matrix-vector product collapse into GeluContract, between x @ A_fc
+    and the GEMM with A_proj. Two GEMMs of a quarter of the dense MLP's FLOPs and one pass over the hidden values."""
+    lead_shape = x.shape[:-1]
+    t = x.reshape(-1, c_fc.in_features) @ c_fc.A[0]
+    s = apply_or_compute(GeluContract, t, c_fc.B.reshape(-1), c_fc.bias.view(t.shape[1], -1), c_proj.B.reshape(-1))
+    y = s @ c_proj.A[0] if c_proj.bias is None else torch.addmm(c_proj.bias, s, c_proj.A[0])  # autocast casts
+    return y.view(*lead_shape, c_proj.out_features)
 
 
 class GeluContract(torch.autograd.Function):

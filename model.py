@@ -99,6 +99,8 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config, layer):
         super().__init__()
         self.c_attn = linear(config, "c_attn", config.n_embd, 3 * config.n_embd, layer)
+        # Plans name this matrix attn_proj, since c_proj names the MLP's second one; the module keeps GPT-2's name,
+        # so that checkpoint and Hugging Face keys stay GPT-2's (h.<block>.attn.c_proj.weight).
         self.c_proj = linear(config, "attn_proj", config.n_embd, config.n_embd, layer)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head = config.n_head

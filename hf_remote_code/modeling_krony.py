@@ -29,7 +29,7 @@ from transformers import initialization as hf_init  # init functions that leave 
 from transformers.models.gpt2.modeling_gpt2 import GPT2Attention, GPT2MLP
 
 from .configuration_krony import KronyConfig
-from .kronecker import KroneckerEmbedding, KroneckerLinear, factor_std, fuses_mlp, kronecker_mlp
+from .kronecker import KroneckerEmbedding, KroneckerLinear, entry_std, fuses_mlp, kronecker_mlp
 
 TANH_GELUS = ("gelu_pytorch_tanh", "gelu_new")  # the GELU that kronecker_mlp computes, in transformers' names
 # a block matrix of the plan -> where GPT2Block keeps it: (submodule, attribute)
@@ -56,7 +56,7 @@ class KroneckerLMHead(nn.Module):
 def _init_factors(module, std):
     """Initialise a KroneckerLinear or KroneckerEmbedding as GPT-2 would its dense matrix: entries of W with
     std `std`, zero bias; parameters already loaded by from_pretrained are left alone."""
-    s = factor_std(std, module.A.shape[0])
+    s = entry_std(std, module.A.shape[0])
     hf_init.normal_(module.A, mean=0.0, std=s)
     hf_init.normal_(module.B, mean=0.0, std=s)
     if getattr(module, "bias", None) is not None:
