@@ -1,10 +1,11 @@
 """
-Kronecker factors from dense weights: how kron_decompose.py and train.py initialise a compressed GPT.
+A and B from dense weights: how kron_decompose.py and train.py initialise a compressed GPT.
 
 compress(teacher, plan, init) is the one way to make a compressed student: a GPT with the teacher's architecture
 and the plan's factored matrices (a kron_shapes.Plan), every factored matrix initialised from the teacher's W by
-`init` and every other weight copied. materialize(model) multiplies every factor out: a dense GPT computing the
-same function. keep_blocks(teacher, blocks) is DistilGPT2's student: some of the teacher's blocks, copied.
+`init` and every other weight copied. materialize(model) multiplies every A and B out: a dense GPT computing the
+same function. keep_blocks(teacher, blocks) makes DistilGPT2's kind of student: some of the teacher's blocks,
+copied.
 
 Each decomposition takes W (in, out), as in x @ W (wte: vocab x n_embd), and returns A (factors, a_rows,
 a_cols) and B (factors, b_rows, b_cols) with kron's index convention
@@ -34,9 +35,10 @@ def rearrange(W, a_rows, a_cols):
 
 
 def nearest_kronecker(W, a_rows, a_cols, factors):
-    """vl: (A, B) minimising ||W - sum_r A_r (x) B_r||_F (Van Loan-Pitsianis, optimal by Eckart-Young): the top
-    singular triplets (s, u, v) of rearrange(W), A_r = sqrt(s) u, B_r = sqrt(s) v. A float64 SVD on the CPU, each
-    pair's sign fixed so that the largest-magnitude entry of u is positive: deterministic across LAPACKs."""
+    """vl: returns the (A, B) minimising ||W - sum_r A_r (x) B_r||_F (Van Loan-Pitsianis, optimal by
+    Eckart-Young), from the top singular triplets (s, u, v) of rearrange(W): A_r = sqrt(s) u, B_r = sqrt(s) v. The
+    SVD runs in float64 on the CPU, and each term's sign is fixed so that the largest-magnitude entry of u is
+    positive, so that the result is the same across LAPACKs."""
     b_rows, b_cols = W.shape[0] // a_rows, W.shape[1] // a_cols
     U, S, Vh = torch.linalg.svd(rearrange(W.detach().to("cpu", torch.float64), a_rows, a_cols), full_matrices=False)
     U, S, Vh = U[:, :factors], S[:factors], Vh[:factors]
@@ -48,7 +50,7 @@ def nearest_kronecker(W, a_rows, a_cols, factors):
 
 
 def normalized_kronecker(W, a_rows, a_cols, factors):
-    """vl_norm, the paper's modified Van Loan: the vl factors both scaled by sqrt(c), c = ||W||_F / ||W_vl||_F,
+    """vl_norm, the paper's modified Van Loan: vl's A and B both scaled by sqrt(c), c = ||W||_F / ||W_vl||_F,
     so that ||W_hat||_F = ||W||_F. The Van Loan terms are orthogonal, so c = sqrt(sum_i s_i^2 / sum_{r<R} s_r^2)
     over the singular values s of rearrange(W): the discarded tail's energy is put back along the kept terms."""
     A, B = nearest_kronecker(W, a_rows, a_cols, factors)
@@ -94,14 +96,17 @@ def check_act_device(device):
 
 
 @torch.no_grad()
-def compress(teacher, plan, init="vl", progress=False, calibration=None, act_steps=ACT_STEPS, act_lr=ACT_LR,
-             act_sweeps=ACT_SWEEPS, act_device="cpu"):
-    """A GPT with the teacher's architecture and `plan` (a Plan for the teacher's shape; an empty one gives a dense
-    GPT): every factored matrix initialised from the teacher's W (dense or itself factored) by `init`, every matrix
-    the plan leaves dense set to the teacher's W, every other weight copied. init act needs `calibration`, token
-    windows (n, t) as a LongTensor (common.read_calibration), and fits with act_steps, act_lr and act_sweeps
-    (fit_to_calibration) on act_device. The student is returned on the CPU in float32; `random` draws from
-    torch's global RNG. Raises ValueError on a plan, init or device that cannot be used, before any work."""
+def compress(teacher: GPT, plan: Plan, init: str = "vl", progress: bool = False,
+             calibration: torch.Tensor | None = None, act_steps: int = ACT_STEPS, act_lr: float = ACT_LR,
+             act_sweeps: int = ACT_SWEEPS, act_device: str = "cpu") -> GPT:
+    """Returns the student, on the CPU in float32: a GPT with the teacher's architecture and the plan's factored
+    matrices, each initialised from the teacher's W (dense or itself factored) by `init`. Every matrix the plan
+    leaves dense is the teacher's W and every other weight is copied, so an empty plan gives a dense copy.
+
+    init act fits A and B to the teacher's outputs on `calibration`, token windows (n, t) from
+    common.read_calibration, with act_steps, act_lr and act_sweeps (fit_to_calibration), on act_device; init
+    random draws from torch's global RNG. A plan, init or device that cannot be used raises ValueError before any
+    work."""
     if init not in INITS:
         raise ValueError(f"init={init!r} is not one of {', '.join(INITS)}")
     if init == "act" and calibration is None:
@@ -134,9 +139,10 @@ def compress(teacher, plan, init="vl", progress=False, calibration=None, act_ste
 
 @torch.no_grad()
 def keep_blocks(teacher, blocks):
-    """A GPT of the teacher's blocks `blocks` only (teacher block indices, in that order, renumbered 0..k-1), every
-    weight copied exactly, the embeddings and the final norm too, and each kept block's plan with it; its config's
-    teacher_blocks records the indices, in the teacher's own teacher's numbering when it was itself such a student."""
+    """Returns a GPT of the teacher's blocks `blocks` only (teacher block indices, in that order, renumbered
+    0..k-1), with every weight copied exactly, the embeddings and the final norm too, and each kept block's plan.
+    Its config's teacher_blocks records the indices, in the numbering of the teacher's own teacher when the teacher
+    was itself such a student."""
     config = teacher.config
     shapes = {(name, None if block is None else blocks.index(block)): shape
               for (name, block), shape in config.plan.shapes.items() if block is None or block in blocks}
@@ -156,14 +162,15 @@ def keep_blocks(teacher, blocks):
 
 
 def materialize(model):
-    """A dense GPT computing the same function: every Kronecker factor multiplied out."""
+    """Returns a dense GPT computing the same function: every sum of Kronecker products multiplied out."""
     config = model.config
     return compress(model, Plan(config.n_embd, config.n_layer, config.vocab_size))
 
 
 @torch.no_grad()
 def weight_errors(teacher, student):
-    """{"wte" or "h.<block>.<matrix>": ||W - W_hat||_F / ||W||_F} of every matrix the student factors."""
+    """Returns the relative weight error ||W - W_hat||_F / ||W||_F of every matrix the student factors, keyed "wte"
+    or "h.<block>.<matrix>"."""
     errors = {}
     for (name, block, source), (_, _, target) in zip(factorable_matrices(teacher), factorable_matrices(student)):
         if student.config.plan.shape(name, block):
@@ -174,28 +181,30 @@ def weight_errors(teacher, student):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Output-aware fitting, the core of the data-aware init (issue 21; calibration and the `act` init build on it):
-# factors that minimise the error of what the layer computes on calibration inputs x of second moment
-# C = E[x x^T], E||x W - x W_hat||^2 = tr((W - W_hat)^T C (W - W_hat)), rather than ||W - W_hat||_F.
+# Output-aware fitting, the core of init act: A and B that minimise the error of what the layer computes on
+# calibration inputs x of second moment C = E[x x^T], E||x W - x W_hat||^2 = tr((W - W_hat)^T C (W - W_hat)),
+# rather than ||W - W_hat||_F.
 # x's index i*b_rows + k runs over A's rows i and B's rows k, so C = C4[i, k, i', k'] viewed as a matrix.
 
 def output_error(W, A, B, C):
-    """tr((W - W_hat)^T C (W - W_hat)) in float64: the mean squared output error over inputs of second moment C."""
+    """Returns tr((W - W_hat)^T C (W - W_hat)) in float64: the mean squared output error over inputs of second
+    moment C."""
     D = W.double() - kronecker_sum(A.double(), B.double())
     return (D * (C.double() @ D)).sum().item()
 
 
 def symmetric_root(M, floor):
-    """(M^(1/2), M^(-1/2)) of a symmetric matrix, its eigenvalues raised to at least `floor`: never a NaN, where a
-    Cholesky factor of a nearly singular M would fail."""
+    """Returns (M^(1/2), M^(-1/2)) of a symmetric matrix M, its eigenvalues raised to at least `floor`, so that it
+    never gives a NaN where a Cholesky factor of a nearly singular M would fail."""
     values, vectors = torch.linalg.eigh((M + M.T) / 2)
     values = values.clamp_min(floor)
     return (vectors * values.sqrt()) @ vectors.T, (vectors / values.sqrt()) @ vectors.T
 
 
 def kronecker_moment(C, a_rows):
-    """(C1, C2): a_rows x a_rows and b_rows x b_rows symmetric factors with C1 (x) C2 nearest C (Van Loan's rank 1
-    of C's rearrangement; for a positive semidefinite C both are, up to a common sign, which is fixed here)."""
+    """Returns (C1, C2), symmetric a_rows x a_rows and b_rows x b_rows matrices whose C1 (x) C2 is nearest C: Van
+    Loan's rank 1 of C's rearrangement. For a positive semidefinite C both are too, up to a common sign, which is
+    fixed here."""
     b_rows = C.shape[0] // a_rows
     U, S, Vh = torch.linalg.svd(rearrange(C, a_rows, a_rows), full_matrices=False)
     C1, C2 = (U[:, 0] * S[0].sqrt()).reshape(a_rows, a_rows), (Vh[0] * S[0].sqrt()).reshape(b_rows, b_rows)
@@ -205,8 +214,9 @@ def kronecker_moment(C, a_rows):
 
 
 def whiten(W, C, a_rows, ridge=1e-6):
-    """(S W, S1^-1, S2^-1) with S = S1 (x) S2 = C1^(1/2) (x) C2^(1/2) and C1 (x) C2 nearest C: ||S D||_F^2
-    approximates tr(D^T C D), and S (A (x) B) = (S1 A) (x) (S2 B). float64."""
+    """Returns (S W, S1^-1, S2^-1) in float64, with S = S1 (x) S2 = C1^(1/2) (x) C2^(1/2) and C1 (x) C2 nearest C.
+    ||S D||_F^2 approximates tr(D^T C D), and S (A (x) B) = (S1 A) (x) (S2 B), so Van Loan's decomposition of S W
+    approximately minimises the output error."""
     W, C = W.double(), C.double()
     b_rows = W.shape[0] // a_rows
     C1, C2 = kronecker_moment(C, a_rows)
@@ -264,9 +274,9 @@ def fit_b(W, C, A, b_rows, ridge=1e-9):
 
 
 def alternating_least_squares(W, C, A, B, sweeps, ridge=1e-9):
-    """(A, B, objectives): `sweeps` rounds of fit_a then fit_b from (A, B), float64. The objective is checked after
-    every sweep and never increases: a sweep that would raise it (round-off, the ridge) is undone, and the
-    refinement stops there. objectives[0] is the start's."""
+    """Returns (A, B, objectives) after `sweeps` rounds of fit_a then fit_b from (A, B), in float64. The objective
+    is checked after every sweep and never increases: a sweep that would raise it (round-off, the ridge) is undone,
+    and the refinement stops there. objectives[0] is the start's."""
     W, C, A, B = W.double(), C.double(), A.double(), B.double()
     objectives = [output_error(W, A, B, C)]
     for _ in range(sweeps):
@@ -281,12 +291,11 @@ def alternating_least_squares(W, C, A, B, sweeps, ridge=1e-9):
 
 
 # ----------------------------------------------------------------------------------------------------
-# init act: factors fitted to what the blocks compute on calibration inputs, not to the weights. progress.md has
-# the variants measured; this is what won: each factored matrix starts at whitened_kronecker of the inputs it sees,
-# then Adam fits the whole sublayer (the MLP with its GELU, or attention with its causal mask) to the teacher's
-# outputs, from factors balanced entry by entry; the factors end balanced as vl's are. Sequential, as GPTQ: block b
-# is fitted on inputs computed by the already compressed blocks 0..b-1, so each fit also absorbs the error of the
-# blocks before it.
+# init act: A and B fitted to what the blocks compute on calibration inputs, not to the weights (progress.md
+# compares the variants). Each factored matrix starts at whitened_kronecker of the inputs it sees, then Adam fits
+# the whole sublayer (the MLP with its GELU, or attention with its causal mask) to the teacher's outputs, from A
+# and B balanced entry by entry; they end balanced as vl's are. Sequential, as GPTQ: block b is fitted on inputs
+# computed by the already compressed blocks 0..b-1, so each fit also absorbs the error of the blocks before it.
 
 def in_chunks(function, x, size):
     return torch.cat([function(x[i:i + size]) for i in range(0, len(x), size)])
@@ -316,8 +325,8 @@ def input_moments(modules):
 
 @torch.no_grad()
 def teacher_input_moments(teacher, modules, calibration):
-    """{name: E[x x^T]} of the inputs each of `modules` (the teacher's own, {name: module}) sees while the teacher
-    in eval mode runs over the calibration windows (n, t), in chunks; the teacher's mode is restored."""
+    """Returns {name: E[x x^T]} of the inputs each of `modules` (the teacher's own, {name: module}) sees while the
+    teacher, in eval mode, runs over the calibration windows (n, t) in chunks; the teacher's mode is restored."""
     was_training = teacher.training
     teacher.eval()
     chunk = max(1, CHUNK_TOKENS // calibration.shape[1])
@@ -329,16 +338,16 @@ def teacher_input_moments(teacher, modules, calibration):
 
 
 def relative_output_error(outputs, targets):
-    """sum ||y_hat - y||^2 / sum ||y||^2."""
+    """Returns sum ||y_hat - y||^2 / sum ||y||^2."""
     return ((outputs - targets).square().sum() / targets.square().sum()).item()
 
 
 @torch.no_grad()
 def balance_factors(module, per_entry=False):
-    """Rescale each factor pair of a KroneckerLinear or KroneckerEmbedding, A_r (x) B_r = (c A_r) (x) (B_r / c), so
-    that the function is unchanged: to ||A_r||_F = ||B_r||_F, vl's balance, or with per_entry to entries of equal
-    root mean square, so that a step of Adam (about the same size on every entry) changes A_r and B_r by the same
-    fraction. The whitening and Adam leave A_r several times B_r's norm, and such factors fit and fine-tune worse
+    """Rescale each term of a KroneckerLinear or KroneckerEmbedding, A_r (x) B_r = (c A_r) (x) (B_r / c), so that
+    the function is unchanged: to ||A_r||_F = ||B_r||_F, vl's balance, or with per_entry to entries of equal root
+    mean square, so that a step of Adam (about the same size on every entry) changes A_r and B_r by the same
+    fraction. The whitening and Adam leave A_r several times B_r's norm, and such terms fit and fine-tune worse
     (progress.md)."""
     a_norms, b_norms = module.A.flatten(1).norm(dim=1), module.B.flatten(1).norm(dim=1)
     if per_entry:
@@ -349,12 +358,13 @@ def balance_factors(module, per_entry=False):
 
 
 def fit_sublayer(teacher_part, student_part, inputs, steps, lr, sweeps, batch, chunk, generator, desc, progress):
-    """Fit student_part (the block's attention or MLP, with its Kronecker factors) to teacher_part's outputs on
-    `inputs` (n, t, n_embd): every factored matrix starts at whitened_kronecker of what the teacher's matrix sees
-    on the first MOMENT_TOKENS (refined by `sweeps` of alternating_least_squares: lost in progress.md, so 0 by
-    default), its factors balanced entry by entry; then `steps` of Adam on all of student_part's parameters, mean
-    squared error, `batch` sequences per step (forward passes in chunks of `chunk`). Adam's result is kept only if
-    it beats the start. Returns the relative output errors (start, end) and student_part's outputs on `inputs`."""
+    """Fit student_part (the block's attention or MLP, with its factored matrices) to teacher_part's outputs on
+    `inputs` (n, t, n_embd). Every factored matrix starts at whitened_kronecker of what the teacher's matrix sees
+    on the first MOMENT_TOKENS, refined by `sweeps` of alternating_least_squares (common.ACT_SWEEPS says why none
+    by default), with A and B balanced entry by entry; then `steps` of Adam on all of student_part's parameters
+    minimise the mean squared error, `batch` sequences per step (forward passes in chunks of `chunk`). Adam's
+    result is kept only if it beats the start. Returns the relative output errors (start, end) and student_part's
+    outputs on `inputs`."""
     teacher_modules = dict(teacher_part.named_modules())
     factored = {name: m for name, m in student_part.named_modules() if isinstance(m, KroneckerLinear)}
     moment_rows = max(1, MOMENT_TOKENS // inputs.shape[1])  # the second moments of 3072-wide inputs cost the most
@@ -393,9 +403,9 @@ def fit_sublayer(teacher_part, student_part, inputs, steps, lr, sweeps, batch, c
 @torch.no_grad()
 def fit_to_calibration(teacher, student, calibration, steps=ACT_STEPS, lr=ACT_LR, sweeps=ACT_SWEEPS,
                        progress=False, device="cpu"):
-    """init act on a student whose unfactored weights are the teacher's (compress does this): a factored wte by
+    """Runs init act on a student whose unfactored weights are the teacher's (compress does this): a factored wte by
     frequency_kronecker, then block by block each factored sublayer by fit_sublayer, on the calibration windows
-    (n, t) run through the student as compressed so far; every factor pair is balanced at the end (balance_factors).
+    (n, t) run through the student as compressed so far; every term is balanced at the end (balance_factors).
     On `device`; the student comes back on the CPU, the teacher where it was. Returns {"h.<block>.attn" or ".mlp":
     (start, end)}."""
     n, t = calibration.shape
@@ -438,10 +448,10 @@ def fit_to_calibration(teacher, student, calibration, steps=ACT_STEPS, lr=ACT_LR
 
 @torch.no_grad()
 def output_errors(teacher, student, calibration):
-    """{"wte" or "h.<block>.<matrix>": tr(D^T C D) / tr(W^T C W)} of every matrix the student factors, D = W - W_hat
-    and C the second moment of the inputs the teacher's matrix sees on the calibration windows (for wte the
-    tokens' frequencies): the relative error of what the matrix computes, where weight_errors weighs every
-    direction alike."""
+    """Returns tr(D^T C D) / tr(W^T C W) of every matrix the student factors, keyed "wte" or
+    "h.<block>.<matrix>", with D = W - W_hat and C the second moment of the inputs the teacher's matrix sees on the
+    calibration windows (for wte the tokens' frequencies): the relative error of what the matrix computes, where
+    weight_errors weighs every direction alike."""
     modules = {f"h.{block}.{name}": (source, target) for (name, block, source), (_, _, target)
                in zip(factorable_matrices(teacher), factorable_matrices(student))
                if block is not None and student.config.plan.shape(name, block)}
@@ -465,8 +475,8 @@ def output_errors(teacher, student, calibration):
 
 @torch.no_grad()
 def allocation_options(teacher, names, calibration=None):
-    """{(name, block): [(parameters, error, (a_rows, a_cols, factors) or None)]} for every block's matrices in
-    `names`: each valid A shape and factor count with fewer parameters than W, priced by the relative error of
+    """Returns {(name, block): [(parameters, error, (a_rows, a_cols, factors) or None)]} for every block's matrices
+    in `names`: each valid A shape and factor count with fewer parameters than W, priced by the relative error of
     Van Loan's decomposition, the tail of the squared singular values of W's rearrangement over their sum (with
     calibration, of the whitened W of whitened_kronecker: the output error under C ~ C1 (x) C2), and W itself
     (its parameters, error 0, None)."""
