@@ -9,7 +9,10 @@ init_from chooses the starting point:
     scratch          a new GPT from n_layer, n_head, n_embd, ...; Kronecker matrices where the plan (kron,
                      kron_layers, or the MLP shorthand dim_1, dim_2, factors) names them (init must then be
                      random: there is no dense model to decompose)
-    resume           out_dir/ckpt.pt, with its optimizer, iteration and random number generator states
+    resume           out_dir/ckpt.pt, with its optimizer, iteration and random number generator states and the
+                     settings the run was started with; settings given now override them, printed in one line
+                     (`resume: max_iters 20 -> 30`), but the model's shape, plan and vocabulary and the dataset
+                     cannot change mid-run
     a file           one of our checkpoints: a Kronecker one (kron_decompose.py's output) is used as it is,
                      a dense one is compressed here by the plan
     anything else    a Hugging Face GPT-2 (hub name like gpt2, or a local directory), compressed here by the
@@ -45,7 +48,8 @@ import torch.distributed as dist
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from checkpoints import load_checkpoint, load_model, load_model_config, load_vocab, make_checkpoint, save_checkpoint
+from checkpoints import (load_checkpoint, load_model, load_model_config, load_vocab, make_checkpoint, read_checkpoint,
+                         save_checkpoint)
 from common import (ACT_LR, ACT_STEPS, CALIBRATION_TOKENS, UsageError, check_vocab, one_line, open_tokens,
                     read_calibration, read_vocab)
 from compress import INITS, compress
@@ -123,6 +127,7 @@ SETTINGS = dict(  # key=(default, type)
 )
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "vocab_size", "bias", "block_size")
 PLAN_KEYS = tuple(PLAN_SETTINGS)
+FIXED_ON_RESUME = MODEL_KEYS + PLAN_KEYS + ("dataset",)  # what the saved weights and optimizer state are of
 
 
 class NonFiniteLoss(Exception):
@@ -227,6 +232,13 @@ def get_lr(it, settings):
     return settings["min_lr"] + coeff * (settings["learning_rate"] - settings["min_lr"])
 
 
+def data_dir_of(settings):
+    """data_dir, or data/<dataset> when it is empty; a data_dir that is not a folder is refused."""
+    if settings["data_dir"] and not os.path.isdir(settings["data_dir"]):
+        raise UsageError(f"no such folder: data_dir={settings['data_dir']}")
+    return settings["data_dir"] or os.path.join("data", settings["dataset"])
+
+
 def check_tokens(data_dir, split, block_size, vocab_size=None):
     """Fail unless the split's token file is sound (common.open_tokens) and holds at least one window."""
     path = os.path.join(data_dir, f"{split}.bin")
@@ -275,6 +287,14 @@ def plan_of(settings, config):
     return Plan.from_settings(config.n_embd, config.n_layer, config.vocab_size, **plan_settings)
 
 
+def resume_path(settings):
+    """out_dir/ckpt.pt, the checkpoint init_from=resume goes on from."""
+    path = os.path.join(settings["out_dir"], "ckpt.pt")
+    if not os.path.isfile(path):
+        raise UsageError(f"init_from=resume but {path} does not exist")
+    return path
+
+
 def init_model(settings, master, calibration_path, device="cpu"):
     """(model, checkpoint): the model init_from names, adapted to the run; checkpoint only when resuming. init act
     reads its calibration tokens from calibration_path, before any weights, and fits on `device`."""
@@ -284,9 +304,7 @@ def init_model(settings, master, calibration_path, device="cpu"):
         return GPT(GPTConfig.from_settings(**{k: settings[k] for k in keys})), None
     checkpoint = None
     if init_from == "resume":
-        path = os.path.join(settings["out_dir"], "ckpt.pt")
-        if not os.path.isfile(path):
-            raise UsageError(f"init_from=resume but {path} does not exist")
+        path = resume_path(settings)
         try:
             model, checkpoint = load_checkpoint(path)
         except (OSError, ValueError) as e:
@@ -344,7 +362,7 @@ def adopted_shape(settings, model, master):
     for key in MODEL_KEYS:
         value = getattr(model.config, key)
         if settings[key] != value:
-            if master:
+            if master and settings[key] != SETTINGS[key][0]:  # a setting left at its default takes the model's
                 print(f"note: {key}={settings[key]} in the settings; the model from init_from="
                       f"{settings['init_from']} has {key}={value}, which is used")
             adopted[key] = value
@@ -585,7 +603,7 @@ def optimizer_step(model, optimizer, scaler, settings):
 
 def train(settings):
     """Run the training loop the settings describe; returns the last evaluation's losses."""
-    data_dir = settings["data_dir"] or os.path.join("data", settings["dataset"])
+    data_dir = data_dir_of(settings)
     itos = read_vocab(data_dir)  # the characters the ids stand for, where the dataset has a meta.json
     if itos is not None and settings["init_from"] == "scratch":
         settings = {**settings, "vocab_size": len(itos)}  # as nanoGPT's meta_vocab_size
@@ -710,7 +728,16 @@ def train(settings):
             state.iter_num += 1
     finally:
         stop_signals.restore()
+    if rt.master:
+        print(summary(state, ckpt_path, state.elapsed_before + time.time() - run_start))
     return losses
+
+
+def summary(state, ckpt_path, elapsed):
+    """The run's last line: where it ended, how well, where its checkpoint is, how long it took."""
+    saved = f"checkpoint {ckpt_path}" if os.path.exists(ckpt_path) else "no checkpoint written"
+    return (f"done: {state.iter_num} iterations in {elapsed:.0f} s, best val loss {state.best_val_loss:.4f}, "
+            f"{saved}")
 
 
 def report_run(model, settings, rt, data_dir, itos, tokens_per_iter, ckpt_path, metrics_path, teacher):
@@ -732,6 +759,49 @@ def report_run(model, settings, rt, data_dir, itos, tokens_per_iter, ckpt_path, 
     print(f"checkpoints: {ckpt_path} ({when}, every {settings['eval_interval']} iterations); metrics: {metrics_path}")
 
 
+def given_settings(argv):
+    """The settings argv sets itself (config files, then --key=value), without the defaults."""
+    unset = object()
+    given = load_config({key: (unset, kind) for key, (_, kind) in SETTINGS.items()}, argv)
+    return {key: value for key, value in given.items() if value is not unset}
+
+
+def settings_from(argv, master):
+    """The run's settings: the defaults, then argv; a resumed run's are those it was started with, then argv."""
+    given = given_settings(argv)
+    settings = {**{key: default for key, (default, _) in SETTINGS.items()}, **given}
+    if not settings["out_dir"]:
+        raise UsageError("out_dir is empty: name the folder for ckpt.pt and metrics.jsonl")
+    return resumed(settings, given, master) if settings["init_from"] == "resume" else settings
+
+
+def resumed(settings, given, master):
+    """The settings the run was started with (its checkpoint's), overridden by those given now, which are printed
+    in one line; the model's shape, plan and vocabulary and the dataset cannot change mid-run."""
+    saved = saved_settings(resume_path(settings))
+    changes = {key: f"{key} {saved[key]!r} -> {value!r}" for key, value in given.items()
+               if key in saved and value != saved[key] and key not in ("init_from", "out_dir", "overwrite")}
+    fixed = [change for key, change in changes.items() if key in FIXED_ON_RESUME]
+    if fixed:
+        raise UsageError(f"resume: {', '.join(fixed)}: the model's shape, plan and vocabulary and the dataset cannot "
+                         f"change mid-run; leave them out, or start a new run in another out_dir")
+    if changes and master:
+        print(f"resume: {', '.join(changes.values())}")
+    return {**settings, **saved, **given, "out_dir": settings["out_dir"]}  # out_dir: where the run is now
+
+
+def saved_settings(path):
+    """The settings a run's checkpoint was saved with (memory-mapped: its weights are not read)."""
+    try:
+        saved = read_checkpoint(path, mmap=True).get("config")
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot load init_from=resume: {one_line(e)}") from None
+    if saved is None:
+        raise UsageError(f"{path} holds no run settings (train.py did not write it): start a new run from it with "
+                         f"--init_from={path}")
+    return {key: value for key, value in saved.items() if key in SETTINGS}  # a setting since removed is ignored
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if any(arg in ("-h", "--help") for arg in argv):
@@ -740,7 +810,7 @@ def main(argv=None):
         return
     master = os.environ.get("RANK", "0") == "0"
     try:
-        train(load_config(SETTINGS, argv))
+        train(settings_from(argv, master))
     except (ConfigError, UsageError) as e:
         if master:
             print(f"train.py: error: {' '.join(str(e).split())}", file=sys.stderr)
