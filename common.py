@@ -14,6 +14,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 from contextlib import contextmanager
 
 import numpy as np
@@ -53,6 +54,20 @@ def write_text(text, path):
 
 def write_json(obj, path):
     write_text(json.dumps(obj, indent=2), path)
+
+
+def check_out_dir(out_dir, flag="--out_dir"):
+    """Refuse, before any slow work, a folder that cannot be created or written in: one under a file, or in a
+    read-only place. Tried with a temporary folder, removed at once: root passes every permission-bit check."""
+    ancestor = os.path.abspath(out_dir)
+    while not os.path.exists(ancestor):  # the folder that out_dir will be created in
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise UsageError(f"{flag} {out_dir}: {ancestor} is a file, not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=ancestor))
+    except OSError as e:
+        raise UsageError(f"{flag} {out_dir}: cannot write in {ancestor} ({e.strerror})") from None
 
 
 @functools.cache

