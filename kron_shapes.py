@@ -30,10 +30,11 @@ BLOCK_MATRICES = ("c_attn", "attn_proj", "c_fc", "c_proj")  # in every block: at
 MATRICES = ("wte",) + BLOCK_MATRICES  # wte: the token embedding, tied to lm_head, once per model
 PLAN_SETTINGS = dict(dim_1=None, dim_2=None, factors=None, kron=None, kron_layers="all")  # unset: a dense model
 PART_OF = {"wte": "embedding", "c_attn": "attention", "attn_proj": "attention", "c_fc": "mlp", "c_proj": "mlp"}
+Shape = tuple[int, int, int]  # (a_rows, a_cols, factors) of one factored matrix
 
 
 def matrix_shape(name, n_embd, vocab_size):
-    """(in_features, out_features) of a factorable matrix in x @ W orientation (wte: one row per token)."""
+    """Returns (in_features, out_features) of a factorable matrix in x @ W orientation (wte: one row per token)."""
     return {"wte": (vocab_size, n_embd), "c_attn": (n_embd, 3 * n_embd), "attn_proj": (n_embd, n_embd),
             "c_fc": (n_embd, 4 * n_embd), "c_proj": (4 * n_embd, n_embd)}[name]
 
@@ -55,7 +56,7 @@ def max_factors(in_features, out_features, a_rows, a_cols):
 
 
 def kron_flops(in_features, out_features, a_rows, a_cols, factors):
-    """Multiply-adds per input row of x @ sum_r A_r (x) B_r for the two contraction orders.
+    """Returns the multiply-adds per input row of x @ sum_r A_r (x) B_r in each of the two contraction orders.
 
     With x reshaped to X (a_rows x b_rows), y = sum_r A_r^T X B_r is computed either as (A^T X) B
     ("a_first") or as A^T (X B) ("b_first"). A dense x @ W costs in_features * out_features.
@@ -186,7 +187,8 @@ class Plan:
     factors)}, block None for wte. Tied to a model's n_embd, n_layer and vocab_size, and valid for them: every
     constructor checks every shape. Build one with Plan.from_settings (any written form) or Plan(...) directly."""
 
-    def __init__(self, n_embd, n_layer, vocab_size, shapes=None):
+    def __init__(self, n_embd: int, n_layer: int, vocab_size: int,
+                 shapes: dict[tuple[str, int | None], Shape] | None = None):
         self.n_embd, self.n_layer, self.vocab_size = n_embd, n_layer, vocab_size
         checked = {}
         for (name, block), shape in (shapes or {}).items():
@@ -257,7 +259,7 @@ class Plan:
         return cls.from_settings(hf["n_embd"], hf["n_layer"], hf["vocab_size"], kron=hf.get("kron") or None,
                                  kron_layers=layers if layers else "all")
 
-    def to_kron(self):
+    def to_kron(self) -> dict[str, list[int]]:
         """The plan as a kron dict: a matrix with one shape in every block as NAME, any other as NAME@BLOCKS
         entries, one per shape. Lists, so that it reads back the same from JSON."""
         kron = {}
@@ -271,40 +273,41 @@ class Plan:
                 kron[name if whole else f"{name}@{','.join(map(str, blocks))}"] = list(shape)
         return kron
 
-    def __str__(self):
+    def __str__(self) -> str:
         """The plan in --kron syntax, "c_fc=128x128:1 c_proj=128x128:1"; "dense" for none."""
         return " ".join(f"{key}={r}x{c}:{f}" for key, (r, c, f) in self.to_kron().items()) or "dense"
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Plan({self.n_embd}, {self.n_layer}, {self.vocab_size}, {str(self)!r})"
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         return isinstance(other, Plan) and (self.n_embd, self.n_layer, self.vocab_size, self.shapes) == \
             (other.n_embd, other.n_layer, other.vocab_size, other.shapes)
 
-    def __bool__(self):
+    def __bool__(self) -> bool:
         return bool(self.shapes)
 
-    def shape(self, name, block=None):
-        """(a_rows, a_cols, factors) of matrix `name` in `block` (None for wte), or None where it is dense."""
+    def shape(self, name: str, block: int | None = None) -> Shape | None:
+        """The shape of matrix `name` in `block` (None for wte), or None where that matrix is dense."""
         return self.shapes.get((name, block))
 
     @property
-    def names(self):
+    def names(self) -> tuple[str, ...]:
         """The matrices factored in at least one place, in MATRICES order."""
         return tuple(name for name in MATRICES if any(matrix == name for matrix, _ in self.shapes))
 
     @property
-    def blocks(self):
+    def blocks(self) -> tuple[int, ...]:
         """The blocks with at least one factored matrix."""
         return tuple(sorted({block for _, block in self.shapes if block is not None}))
 
-    def places(self, name):
-        """[(block, shape)] of every place where matrix `name` is factored (block None for wte)."""
+    def places(self, name: str) -> list[tuple[int | None, Shape]]:
+        """(block, shape) of every place where matrix `name` is factored (block None for wte)."""
         return [(block, shape) for (matrix, block), shape in self.shapes.items() if matrix == name]
 
-    def check_init(self, init):
-        """prune keeps every k-th row or column of W: it needs every factored matrix's B to be one row or column."""
+    def check_init(self, init: str) -> None:
+        """Raise ValueError if `init` cannot initialise this plan: prune keeps every k-th row or column of W, so it
+        needs every factored matrix's B to be one row or column."""
         if init != "prune":
             return
         for (name, block), shape in self.shapes.items():
@@ -317,7 +320,7 @@ class Plan:
                                  f"{b_rows}x{b_cols}: use {rows}={in_features} (keeps every k-th column of W) or "
                                  f"{cols}={out_features} (keeps every k-th row), or init vl, vl_norm or random")
 
-    def count_parts(self, block_size=1024, bias=True):
+    def count_parts(self, block_size: int = 1024, bias: bool = True) -> dict[str, int]:
         """Parameters of GPT(GPTConfig(...)) with this plan by part: embedding (wte, tied to lm_head), position
         (wpe), attention, mlp and norms (every LayerNorm)."""
         n_embd, vocab_size, b = self.n_embd, self.vocab_size, int(bias)
@@ -330,7 +333,7 @@ class Plan:
                     matrix_shape(name, n_embd, vocab_size)[1] * b
         return parts
 
-    def flops(self):
+    def flops(self) -> int:
         """Multiply-adds per token in all weight matrices (attention's and the MLP's, lm_head); attention's score
         and value products, which grow with the context, are left out."""
         blocks = sum(matrix_flops(name, self.shape(name, block), self.n_embd, self.vocab_size)

@@ -27,6 +27,7 @@ IGNORE_INDEX = -1  # a target that is not scored, in GPT.forward's loss and in p
 
 @dataclass
 class GPTConfig:
+    """A GPT's shape, GPT-2 small's by default, with its plan: `plan`, the kron_shapes.Plan read from `kron`."""
     block_size: int = 1024
     vocab_size: int = 50257
     n_layer: int = 12
@@ -39,7 +40,7 @@ class GPTConfig:
     kron: dict | None = None
     # The teacher's blocks this model's blocks were copied from, in order (kron_decompose.py --keep_blocks); None
     # for a model of all its teacher's blocks.
-    teacher_blocks: list | None = None
+    teacher_blocks: list[int] | None = None
 
     def __post_init__(self):
         if self.n_embd % self.n_head != 0:
@@ -47,15 +48,15 @@ class GPTConfig:
         self.plan = Plan.from_settings(self.n_embd, self.n_layer, self.vocab_size, kron=self.kron)
         self.kron = self.plan.to_kron() or None
 
-    def with_plan(self, plan):
-        """This config with another plan (a Plan for the same n_embd, n_layer and vocab_size)."""
+    def with_plan(self, plan: Plan) -> "GPTConfig":
+        """Returns this config with another plan, one for the same n_embd, n_layer and vocab_size."""
         if (plan.n_embd, plan.n_layer, plan.vocab_size) != (self.n_embd, self.n_layer, self.vocab_size):
             raise ValueError(f"a plan for n_embd={plan.n_embd}, n_layer={plan.n_layer}, vocab_size={plan.vocab_size} "
                              f"does not fit a model with {self.n_embd}, {self.n_layer}, {self.vocab_size}")
         return replace(self, kron=plan.to_kron() or None)
 
-    def to_args(self):
-        """The config as plain values, what a checkpoint stores (GPTConfig.from_args reads it back)."""
+    def to_args(self) -> dict:
+        """Returns the config as plain values, what a checkpoint stores (GPTConfig.from_args reads it back)."""
         return asdict(self)
 
     @classmethod
