@@ -28,7 +28,8 @@ except ImportError:  # in the repository it is a top-level module
 
 
 def kronecker_sum(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-    """W = sum_r kron(A[r], B[r]), materialized in one einsum: for checks, exports and inits, never the forward."""
+    """Returns W = sum_r kron(A[r], B[r]), materialized in one einsum: for inits, exports and checks, never for a
+    forward pass."""
     (_, a_rows, a_cols), (_, b_rows, b_cols) = A.shape, B.shape
     w = torch.einsum("rij,rkl->ikjl", A, B)  # W[i*b_rows + k, j*b_cols + l] = sum_r A[r,i,j] B[r,k,l]
     return w.reshape(a_rows * b_rows, a_cols * b_cols)
@@ -42,7 +43,7 @@ def entry_std(std: float, factors: int) -> float:
 
 def kronecker_matmul(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, bias: torch.Tensor | None,
                      a_first: bool) -> torch.Tensor:
-    """x (..., in_features) @ sum_r kron(A[r], B[r]) + bias, of shape (..., out_features), without building W.
+    """Returns x (..., in_features) @ sum_r kron(A[r], B[r]) + bias, of shape (..., out_features), without W.
     A and B may be transposed views (KroneckerEmbedding's lm_head). One term whose B is a single row or column
     takes a fast path (below); every other shape is contracted in the order a_first picks."""
     r, a_rows, a_cols = A.shape
@@ -59,7 +60,7 @@ def kronecker_matmul(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, bias: to
 
 
 def contract(x, A, B, bias, a_first):
-    """x (n, a_rows*b_rows) @ sum_r kron(A[r], B[r]) + bias, of shape (n, a_cols*b_cols), in two matmuls.
+    """Returns x (n, a_rows*b_rows) @ sum_r kron(A[r], B[r]) + bias, of shape (n, a_cols*b_cols), in two matmuls.
 
     Each row of x, viewed as X (a_rows, b_rows), maps to sum_r A_r^T X B_r, computed as (A^T X) B when a_first,
     else as A^T (X B) (kron_flops counts both). Stacking the r terms along one GEMM dimension makes the sum over r
@@ -187,14 +188,14 @@ def apply_or_compute(function, *args):
 
 
 def outer_product_matmul(x, A, b, bias):
-    """x (n, in_features) @ kron(A, b) + bias for one term whose B is the row b: (x A) (x) b, an outer product of
-    each row of x A with b."""
+    """Returns x (n, in_features) @ kron(A, b) + bias for one term whose B is the row b: (x A) (x) b, an outer
+    product of each row of x A with b."""
     return apply_or_compute(OuterProduct, x @ A, b, bias)
 
 
 def matvec_matmul(x, A, b, bias):
-    """x (n, in_features) @ kron(A, b) + bias for one term whose B is the column b: each row of x, viewed as
-    X (a_rows, len(b)), maps to (X b) A, a matrix-vector product, then a GEMM with A that adds the bias."""
+    """Returns x (n, in_features) @ kron(A, b) + bias for one term whose B is the column b: each row of x, viewed
+    as X (a_rows, len(b)), maps to (X b) A, a matrix-vector product, then a GEMM with A that adds the bias."""
     t = apply_or_compute(MatVec, x.reshape(-1, len(b)), b).view(x.shape[0], -1)
     return t @ A if bias is None else torch.addmm(bias, t, A)
 
@@ -259,9 +260,10 @@ def fuses_mlp(c_fc: nn.Module, c_proj: nn.Module) -> bool:
 
 
 def kronecker_mlp(x: torch.Tensor, c_fc: KroneckerLinear, c_proj: KroneckerLinear) -> torch.Tensor:
-    """c_proj(gelu(c_fc(x))) (tanh GELU) for a pair that fuses_mlp accepts, without the 4*n_embd hidden layer:
-    c_fc's outer product, the GELU and c_proj's matrix-vector product collapse into GeluContract, between x @ A_fc
-    and the GEMM with A_proj. Two GEMMs of a quarter of the dense MLP's FLOPs and one pass over the hidden values."""
+    """Returns c_proj(gelu(c_fc(x))) (tanh GELU) for a pair that fuses_mlp accepts, without the 4*n_embd hidden
+    layer: c_fc's outer product, the GELU and c_proj's matrix-vector product collapse into GeluContract, between
+    x @ A_fc and the GEMM with A_proj. That is two GEMMs of a quarter of the dense MLP's FLOPs and one pass over
+    the hidden values."""
     lead_shape = x.shape[:-1]
     t = x.reshape(-1, c_fc.in_features) @ c_fc.A[0]
     s = apply_or_compute(GeluContract, t, c_fc.B.reshape(-1), c_fc.bias.view(t.shape[1], -1), c_proj.B.reshape(-1))
