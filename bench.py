@@ -49,7 +49,7 @@ import torch
 import torch.nn as nn
 
 from checkpoints import load_model
-from common import ACT_STEPS, CALIBRATION_TOKENS, write_json, write_text
+from common import ACT_STEPS, CALIBRATION_TOKENS, UsageError, exit_on_usage_error, one_line, write_json, write_text
 from devices import autocast_context, default_device, setup_device
 from kron_shapes import matrix_shape
 from kronecker import KroneckerEmbedding, KroneckerLinear
@@ -298,13 +298,22 @@ def model_steps(config, args, dtype, compile_model):
     return train_step, generate, raw_model.get_num_params(non_embedding=False)
 
 
-def bench_export(args):
+def gpt2_tokenizer():
+    """transformers' GPT-2 tokenizer, which krony_to_gpt.py writes into an export."""
+    from transformers import AutoTokenizer
+    try:
+        return AutoTokenizer.from_pretrained("gpt2")
+    except Exception as e:
+        raise UsageError(f"--export needs GPT-2's tokenizer files ({one_line(e)}): connect to the network once, or "
+                         f"set HF_HUB_CACHE to a folder that holds them") from None
+
+
+def bench_export(args, tokenizer):
     """krony_to_gpt.py's two exports of the 81M and 95M models (random weights): size on disk, parameters, and
     transformers' generate() with its key-value cache, factored against dense."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     import krony_to_gpt
-    tokenizer = AutoTokenizer.from_pretrained("gpt2")
     print(f"\n## Exports: krony_to_gpt.py dense vs --keep_factors (random weights, wte scaled so that greedy "
           f"decoding has no near-ties); generate() with the KV cache, batch 1, {args.export_new_tokens} new tokens "
           f"after a {args.prompt_len}-token prompt, float32, median of {args.iters}\n")
@@ -356,7 +365,25 @@ def plain_loop(hf_model, tokens, context, device):
     return math.exp(torch.stack(losses).mean().item())
 
 
-def bench_eval(args):
+def read_eval_tokens(args):
+    """--eval's tokens, read before any benchmark runs: a missing file or an unreachable hub fails in seconds."""
+    import perplexity
+    names = perplexity.resolve_datasets([args.eval])
+    if len(names) != 1:
+        raise UsageError(f"--eval {args.eval}: give one dataset (wiki103, wiki2, lambada or a .bin/.jsonl/.txt file)")
+    if perplexity.dataset_vocab(names[0]) is not None:
+        raise UsageError(f"--eval {args.eval} holds characters (a meta.json is beside it): GPT-2 124M reads GPT-2 "
+                         f"tokens")
+    tokens = perplexity.load_tokens(names[0], args.data_dir, args.eval_tokens)[0]
+    if len(tokens) < 2:
+        raise UsageError(f"--eval {args.eval} has {len(tokens)} token(s): perplexity needs at least 2")
+    if tokens.max() >= GPTConfig().vocab_size:
+        raise UsageError(f"--eval {args.eval} holds token id {tokens.max().item()}, beyond GPT-2's vocabulary: not "
+                         f"GPT-2 tokens")
+    return tokens
+
+
+def bench_eval(args, tokens):
     """perplexity.py against plain_loop on a random GPT-2 124M: speed does not depend on the weights."""
     import perplexity
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -366,7 +393,6 @@ def bench_eval(args):
         GPT2LMHeadModel(GPT2Config()).save_pretrained(tmp_dir)
         hf_model = GPT2LMHeadModel.from_pretrained(tmp_dir, dtype=torch.float32).to(device).eval()
         model = load_model(tmp_dir, map_location=device).eval()
-    tokens = perplexity.load_tokens(args.eval, args.data_dir, args.eval_tokens)[0]
     context = model.config.block_size
     print(f"\n## Evaluation: random GPT-2 124M on {args.eval}, {len(tokens):,} tokens, windows of {context}, "
           f"float32, one timed run each after a warm-up\n")
@@ -522,8 +548,82 @@ def device_name(device):
     return f"{name}, {torch.get_num_threads()} threads"
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's own mistakes (an unknown flag, a value of the wrong type) told in one line, as every other."""
+
+    def error(self, message):
+        raise UsageError(message)
+
+
+# counts that must be at least 1 (at least 0 for MAY_BE_ZERO), checked before the defaults fill the unset ones
+COUNTS = ("batch_size", "seq_len", "model_batch_size", "model_seq_len", "prompt_len", "iters", "threads",
+          "export_new_tokens", "eval_batch_size", "act_layers", "act_steps", "decode_tokens", "n_layer")
+MAY_BE_ZERO = ("warmup", "gen_tokens")
+
+
+def check_args(args):
+    """Refuse every mistake in the arguments with a UsageError, before any benchmark runs; fill in the defaults
+    that depend on the device and on --suite."""
+    for name in COUNTS + MAY_BE_ZERO:
+        value, least = getattr(args, name), 0 if name in MAY_BE_ZERO else 1
+        if value is not None and value < least:
+            raise UsageError(f"--{name} must be at least {least}, got {value}")
+    if args.eval_tokens < 2:
+        raise UsageError(f"--eval_tokens must be at least 2 (one to predict from, one to predict), got "
+                         f"{args.eval_tokens}")
+    try:
+        args.device = str(setup_device(args.device))
+    except ValueError as e:
+        raise UsageError(f"--device: {e}") from None
+    gpu = args.device.startswith(("cuda", "mps"))
+    args.decode_compile = args.compile
+    if args.suite:
+        apply_suite(args)
+    if args.decode_profile and not args.decode:
+        raise UsageError("--decode_profile profiles the decode section: add --decode")
+    args.dtypes = (args.dtype or "float32").split(",")
+    unknown = sorted(set(args.dtypes) - {"float32", "bfloat16", "float16"})
+    if unknown:
+        raise UsageError(f"--dtype {','.join(unknown)}: expected float32, bfloat16 or float16")
+    args.layer_models, args.models = args.layer_models.split(","), args.models.split(",")
+    for flag, names, known in (("--layer_models", args.layer_models, [s[0] for s in LAYER_SHAPES]),
+                               ("--models", args.models, [name.split(" (")[0] for name, _ in MODELS])):
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise UsageError(f"{flag} {','.join(unknown)}: expected some of {','.join(dict.fromkeys(known))}")
+    if args.compile and args.compile_backend not in torch.compiler.list_backends(exclude_tags=()):
+        raise UsageError(f"--compile_backend {args.compile_backend} is not a torch.compile backend: inductor, eager, "
+                         f"aot_eager, or another of torch.compiler.list_backends()")
+    if args.data_dir and not args.eval:
+        raise UsageError("--data_dir is where --eval reads its dataset: add --eval")
+    if args.data_dir and not os.path.isdir(args.data_dir):
+        raise UsageError(f"--data_dir {args.data_dir} is not a directory")
+    if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        raise UsageError(f"--out {args.out}: no such folder {os.path.dirname(os.path.abspath(args.out))}")
+
+    args.batch_size, args.seq_len = args.batch_size or 8, args.seq_len or 1024
+    args.model_batch_size = args.model_batch_size or (8 if gpu else 1)
+    args.model_seq_len = args.model_seq_len or (1024 if gpu else 256)
+    args.gen_tokens = (100 if gpu else 20) if args.gen_tokens is None else args.gen_tokens
+    args.decode_tokens = args.decode_tokens or (128 if gpu else 64)
+    args.iters = args.iters or (20 if gpu else 5)
+    context = GPTConfig().block_size  # GPT-2's, of every model timed
+    if args.model_seq_len > context:
+        raise UsageError(f"--model_seq_len {args.model_seq_len} is longer than GPT-2's context of {context}")
+    for section, new_tokens in (("decode", args.decode_tokens), ("export", args.export_new_tokens)):
+        if getattr(args, section) and args.prompt_len + new_tokens > context:
+            raise UsageError(f"--{section}: --prompt_len {args.prompt_len} and {new_tokens} new tokens do not fit "
+                             f"GPT-2's context of {context}")
+    if args.decode and args.n_layer < 2:
+        raise UsageError("--decode times DistilGPT2's shape, half of --n_layer blocks: --n_layer must be at least 2")
+    if args.act and args.calibration_tokens < context:
+        raise UsageError(f"--calibration_tokens must be at least GPT-2's context of {context}, got "
+                         f"{args.calibration_tokens}")
+
+
+@exit_on_usage_error("bench.py")
+def main(argv=None):
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default=default_device())
     parser.add_argument("--dtype", help="one or more of float32,bfloat16,float16 (default: float32; --suite: bfloat16)")
     parser.add_argument("--batch_size", type=int, help="layer benchmark: sequences (default: 8; --suite on CPU: 1)")
@@ -563,27 +663,12 @@ def main():
                              "fewer: a quick check of the code")
     parser.add_argument("--suite", choices=["gpu"], help="the prepared GPU check (see above); implies its sections")
     parser.add_argument("--out", help="write the tables to OUT.json and OUT.md")
-    args = parser.parse_args()
-    gpu = args.device.startswith(("cuda", "mps"))
-    args.decode_compile = args.compile
-    if args.suite:
-        apply_suite(args)
-    if args.decode_profile and not args.decode:
-        parser.error("--decode_profile profiles the decode section: add --decode")
-    args.dtypes = (args.dtype or "float32").split(",")
-    unknown = sorted(set(args.dtypes) - {"float32", "bfloat16", "float16"})
-    if unknown:
-        parser.error(f"--dtype {','.join(unknown)}: expected float32, bfloat16 or float16")
-    args.layer_models, args.models = args.layer_models.split(","), args.models.split(",")
-    args.batch_size, args.seq_len = args.batch_size or 8, args.seq_len or 1024
-    args.model_batch_size = args.model_batch_size or (8 if gpu else 1)
-    args.model_seq_len = args.model_seq_len or (1024 if gpu else 256)
-    args.gen_tokens = (100 if gpu else 20) if args.gen_tokens is None else args.gen_tokens
-    args.decode_tokens = args.decode_tokens or (128 if gpu else 64)
-    args.iters = args.iters or (20 if gpu else 5)
+    args = parser.parse_args(argv)
+    check_args(args)
+    tokens = read_eval_tokens(args) if args.eval else None  # what could still fail, before any benchmark runs
+    tokenizer = gpt2_tokenizer() if args.export else None
     if args.threads:
         torch.set_num_threads(args.threads)
-    setup_device(args.device)
 
     print(f"# bench.py on {args.device} ({device_name(args.device)}), torch {torch.__version__}")
     print(f"command: python {' '.join(sys.argv)}")
@@ -592,9 +677,9 @@ def main():
     if not args.skip_models:
         bench_models(args)
     if args.eval:
-        bench_eval(args)
+        bench_eval(args, tokens)
     if args.export:
-        bench_export(args)
+        bench_export(args, tokenizer)
     if args.act:
         bench_act(args)
     if args.decode:
