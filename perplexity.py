@@ -14,7 +14,9 @@ characters scores it, per character, with its bits per character (log2 of that p
 scores nothing else.
 
 An export's model card (MODEL/README.md, krony_to_gpt.py's) gets the wiki103, wiki2 and lambada scores as
-model-index results; nothing else in it changes.
+model-index results, and nothing else in it changes. Only full-protocol scores go there: a run with --max_tokens,
+--stride or a dtype other than float32 prints its scores and says that it left the card as it was, so a partial
+score never replaces a full one.
 
 The paper's protocol (the default): the test split's rows joined with "\\n\\n" and tokenized once with GPT-2's
 tokenizer, cut into windows of the model's context length, stride equal to it; each window's loss has
@@ -281,6 +283,13 @@ def resolve_datasets(names):
     return list(dict.fromkeys(resolved))
 
 
+def protocol_changes(args):
+    """The flags, as given, that make a run's scores other than the paper's full protocol over whole test sets."""
+    changes = [f"--{flag} {value}" for flag, value in (("max_tokens", args.max_tokens), ("stride", args.stride))
+               if value is not None]
+    return changes + ([f"--dtype {args.dtype}"] if args.dtype != "float32" else [])
+
+
 def print_table(results):
     width = max(len("dataset"), *map(len, results))
     print(f"{'dataset':<{width}} {'perplexity':>10} {'tokens':>11} {'windows':>8} {'bits/char':>9} {'acc':>7} "
@@ -295,20 +304,29 @@ def print_table(results):
 
 @exit_on_usage_error("perplexity.py")
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="checkpoint file, Hugging Face GPT-2 directory, or hub name")
+    summary_and_examples = "\n\n".join(__doc__.split("\n\n")[:2])  # the rest is for readers of the code
+    parser = argparse.ArgumentParser(description=summary_and_examples,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="The protocol, --stride, LAMBADA's last word and the model card: the top "
+                                            "of perplexity.py.")
+    parser.add_argument("model", help="checkpoint file, Hugging Face GPT-2 folder, or hub name (gpt2, distilgpt2)")
     parser.add_argument("datasets", nargs="*", default=["all"], metavar="DATASET",
-                        help="wiki103, wiki2 (or wiki1), lambada, all (default), or a .bin/.jsonl/.txt file")
-    parser.add_argument("--data_dir", help="read the named datasets from JSON-lines files here, not the hub")
-    parser.add_argument("--stride", type=int, help="sliding-window stride (default: the paper's disjoint windows)")
-    parser.add_argument("--max_tokens", type=int, help="score only the first N tokens of each dataset")
-    parser.add_argument("--batch_size", type=int,
-                        help="windows (or LAMBADA passages) per forward pass; default 8 on a GPU, 1 on a CPU, where "
-                             "batching only adds memory traffic (bench.py --eval measures it)")
-    parser.add_argument("--device", default=default_device())
+                        help="wiki103, wiki2 (or wiki1), lambada, all (the three), or a .bin/.jsonl/.txt file "
+                             "(default: all)")
+    parser.add_argument("--data_dir", metavar="DIR",
+                        help="read the named datasets from JSON-lines files here (default: the Hugging Face Hub)")
+    parser.add_argument("--stride", type=int, metavar="S",
+                        help="sliding windows every S tokens (default: the paper's disjoint windows)")
+    parser.add_argument("--max_tokens", type=int, metavar="N",
+                        help="score only the first N tokens of each dataset (default: all; a partial score leaves "
+                             "the model card as it was)")
+    parser.add_argument("--batch_size", type=int, metavar="N",
+                        help="windows or LAMBADA passages per forward pass (default: 8 on a GPU, 1 on a CPU, where "
+                             "batching only adds memory traffic)")
+    parser.add_argument("--device", default=default_device(), help="(default: %(default)s, the fastest here)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                        help="autocast dtype of the forward pass (default float32, as the paper)")
-    parser.add_argument("--out", help="write the results to this JSON file")
+                        help="autocast dtype of the forward pass (default: %(default)s, the paper's)")
+    parser.add_argument("--out", metavar="FILE", help="also write the results to this JSON file (default: none)")
     args = parser.parse_args(argv)
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError("--batch_size must be at least 1")
@@ -369,11 +387,15 @@ def main(argv=None):
     print_table(report["datasets"])
     card = os.path.join(args.model, CARD) if os.path.isdir(args.model) else None
     named = [dataset for dataset in report["datasets"] if dataset in DATASETS]  # the test sets, not local files
-    if card and os.path.isfile(card) and named:  # an export's model card gets the scores
-        limit = f", first {args.max_tokens:,} tokens" if args.max_tokens else ""
-        add_results(card, os.path.basename(os.path.normpath(args.model)),
-                    {DATASETS[dataset][:2]: report["datasets"][dataset] for dataset in named}, protocol + limit)
-        print(f"added {', '.join(named)} to {card}'s model-index", file=sys.stderr)
+    if card and os.path.isfile(card) and named:  # an export's model card gets the scores of the full protocol
+        changes = protocol_changes(args)
+        if changes:
+            print(f"left {card} unchanged: its model-index takes only full-protocol scores, and this run used "
+                  f"{', '.join(changes)}", file=sys.stderr)
+        else:
+            add_results(card, os.path.basename(os.path.normpath(args.model)),
+                        {DATASETS[dataset][:2]: report["datasets"][dataset] for dataset in named}, protocol)
+            print(f"added {', '.join(named)} to {card}'s model-index", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -20,16 +20,20 @@ from devices import autocast_context, default_device, setup_device
 @exit_on_usage_error("sample.py")
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="checkpoint file, Hugging Face GPT-2 directory, or hub name")
-    parser.add_argument("--start", default="\n", help='prompt text, or "FILE:path" to read it from a file')
-    parser.add_argument("--num_samples", type=int, default=3)
-    parser.add_argument("--max_new_tokens", type=int, default=200)
-    parser.add_argument("--temperature", type=float, default=0.8, help="0 samples greedily")
-    parser.add_argument("--top_k", type=int, default=200, help="keep the k most likely tokens (0: all)")
-    parser.add_argument("--seed", type=int, default=1337)
-    parser.add_argument("--device", default=default_device())
+    parser.add_argument("model", help="checkpoint file, Hugging Face GPT-2 folder, or hub name (gpt2, distilgpt2)")
+    parser.add_argument("--start", default="\n", metavar="TEXT",
+                        help='the prompt, or "FILE:path" to read it from a file (default: a newline)')
+    parser.add_argument("--num_samples", type=int, default=3, metavar="N", help="(default: %(default)s)")
+    parser.add_argument("--max_new_tokens", type=int, default=200, metavar="N",
+                        help="tokens (characters for a model of characters) per sample (default: %(default)s)")
+    parser.add_argument("--temperature", type=float, default=0.8, metavar="T",
+                        help="0 samples greedily (default: %(default)s)")
+    parser.add_argument("--top_k", type=int, default=200, metavar="K",
+                        help="sample from the K most likely tokens, 0: from all (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=1337, help="(default: %(default)s)")
+    parser.add_argument("--device", default=default_device(), help="(default: %(default)s, the fastest here)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                        help="autocast dtype of the forward pass, as in perplexity.py and train.py")
+                        help="autocast dtype of the forward pass (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.temperature < 0 or args.top_k < 0 or args.num_samples < 1 or args.max_new_tokens < 0:
         raise UsageError("temperature and top_k must be >= 0, num_samples >= 1, max_new_tokens >= 0")

