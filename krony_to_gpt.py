@@ -33,7 +33,7 @@ import shutil
 
 import torch
 
-from checkpoints import load_checkpoint
+from checkpoints import load_checkpoint, seal_safetensors
 from common import EOT, UsageError, exit_on_usage_error, one_line, write_vocab
 from compress import materialize
 from model import HF_CONV1D_WEIGHTS
@@ -141,6 +141,7 @@ def export(model, out_dir, tokenizer, keep_factors=False, itos=None, checkpoint=
         hf_model = to_hf_factored(model, tmp_dir) if keep_factors else to_hf(model)
         hf_model.generation_config = generation_config(model.config)
         hf_model.save_pretrained(tmp_dir)
+        seal_safetensors(os.path.join(tmp_dir, "model.safetensors"))  # the CRC-32 checkpoints.load_model checks
         if keep_factors:
             copy_remote_code(tmp_dir)  # save_pretrained copies the code it imported: make sure it is ours
         with open(os.path.join(tmp_dir, CARD), "w") as f:
