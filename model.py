@@ -76,7 +76,7 @@ class GPTConfig:
 
 
 def linear(config, name, in_features, out_features, layer):
-    """nn.Linear, or a KroneckerLinear where the plan factors matrix `name` in block `layer`."""
+    """Returns an nn.Linear, or a KroneckerLinear where the plan factors matrix `name` in block `layer`."""
     shape = config.plan.shape(name, layer)
     if shape is None:
         return nn.Linear(in_features, out_features, bias=config.bias)
@@ -234,7 +234,7 @@ class GPT(nn.Module):
         return (logits, loss, states) if return_hidden else (logits, loss)
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        # Decay every tensor of 2 or more dimensions: matmul weights, embeddings and Kronecker factors;
+        # Decay every tensor of 2 or more dimensions: matmul weights, embeddings and the Kronecker layers' A and B;
         # biases and LayerNorm gains are left alone.
         params = [p for p in self.parameters() if p.requires_grad]
         groups = [
@@ -303,7 +303,7 @@ class GPT(nn.Module):
 
 
 def factorable_matrices(model):
-    """(name, layer, module) of every matrix a plan can factor: ("wte", None, wte), then per block
+    """Yields (name, layer, module) of every matrix a plan can factor: ("wte", None, wte), then per block
     ("c_attn", i, ...), ("attn_proj", i, ...), ("c_fc", i, ...), ("c_proj", i, ...); dense or factored."""
     yield "wte", None, model.transformer.wte
     for i, block in enumerate(model.transformer.h):
@@ -314,7 +314,7 @@ def factorable_matrices(model):
 
 
 def weight_of(module):
-    """W of a factorable matrix in the plan's orientation: (in, out) as in x @ W, wte (vocab, n_embd)."""
+    """Returns W of a factorable matrix in the plan's orientation: (in, out) as in x @ W, wte (vocab, n_embd)."""
     if isinstance(module, (KroneckerLinear, KroneckerEmbedding)):
         return module.dense_weight()
     return module.weight if isinstance(module, nn.Embedding) else module.weight.t()
