@@ -7,7 +7,8 @@ Step 1 of the pipeline: choose Kronecker factor shapes, and initialise a compres
     python kron_decompose.py 768 768 1 --kron c_fc@3=768x768:2  # per block: block 3's c_fc with 2 factors
     python kron_decompose.py 768 768 1 --init act --calibration data/owt/train.bin   # fitted to the outputs
     python kron_decompose.py --allocate --target 81M             # per block: the shapes of least error in 81M
-    python kron_decompose.py --list --target 81M                 # every valid MLP shape; needs no weights
+    python kron_decompose.py --list --target 81M                 # every valid MLP shape, the closest to 81M last
+    python kron_decompose.py --list --target 81M --top 5         # ... or only the 5 closest; needs no weights
     python kron_decompose.py --list --matrix c_attn              # ... or of any other factorable matrix
     python kron_decompose.py --rank c_fc=64 --rank c_proj=64     # rank-64 factors: the truncated SVD
     python kron_decompose.py --keep_blocks 0,2,4,6,8,10          # DistilGPT2's student: every other block
@@ -35,18 +36,33 @@ tr(D^T C D) / tr(W^T C W), D = W - W_hat, C the second moment of the inputs the 
 squared relative error its closed form leaves (weight error; output error with --init act) and picks, block
 by block, the plan of least total error within --target parameters without wpe (an exact knapsack).
 A teacher that is itself a Kronecker checkpoint is decomposed through its materialized weights, so a model
-can be re-factored into another plan. The decompositions are compress.py (train.py uses them too); this file
-is the command line and the shape listing, which needs no torch and answers at once.
+can be re-factored into another plan. The student goes to --out, refused if it exists (--overwrite replaces it),
+by default a name of the teacher and the plan that no other teacher's student shares (teacher_name); the last line
+printed is the train.py command that fine-tunes it, on the teacher's data and sized by its run (next_command).
+The decompositions are compress.py (train.py uses them too); this file is the command line and the shape
+listing, which needs no torch and answers at once.
 """
 
 import argparse
+import hashlib
 import os
 import re
+import shlex
 import time
 
 from common import ACT_LR, ACT_STEPS, CALIBRATION_TOKENS, INIT_NAMES, UsageError, exit_on_usage_error, read_calibration
 from kron_shapes import (BLOCK_MATRICES, MATRICES, PART_OF, Plan, allocate, count_params, list_shapes,
                          matrix_shape, parse_blocks, parse_kron, parse_rank, rank_kron, weight_params)
+
+# The fine-tuning suggested after a student is written is sized by the teacher's own run (its checkpoint's "config"):
+# the same data, context and batches, a twentieth of its iterations at 0.3 of its learning rate, as
+# config/study_frontier_char.py fine-tunes the students of a 6,000-iteration teacher (300 iterations at 3e-4 of 1e-3).
+FINETUNE_ITERS, FINETUNE_LR = 1 / 20, 0.3
+RUN_KEYS = {"dataset", "data_dir", "block_size", "batch_size", "gradient_accumulation_steps", "max_iters",
+            "learning_rate", "eval_iters", "compile"}
+# A character-level teacher that recorded no run is sized as that teacher (config/train_shakespeare_char.py).
+CHAR_TEACHER_RUN = dict(block_size=128, batch_size=16, gradient_accumulation_steps=1, max_iters=6000,
+                        learning_rate=1e-3, eval_iters=20, compile=False)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -59,24 +75,45 @@ def mark_target(rows, target):
     return [i for i, d in enumerate(distance) if d == min(distance)]
 
 
-def format_listing(rows, n_embd, n_layer, target=None, matrix="mlp", vocab_size=50257):
+def closest_first(rows, target):
+    """Indices of all rows, the closest to `target` parameters without wpe first (ties in listing order)."""
+    return sorted(range(len(rows)), key=lambda i: (abs(rows[i]["params_no_wpe"] - target), i))
+
+
+def format_listing(rows, n_embd, n_layer, target=None, matrix="mlp", vocab_size=50257, top=None):
+    """The table of `rows`, the shapes closest to `target` marked. With a target the closest rows are repeated at
+    the end, where the eye lands after a long table; with `top`, only the top closest rows, closest first."""
     dense, dense_no_wpe = count_params(n_embd, n_layer=n_layer, vocab_size=vocab_size)
     name = "c_fc" if matrix == "mlp" else matrix
     rows_dim, cols_dim = matrix_shape(name, n_embd, vocab_size)
     what = (f"c_fc is {rows_dim}x{cols_dim} (A (x) B), c_proj its transpose (A^T (x) B^T)" if matrix == "mlp"
             else f"{matrix} is {rows_dim}x{cols_dim} (A (x) B)" + ("" if matrix == "wte" else ", in every block"))
     flops = "MLP" if matrix == "mlp" else matrix
+    header = (f"{'dim_1':>5} {'dim_2':>5} {'factors':>7} {'A (' + name + ')':>12} {'B (' + name + ')':>12} "
+              f"{'per matrix':>12} {'parameters':>12} {'without wpe':>12} {flops + ' FLOPs':>11} {'model FLOPs':>11}")
     lines = [f"dense: {dense:,} parameters, {dense_no_wpe:,} without wpe (n_embd={n_embd}, n_layer={n_layer}); {what}",
              f"FLOPs: multiply-adds per token relative to dense ({flops}: in its cheaper order"
              f"{', as lm_head' if matrix == 'wte' else ''}; model: all weight matrices)",
-             f"{'dim_1':>5} {'dim_2':>5} {'factors':>7} {'A (' + name + ')':>12} {'B (' + name + ')':>12} "
-             f"{'per matrix':>12} {'parameters':>12} {'without wpe':>12} {flops + ' FLOPs':>11} {'model FLOPs':>11}"]
+             header]
     marked = set(mark_target(rows, target)) if target else set()
-    for i, r in enumerate(rows):
-        mark = f"  <- {target / 1e6:g}M" if i in marked else ""
-        lines.append(f"{r['dim_1']:>5} {r['dim_2']:>5} {r['factors']:>7} {r['a_shape']:>12} {r['b_shape']:>12} "
-                     f"{r['matrix_params']:>12,} {r['params']:>12,} {r['params_no_wpe']:>12,} "
-                     f"{r['matrix_flops']:>11.1%} {r['model_flops']:>11.1%}{mark}")
+
+    def row_line(i, mark=True):
+        r = rows[i]
+        return (f"{r['dim_1']:>5} {r['dim_2']:>5} {r['factors']:>7} {r['a_shape']:>12} {r['b_shape']:>12} "
+                f"{r['matrix_params']:>12,} {r['params']:>12,} {r['params_no_wpe']:>12,} "
+                f"{r['matrix_flops']:>11.1%} {r['model_flops']:>11.1%}"
+                + (f"  <- {target / 1e6:g}M" if mark and i in marked else ""))
+
+    if top:
+        shown = closest_first(rows, target)[:top]
+        lines += [row_line(i) for i in shown]
+        lines.append(f"the {len(shown)} of {len(rows)} valid shapes closest to {target:,} parameters without wpe, "
+                     f"closest first; {len(marked)} marked as closest")
+        return "\n".join(lines)
+    lines += [row_line(i) for i in range(len(rows))]
+    if target:
+        lines += [f"closest to {target:,} parameters without wpe (--top N: the N closest alone):", header]
+        lines += [row_line(i, mark=False) for i in sorted(marked)]
     lines.append(f"{len(rows)} valid shapes" + (f"; {len(marked)} marked as closest to {target:,} parameters "
                                                 "without wpe" if target else ""))
     return "\n".join(lines)
@@ -94,10 +131,21 @@ def parse_size(text):
 # ----------------------------------------------------------------------------------------------------
 # Command line
 
-def default_out(source, plan, init, target=None, blocks=None):
-    name = os.path.basename(os.path.normpath(source))
+def teacher_name(source):
+    """The teacher's part of the default --out, readable and never another teacher's: a hub name as it is (gpt2);
+    a local file or folder by its parent folder and its name, and 6 hex digits of its absolute path, since train.py
+    names every run's checkpoint ckpt.pt (out-a/ckpt.pt -> out-a-ckpt-1f3a9c)."""
+    if not os.path.exists(source):
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", os.path.basename(os.path.normpath(source)))
+    path = os.path.realpath(source)
+    parent, name = os.path.split(path)
     name = re.sub(r"\.(pt|pth|ckpt)$", "", name)
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", name)
+    digest = hashlib.sha256(path.encode()).hexdigest()[:6]
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{os.path.basename(parent)}-{name}-{digest}")
+
+
+def default_out(source, plan, init, target=None, blocks=None):
+    name = teacher_name(source)
     if blocks is not None:  # --keep_blocks: krony_gpt2-keep-0.2.4_...
         name += f"-keep-{'.'.join(map(str, blocks))}"
         if not plan and target is None:
@@ -112,6 +160,14 @@ def default_out(source, plan, init, target=None, blocks=None):
     return os.path.join("checks", f"krony_{name}_{shape}_{init}.pt")
 
 
+def check_out(out, overwrite):
+    """Refuse, before any weights are read, to write over a file the user made, unless told to."""
+    if os.path.isdir(out):
+        raise UsageError(f"--out {out} is a directory; give a file name")
+    if os.path.exists(out) and not overwrite:
+        raise UsageError(f"--out {out} exists: give another --out, or --overwrite to replace it")
+
+
 def decompose(args, shorthand, kron, ranks=None):
     """Decompose --model by the plan, report the errors and write the checkpoint."""
     # torch takes seconds to import: only now, so that --list and argument errors answer at once
@@ -123,6 +179,7 @@ def decompose(args, shorthand, kron, ranks=None):
     what = f"--model {args.model}"
     shape = load_model_config(args.model, what)  # the plan is checked against the teacher's shape before its weights
     itos = load_vocab(args.model, what)  # a teacher of a character-level dataset: the student reads its characters
+    run = teacher_run(args.model)  # sizes the fine-tuning that the last line suggests
     ranks = ranks or {}
     blocks, n_layer = None, shape.n_layer
     if args.keep_blocks is not None:
@@ -141,8 +198,7 @@ def decompose(args, shorthand, kron, ranks=None):
         except ValueError as e:
             raise UsageError(f"{args.model}: {e}") from None
     out = args.out or default_out(args.model, plan, args.init, args.target if args.allocate else None, blocks)
-    if os.path.isdir(out):
-        raise UsageError(f"--out {out} is a directory; give a file name")
+    check_out(out, args.overwrite)
     if args.init == "act" and not args.calibration:
         raise UsageError("--init act fits the factors to the teacher's outputs: give --calibration FILE, a token "
                          "file of the teacher's vocabulary (e.g. data/owt/train.bin)")
@@ -188,17 +244,45 @@ def decompose(args, shorthand, kron, ranks=None):
     except OSError as e:
         raise UsageError(f"cannot write --out {out}: {e}") from None
     print(f"wrote {out}")
-    if not plan:
-        settings = ""
+    if not plan:  # --keep_blocks alone: a dense student, so the config's plan is unset
+        settings = "--dim_1=None --dim_2=None --factors=None"
     elif shorthand[0] is not None and not kron and not ranks and args.layers == "all" and not args.allocate:
         settings = f"--dim_1={shorthand[0]} --dim_2={shorthand[1]} --factors={shorthand[2]}"
     else:
         settings = f'--dim_1=None --dim_2=None --factors=None --kron="{plan.to_kron()}"'
-    if itos is None:
-        print(f"next: python train.py config/train_gpt2.py --init_from={out} {settings}")
-    else:
-        print(f"next: python train.py --data_dir=DIR --init_from={out} {settings}  (DIR: a dataset of the teacher's "
-              f"{len(itos)} characters, with their meta.json)")
+    print(f"next: {next_command(out, settings, run, itos)}")
+
+
+def teacher_run(source):
+    """The settings train.py trained the teacher with (its checkpoint's "config"), or None where it recorded none
+    (a Hugging Face model, a kron_decompose.py output)."""
+    from checkpoints import read_checkpoint
+    run = read_checkpoint(source, mmap=True).get("config") if os.path.isfile(source) else None
+    return run if run and RUN_KEYS <= run.keys() else None
+
+
+def finetune_settings(run):
+    """train.py settings that fine-tune a student of the teacher that `run` trained (module constants above)."""
+    iters = max(1, round(run["max_iters"] * FINETUNE_ITERS))
+    learning_rate = run["learning_rate"] * FINETUNE_LR
+    return dict(block_size=run["block_size"], batch_size=run["batch_size"],
+                gradient_accumulation_steps=run["gradient_accumulation_steps"], max_iters=iters,
+                lr_decay_iters=iters, warmup_iters=iters // 20, learning_rate=f"{learning_rate:.3g}",
+                min_lr=f"{learning_rate / 10:.3g}", eval_interval=max(1, iters // 2), eval_iters=run["eval_iters"],
+                compile=run["compile"])
+
+
+def next_command(out, plan_settings, run, itos):
+    """The train.py command that fine-tunes the student written to `out`, in out's name without .pt: a teacher of
+    GPT-2 tokens that recorded no run gets the paper's recipe on OpenWebText (config/train_gpt2.py, plan_settings
+    override its plan); any other is fine-tuned as finetune_settings sizes it, on the teacher's data where known."""
+    where = f"--init_from={shlex.quote(out)} --out_dir={shlex.quote(os.path.splitext(out)[0])}"
+    if run is None and itos is None:
+        return f"python train.py config/train_gpt2.py {where} {plan_settings}"
+    data_dir = shlex.quote(run["data_dir"] or os.path.join("data", run["dataset"])) if run else "DIR"
+    settings = " ".join(f"--{key}={value}" for key, value in finetune_settings(run or CHAR_TEACHER_RUN).items())
+    unknown = "" if run else f"  (DIR: a dataset of the teacher's {len(itos)} characters, with their meta.json)"
+    return f"python train.py {where} --data_dir={data_dir} {settings}{unknown}"
 
 
 def allocate_plan(args, teacher, calibration):
@@ -285,53 +369,71 @@ def report(args, teacher, student, errors, outputs, seconds):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dim_1", type=int, nargs="?", help="c_fc's A has dim_1 rows (must divide n_embd)")
-    parser.add_argument("dim_2", type=int, nargs="?", help="c_fc's A has dim_2 columns (must divide 4*n_embd)")
-    parser.add_argument("factors", type=int, nargs="?", help="number of Kronecker products summed per matrix")
-    parser.add_argument("--kron", action="append", default=[], metavar="NAME[@BLOCKS]=ROWSxCOLS:FACTORS",
-                        help=f"factor another matrix ({', '.join(MATRICES)}), in the --layers blocks or, with @BLOCKS "
-                             f"(e.g. c_fc@3=128x128:2), in those; repeat for several")
-    parser.add_argument("--rank", action="append", default=[], metavar="NAME[@BLOCKS]=R",
-                        help="rank-R factors of a matrix (A in x 1, B 1 x out, R factors; vl: the truncated SVD), in "
-                             "the --layers blocks or, with @BLOCKS, in those; repeat for several")
-    parser.add_argument("--keep_blocks", metavar="BLOCKS",
-                        help="keep only these teacher blocks, e.g. 0,2,4 (copied, renumbered 0..k-1); with a plan, "
-                             "the kept model is factored")
-    parser.add_argument("--layers", default="all",
-                        help="blocks whose matrices (the MLP shorthand and NAME entries) are factored: all, odd, even "
-                             "or a list like 0,2,4 (default all)")
-    parser.add_argument("--model", default="gpt2",
-                        help="teacher: a hub name, a local Hugging Face GPT-2 directory, or a krony checkpoint")
-    parser.add_argument("--init", default="vl", choices=INIT_NAMES)
-    parser.add_argument("--calibration", metavar="FILE",
-                        help="a token file (train.bin's format) for --init act, and for the output errors of any init")
-    parser.add_argument("--calibration_tokens", type=int, default=CALIBRATION_TOKENS, metavar="N",
-                        help=f"tokens of --calibration, in windows of the teacher's context "
-                             f"(default {CALIBRATION_TOKENS:,})")
-    parser.add_argument("--act_steps", type=int, default=ACT_STEPS, help=f"--init act: Adam steps per factored MLP or "
-                                                                           f"attention (default {ACT_STEPS})")
-    parser.add_argument("--act_lr", type=float, default=ACT_LR,
-                        help=f"--init act: Adam's learning rate, cosine to a tenth of it (default {ACT_LR:g})")
-    parser.add_argument("--act_sweeps", type=int, default=0, help="--init act: alternating least-squares sweeps "
-                                                                   "between the closed form and Adam (default 0)")
-    parser.add_argument("--device", default="cpu", help="--init act: where the fit runs, cpu or cuda (default cpu)")
-    parser.add_argument("--out", help="checkpoint to write (default checks/krony_MODEL_SHAPE_INIT.pt)")
-    parser.add_argument("--allocate", action="store_true",
-                        help="choose the plan: per block, the shape and factors of each of --matrices with the least "
-                             "total error within --target parameters (no DIM_1 DIM_2 FACTORS)")
-    parser.add_argument("--matrices", default="c_fc,c_proj",
-                        help="--allocate: the matrices it may factor, comma-separated (default c_fc,c_proj)")
-    parser.add_argument("--list", action="store_true", help="list every valid shape instead; needs no weights")
-    parser.add_argument("--matrix", default="mlp", choices=("mlp",) + MATRICES,
-                        help="--list: the matrix whose shapes to list (default mlp: c_fc, c_proj its transpose)")
-    parser.add_argument("--n_embd", type=int, default=768, help="--list: model width")
-    parser.add_argument("--n_layer", type=int, default=12, help="--list: number of blocks")
-    parser.add_argument("--vocab_size", type=int, default=50257, help="--list: vocabulary")
-    parser.add_argument("--factors", dest="factor_counts", default="1",
-                        help="--list: the factor counts to list, comma-separated, e.g. 1,2,4")
-    parser.add_argument("--target", help="--allocate: the parameters without wpe to stay within, e.g. 81M; --list: "
-                                         "mark the shapes closest to this size")
+    # --help shows the module's first two paragraphs (what it does, the examples); the rest is for readers of the code
+    parser = argparse.ArgumentParser(usage="%(prog)s [DIM_1 DIM_2 FACTORS] [--kron ...] [--model SOURCE] [options]\n"
+                                           "       %(prog)s --list [--target SIZE [--top N]] [options]",
+                                     description="\n\n".join(__doc__.strip().split("\n\n")[:2]),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="The top of kron_decompose.py explains the initialisations, --allocate "
+                                            "and the errors it reports.")
+    plan = parser.add_argument_group("the plan (the MLP shorthand, and/or --kron, --rank, --keep_blocks)")
+    plan.add_argument("dim_1", type=int, nargs="?", help="c_fc's A has dim_1 rows (must divide n_embd)")
+    plan.add_argument("dim_2", type=int, nargs="?", help="c_fc's A has dim_2 columns (must divide 4*n_embd)")
+    plan.add_argument("factors", type=int, nargs="?", help="Kronecker products summed per matrix")
+    plan.add_argument("--kron", action="append", default=[], metavar="NAME[@BLOCKS]=ROWSxCOLS:FACTORS",
+                      help=f"factor a matrix ({', '.join(MATRICES)}) in the --layers blocks, or in BLOCKS (e.g. "
+                           f"c_fc@3=128x128:2); repeatable")
+    plan.add_argument("--rank", action="append", default=[], metavar="NAME[@BLOCKS]=R",
+                      help="rank-R factors of a matrix (vl: its truncated SVD); repeatable")
+    plan.add_argument("--keep_blocks", metavar="BLOCKS",
+                      help="keep only these teacher blocks, e.g. 0,2,4 (renumbered 0..k-1)")
+    plan.add_argument("--layers", default="all", metavar="BLOCKS",
+                      help="blocks of the shorthand and plain NAME entries: all, odd, even or e.g. 0,2,4 "
+                           "(default %(default)s)")
+    run = parser.add_argument_group("the teacher, the init and the output")
+    run.add_argument("--model", default="gpt2", metavar="SOURCE",
+                     help="teacher: a hub name, a Hugging Face GPT-2 folder or a krony checkpoint (default "
+                          "%(default)s)")
+    run.add_argument("--init", default="vl", choices=INIT_NAMES, metavar="INIT",
+                     help="vl: Van Loan's nearest Kronecker sum; vl_norm: vl rescaled to ||W||; prune: the paper's "
+                          "pruning; random: from scratch; act: fitted to the teacher's outputs on --calibration "
+                          "(default %(default)s)")
+    run.add_argument("--out", metavar="FILE",
+                     help="checkpoint to write (default checks/krony_TEACHER_SHAPE_INIT.pt, TEACHER a hub name as "
+                          "given, or a local teacher's folder, name and path hash: out-a/ckpt.pt -> out-a-ckpt-1f3a9c)")
+    run.add_argument("--overwrite", action="store_true", help="replace --out if it exists (else refused)")
+    act = parser.add_argument_group("calibration and --init act")
+    act.add_argument("--calibration", metavar="FILE",
+                     help="token file (train.bin's format): needed by act, adds output errors to any init")
+    act.add_argument("--calibration_tokens", type=int, default=CALIBRATION_TOKENS, metavar="N",
+                     help="tokens of --calibration used (default %(default)s)")
+    act.add_argument("--act_steps", type=int, default=ACT_STEPS, metavar="N",
+                     help="Adam steps per factored MLP or attention (default %(default)s)")
+    act.add_argument("--act_lr", type=float, default=ACT_LR, metavar="LR",
+                     help="Adam's learning rate, cosine to a tenth (default %(default)s)")
+    act.add_argument("--act_sweeps", type=int, default=0, metavar="N",
+                     help="alternating least-squares sweeps before Adam (default %(default)s)")
+    act.add_argument("--device", default="cpu", metavar="DEVICE",
+                     help="where the fit runs: cpu, cuda or auto (default %(default)s)")
+    allocate = parser.add_argument_group("--allocate: choose the plan of least error within --target")
+    allocate.add_argument("--allocate", action="store_true",
+                          help="per block, the shapes and factors of --matrices (no DIM_1 DIM_2 FACTORS)")
+    allocate.add_argument("--matrices", default="c_fc,c_proj", metavar="NAMES",
+                          help="the matrices it may factor, comma-separated (default %(default)s)")
+    listing = parser.add_argument_group("--list: every valid shape, from arithmetic alone (no weights, no torch)")
+    listing.add_argument("--list", action="store_true", help="list the shapes instead of decomposing")
+    listing.add_argument("--target", metavar="SIZE",
+                         help="--list: mark the shapes closest to this size without wpe, e.g. 81M, and repeat them at "
+                              "the end; --allocate: the size to stay within")
+    listing.add_argument("--top", type=int, metavar="N",
+                         help="--list --target: only the N closest shapes, closest first")
+    listing.add_argument("--matrix", default="mlp", choices=("mlp",) + MATRICES, metavar="NAME",
+                         help=f"{', '.join(MATRICES)}, or mlp: c_fc, c_proj its transpose (default %(default)s)")
+    listing.add_argument("--factors", dest="factor_counts", default="1", metavar="COUNTS",
+                         help="factor counts to list, comma-separated, e.g. 1,2,4 (default %(default)s)")
+    listing.add_argument("--n_embd", type=int, default=768, metavar="N", help="model width (default %(default)s)")
+    listing.add_argument("--n_layer", type=int, default=12, metavar="N", help="number of blocks (default %(default)s)")
+    listing.add_argument("--vocab_size", type=int, default=50257, metavar="N", help="vocabulary (default %(default)s)")
     return parser
 
 
@@ -340,6 +442,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     shorthand = (args.dim_1, args.dim_2, args.factors)
 
+    if args.top is not None and not (args.list and args.target and args.top >= 1):
+        raise UsageError("--top N shows the N shapes closest to --list --target: give both, and N of at least 1")
     if args.list:
         if any(v is not None for v in shorthand) or args.kron:
             raise UsageError("--list takes no DIM_1 DIM_2 FACTORS nor --kron")
@@ -351,7 +455,7 @@ def main(argv=None):
             raise UsageError("--n_embd, --n_layer, --vocab_size and --factors must be positive")
         target = parse_size(args.target) if args.target else None
         rows = list_shapes(args.n_embd, factors_list, args.n_layer, args.vocab_size, name=args.matrix)
-        print(format_listing(rows, args.n_embd, args.n_layer, target, args.matrix, args.vocab_size))
+        print(format_listing(rows, args.n_embd, args.n_layer, target, args.matrix, args.vocab_size, args.top))
         return
     try:
         kron, ranks = parse_kron(args.kron), parse_rank(args.rank)

@@ -89,7 +89,8 @@ def main():
     n_embd, block_size = teacher_model.config.n_embd, teacher_model.config.block_size
     init_path = os.path.join(out, "krony_init.pt")
     run("3/6 compress the teacher", [
-        "kron_decompose.py", str(n_embd), str(n_embd), "1", "--model", teacher, "--init", "vl", "--out", init_path])
+        "kron_decompose.py", str(n_embd), str(n_embd), "1", "--model", teacher, "--init", "vl", "--out", init_path,
+        "--overwrite"])
 
     krony_dir = os.path.join(out, "krony")
     iters = args.finetune_iters

@@ -7,7 +7,7 @@ from conftest import ROOT, kron_sum, run_main, run_script, tiny_gpt
 
 from checkpoints import load_checkpoint, make_checkpoint, save_checkpoint
 from compress import compress, nearest_kronecker, normalized_kronecker, pruned_kronecker
-from kron_decompose import format_listing, main, mark_target, parse_size
+from kron_decompose import format_listing, main, mark_target, parse_size, teacher_name
 from kron_shapes import Plan, check_shape, count_params, list_shapes
 from model import GPT, GPTConfig, factorable_matrices, weight_of
 
@@ -257,9 +257,9 @@ def test_cli_writes_a_checkpoint_from_hugging_face_and_refuses_garbage(tmp_path,
     result = run_script(SCRIPT, "8", "16", "4", "--model", hf_gpt2_dir, cwd=tmp_path)
     out = result.stdout
     assert result.returncode == 0, result.stderr
-    path = tmp_path / "checks" / f"krony_{os.path.basename(hf_gpt2_dir)}_8_16_4_vl.pt"  # the default --out
+    path = tmp_path / "checks" / f"krony_{teacher_name(hf_gpt2_dir)}_8_16_4_vl.pt"  # the default --out
     assert (f"next: python train.py config/train_gpt2.py --init_from={os.path.join('checks', path.name)} "
-            f"--dim_1=8 --dim_2=16 --factors=4") in out
+            f"--out_dir={os.path.join('checks', path.stem)} --dim_1=8 --dim_2=16 --factors=4") in out
     student, ckpt = load_checkpoint(str(path))
     teacher = GPT.from_pretrained(hf_gpt2_dir)
     mlp_plan = {"c_fc": [8, 16, 4], "c_proj": [16, 8, 4]}  # c_proj's A is c_fc's transposed

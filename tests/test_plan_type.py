@@ -186,7 +186,8 @@ def test_kron_decompose_per_block_writes_each_blocks_van_loan_factors(tmp_path, 
     status, out, err = run_main(kron_decompose.main, ["--kron", "c_fc=4x8:1", "--kron", "c_fc@1=4x8:2",
                                                       "--model", "teacher.pt"], capsys)
     assert status == 0, err
-    path = os.path.join("checks", "krony_teacher_c_fc-at-0.2.3-4x8-1_c_fc-at-1-4x8-2_vl.pt")
+    path = os.path.join("checks", f"krony_{kron_decompose.teacher_name('teacher.pt')}_"
+                                  f"c_fc-at-0.2.3-4x8-1_c_fc-at-1-4x8-2_vl.pt")
     assert f"wrote {path}" in out
     student, ckpt = load_checkpoint(path)
     assert student.config.plan == plan(PER_BLOCK)
