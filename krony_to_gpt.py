@@ -10,14 +10,17 @@ By default every Kronecker matrix is materialized as W = sum_r A_r (x) B_r, so O
 GPT2LMHeadModel (config.json, model.safetensors, generation_config.json) plus GPT-2's tokenizer files:
 AutoModelForCausalLM, AutoTokenizer, pipeline("text-generation") and lm-evaluation-harness load it with nothing
 else. A model of a character-level dataset (a checkpoint with "itos") gets the meta.json of its characters
-instead of GPT-2's tokenizer (common.read_vocab reads them back). --keep_factors writes the factors themselves
-instead, with an auto_map and the code that runs them, copied byte for byte from this repository: hf_remote_code/'s
-configuration_krony.py and modeling_krony.py (transformers' own GPT-2 with the factored modules swapped in) and the
-Kronecker layers and plans they import, kronecker.py and kron_shapes.py. The model stays as small on disk and in
-memory as it trained, and loads with
+instead of GPT-2's tokenizer (common.read_vocab reads them back), and a tokenizer of those characters, so that
+AutoTokenizer and pipeline("text-generation") read and write its text too. --keep_factors writes the factors
+themselves instead, with an auto_map and the code that runs them, copied byte for byte from this repository:
+hf_remote_code/'s configuration_krony.py and modeling_krony.py (transformers' own GPT-2 with the factored modules
+swapped in) and the Kronecker layers and plans they import, kronecker.py and kron_shapes.py. The model stays as
+small on disk and in memory as it trained, and loads with
     AutoModelForCausalLM.from_pretrained(OUT_DIR, trust_remote_code=True)
-(perplexity.py, sample.py and checkpoints.load_model read it without running its code). Either export is checked
-(its logits must equal ours) before it is renamed into place, so OUT_DIR is never half written.
+(perplexity.py, sample.py and checkpoints.load_model read it without running its code). AutoTokenizer reads its
+config.json first, so it too takes trust_remote_code=True, or asks on a terminal whether to run that code (either
+answer gives the same tokenizer). Either export is checked (its logits must equal ours) before it is renamed into
+place, so OUT_DIR is never half written.
 
 Both carry a generation_config.json (GPT-2's <|endoftext|> as bos, eos and pad token, where the vocabulary holds
 it) and a model card, README.md (model_card.py: the Hub's metadata, the plan per block, parameters, init and
@@ -30,10 +33,11 @@ training tokens; `perplexity.py OUT_DIR` adds its scores). To publish the folder
 import argparse
 import os
 import shutil
+from contextlib import contextmanager
 
 import torch
 
-from checkpoints import load_checkpoint, seal_safetensors
+from checkpoints import is_hub_name, load_checkpoint, load_model_config, load_vocab, seal_safetensors
 from common import EOT, UsageError, exit_on_usage_error, one_line, write_vocab
 from compress import materialize
 from model import HF_CONV1D_WEIGHTS
@@ -125,10 +129,23 @@ def generation_config(config):
     return GenerationConfig(bos_token_id=EOT, eos_token_id=EOT, pad_token_id=EOT)
 
 
+def char_tokenizer(itos):
+    """A Hugging Face tokenizer of a character model's ids: each character one token, its id its place in itos,
+    tokens joined back as they are. A character the model never saw is refused by WordLevel's missing [UNK]."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    tokenizer = Tokenizer(models.WordLevel({c: i for i, c in enumerate(itos)}))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), "isolated")  # every character, newlines too
+    tokenizer.decoder = decoders.Fuse()
+    # transformers' clean-up would drop a space before punctuation, a character of the text like any other
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, clean_up_tokenization_spaces=False)
+
+
 def export(model, out_dir, tokenizer, keep_factors=False, itos=None, checkpoint=None):
     """Write model (our GPT) and tokenizer to out_dir, replacing it, via a temporary directory renamed into place;
-    for a model of characters (itos) their meta.json instead of the tokenizer, which may then be None. The model
-    card tells what it can of the model's making from checkpoint (ours: its init, settings and iteration).
+    for a model of characters (itos) their meta.json and char_tokenizer instead of tokenizer, which may then be
+    None. The model card tells what it can of the model's making from checkpoint (ours: its init, settings and
+    iteration).
 
     Returns the largest |logit difference| between the written model, as transformers reads it back, and ours.
     """
@@ -148,9 +165,9 @@ def export(model, out_dir, tokenizer, keep_factors=False, itos=None, checkpoint=
             f.write(card_text(model, checkpoint or {}, keep_factors, itos))
         if itos is not None:
             write_vocab(itos, tmp_dir)
-        else:
-            tokenizer.model_max_length = model.config.block_size
-            tokenizer.save_pretrained(tmp_dir)
+            tokenizer = char_tokenizer(itos)
+        tokenizer.model_max_length = model.config.block_size
+        tokenizer.save_pretrained(tmp_dir)
         # Check what was written, as it will be read, rather than the in-memory copy.
         if keep_factors:
             written = AutoModelForCausalLM.from_pretrained(tmp_dir, trust_remote_code=True, dtype=torch.float32)
@@ -175,6 +192,8 @@ def export(model, out_dir, tokenizer, keep_factors=False, itos=None, checkpoint=
 def load_tokenizer(name, vocab_size):
     """GPT-2's tokenizer from a hub name or a folder, checked to fit a model of vocab_size tokens."""
     from transformers import AutoTokenizer
+    if not os.path.isdir(name) and not is_hub_name(name):
+        raise UsageError(f"cannot load the tokenizer {name!r}: no such folder, nor a hub name such as gpt2")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
     except Exception as e:
@@ -185,6 +204,20 @@ def load_tokenizer(name, vocab_size):
         raise UsageError(f"the tokenizer has {len(tokenizer):,} tokens but the model only {vocab_size:,}: this "
                          f"checkpoint was not trained on GPT-2's tokens")
     return tokenizer
+
+
+@contextmanager
+def transformers_bars_off():
+    """transformers' and the hub's progress bars off for a while, then back as they were: they count the tensors
+    of a file read or written in a blink, and bury the lines this script prints."""
+    from transformers.utils import logging
+    were_on = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if were_on:
+            logging.enable_progress_bar()
 
 
 @exit_on_usage_error("krony_to_gpt.py")
@@ -211,26 +244,30 @@ def main(argv=None):
         ancestor = os.path.dirname(ancestor)
     if not os.path.isdir(ancestor) or not os.access(ancestor, os.W_OK):
         raise UsageError(f"cannot write {args.out_dir}: {ancestor} is not a writable directory")
-    try:
-        model, checkpoint = load_checkpoint(args.checkpoint)
-    except (ValueError, RuntimeError, TypeError) as e:  # not ours, or model_args that do not fit the weights
-        raise UsageError(f"cannot load {args.checkpoint}: {one_line(e)}") from None
+    # a character model's characters (it needs no GPT-2 tokenizer), else GPT-2's tokenizer, before the weights are
+    # read: the checkpoint memory-mapped, nothing of it read but its small entries
+    itos = load_vocab(args.checkpoint)
+    with transformers_bars_off():
+        tokenizer = None if itos is not None else \
+            load_tokenizer(args.tokenizer, load_model_config(args.checkpoint).vocab_size)
+        try:
+            model, checkpoint = load_checkpoint(args.checkpoint)
+        except (ValueError, RuntimeError, TypeError) as e:  # not ours, or model_args that do not fit the weights
+            raise UsageError(f"cannot load {args.checkpoint}: {one_line(e)}") from None
 
-    itos = checkpoint.get("itos")  # the characters of a model of a character-level dataset: no GPT-2 tokenizer
-    tokenizer = None if itos is not None else load_tokenizer(args.tokenizer, model.config.vocab_size)
-
-    config = model.config
-    weights = f"Kronecker {config.plan}" if config.plan else "dense"
-    print(f"{args.checkpoint}: {weights}, {config.n_layer} layers, {config.n_head} heads, n_embd {config.n_embd}, "
-          f"block_size {config.block_size}, {model.get_num_params():,} parameters, "
-          f"iter_num {checkpoint.get('iter_num')}")
-    try:
-        diff = export(model, args.out_dir, tokenizer, args.keep_factors, itos, checkpoint)
-    except OSError as e:
-        raise UsageError(f"cannot write {args.out_dir}: {one_line(e)}") from None
+        config = model.config
+        weights = f"Kronecker {config.plan}" if config.plan else "dense"
+        print(f"{args.checkpoint}: {weights}, {config.n_layer} layers, {config.n_head} heads, n_embd "
+              f"{config.n_embd}, block_size {config.block_size}, {model.get_num_params():,} parameters, "
+              f"iter_num {checkpoint.get('iter_num')}")
+        try:
+            diff = export(model, args.out_dir, tokenizer, args.keep_factors, itos, checkpoint)
+        except OSError as e:
+            raise UsageError(f"cannot write {args.out_dir}: {one_line(e)}") from None
     kind = "KronyForCausalLM (load with trust_remote_code=True)" if args.keep_factors else "GPT2LMHeadModel"
     vocab = ("GPT-2 tokenizer" if itos is None else
-             f"meta.json, no GPT-2 tokenizer (its ids are the {len(itos)} characters of meta.json)")
+             f"meta.json, no GPT-2 tokenizer (its ids are the {len(itos)} characters of meta.json) but a tokenizer "
+             f"of those characters")
     print(f"wrote {args.out_dir}: {kind} and {vocab}; max |logit difference| to the checkpoint {diff:.2e}")
 
 

@@ -52,6 +52,23 @@ def plan_rows(config):
     return "\n".join(rows)
 
 
+def character_lines(itos, block_size, remote):
+    """The card's section on a model of characters: its ids, and code that decodes them with meta.json alone."""
+    start = "\n" if "\n" in itos else itos[0]
+    return ["## Its characters", "",
+            f"Its ids are {len(itos)} characters, not GPT-2's tokens: tokenizer.json reads and writes them for "
+            "AutoTokenizer and pipeline, and meta.json lists them, id i being the character itos[i], for code "
+            "without a tokenizer:", "", "```python", "import json", "", "import torch",
+            "from transformers import AutoModelForCausalLM", "", 'folder = "path/to/this/folder"',
+            'with open(f"{folder}/meta.json", encoding="utf-8") as f:',
+            '    itos = json.load(f)["itos"]  # the character of each id',
+            "stoi = {c: i for i, c in enumerate(itos)}",
+            f"model = AutoModelForCausalLM.from_pretrained(folder{remote})",
+            f"prompt = torch.tensor([[stoi[c] for c in {start!r}]])",
+            f"ids = model.generate(prompt, max_new_tokens={min(200, block_size - len(start))}, do_sample=True)",
+            'print("".join(itos[i] for i in ids[0].tolist()))', "```", ""]
+
+
 def front_matter(metadata):
     return "---\n" + yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True) + "---\n"
 
@@ -92,11 +109,19 @@ def card_text(model, checkpoint, keep_factors, itos=None):
     if config.plan:
         lines += ["", "## The plan per block", "", plan_rows(config)]
     remote = ", trust_remote_code=True" if keep_factors else ""
-    lines += ["", "## How to load it", "", "```python", "from transformers import AutoModelForCausalLM",
-              f'model = AutoModelForCausalLM.from_pretrained("path/to/this/folder"{remote})', "```", ""]
+    lines += ["", "## How to load it", "", "```python",
+              "from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline",
+              f'model = AutoModelForCausalLM.from_pretrained("path/to/this/folder"{remote})',
+              f'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder"{remote})',
+              f'generator = pipeline("text-generation", model="path/to/this/folder"{remote})', "```", ""]
     if keep_factors:
         lines += ["The factored layers run from this folder's own code (modeling_krony.py, kronecker.py, "
-                  "kron_shapes.py), hence trust_remote_code.", ""]
+                  "kron_shapes.py), hence trust_remote_code. The tokenizer is plain "
+                  + ("GPT-2's" if itos is None else "tokenizer.json") + ", but AutoTokenizer reads config.json "
+                  "first, and without trust_remote_code it stops to ask whether to run the code config.json names.",
+                  ""]
+    if itos is not None:
+        lines += character_lines(itos, config.block_size, remote)
     lines += ["## How it was scored", "",
               "`python perplexity.py THIS_FOLDER` (krony's perplexity.py) adds its perplexities to this card's "
               "metadata as model-index results: the paper's protocol (the test split joined with blank lines, "
