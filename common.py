@@ -1,28 +1,25 @@
-"""What every script shares that needs no torch: the error policy, GPT-2's tokenizer, character vocabularies and
-nanoGPT's token files.
+"""What every script shares that needs no torch: the error policy, atomic writes, GPT-2's tokenizer, character
+vocabularies and nanoGPT's token files.
 
 Error policy: library code raises UsageError (a mistake in the user's input or set-up, told in one line) or
-ValueError; only a script's main() turns it into one line on stderr and exit status 2, through
-exit_on_usage_error.
+ValueError; a script turns a ValueError into a UsageError where it knows which argument was wrong (usage_errors),
+and only its main() turns a UsageError into one line on stderr and exit status 2, through exit_on_usage_error.
 
 A token file is a flat uint16 array of GPT-2 token ids (np.memmap readable): each document's
 `encode_ordinary` tokens followed by the end-of-text token 50256. The data/*/prepare.py scripts write them
-with tokenize and write_splits.
+with data/prepare_common.py.
 """
 import functools
 import json
-import math
 import os
 import sys
 import tempfile
 from contextlib import contextmanager
 
 import numpy as np
-from tqdm import tqdm
 
 EOT = 50256  # GPT-2's <|endoftext|>
 META_FILE = "meta.json"  # beside token files whose ids are characters, not GPT-2 tokens (read_vocab)
-WRITE_SHARDS = 1024  # as nanoGPT: write in contiguous pieces so memory stays flat on 9 B tokens
 
 
 class UsageError(ValueError):
@@ -44,12 +41,40 @@ def exit_on_usage_error(prog):
         sys.exit(2)
 
 
+@contextmanager
+def usage_errors(prefix=None):
+    """Around code that checks what the user gave: a ValueError it raises becomes a UsageError of one line,
+    `prefix: message` (the message alone without a prefix); any other exception passes through."""
+    try:
+        yield
+    except ValueError as e:
+        message = " ".join(str(e).split())
+        raise UsageError(f"{prefix}: {message}" if prefix else message) from None
+
+
+def first_of(errors):
+    """The first of a list of error messages, and how many more there are: 'x is missing (and 2 more)'."""
+    return errors[0] + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
+
+
+@contextmanager
+def atomic_path(path):
+    """A temporary path to write `path`'s new content to: renamed over `path` when the block ends, removed if it
+    raises, so that a crash never leaves a truncated file and the old one stays whole until then. The name is this
+    process's own, so two runs writing the same file at once never write into each other's temporary file."""
+    tmp_path = f"{path}.tmp{os.getpid()}"
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+
+
 def write_text(text, path):
     """Atomically: a crash mid-write never leaves a truncated results file."""
-    tmp_path = f"{path}.tmp{os.getpid()}"
-    with open(tmp_path, "w") as f:
+    with atomic_path(path) as tmp_path, open(tmp_path, "w") as f:
         f.write(text)
-    os.replace(tmp_path, path)
 
 
 def write_json(obj, path):
@@ -161,10 +186,8 @@ def check_vocab(model_name, vocab_size, model_itos, data_name, itos):
 
 def write_vocab(itos, folder):
     """folder/meta.json for the characters itos, atomically."""
-    tmp_path = os.path.join(folder, f"{META_FILE}.tmp{os.getpid()}")
-    with open(tmp_path, "w", encoding="utf-8") as f:
+    with atomic_path(os.path.join(folder, META_FILE)) as tmp_path, open(tmp_path, "w", encoding="utf-8") as f:
         json.dump({"vocab_size": len(itos), "itos": list(itos)}, f, ensure_ascii=False)
-    os.replace(tmp_path, os.path.join(folder, META_FILE))
 
 
 def encode_chars(text, itos):
@@ -178,74 +201,3 @@ def encode_chars(text, itos):
 
 def decode_chars(ids, itos):
     return "".join(itos[i] for i in ids)
-
-
-def _tokenize_batch(batch, text_column):
-    enc = gpt2_encoding()
-    ids = [enc.encode_ordinary(text) + [EOT] for text in batch[text_column]]
-    return {"ids": ids, "len": [len(x) for x in ids]}
-
-
-def tokenize(dataset, text_column="text", num_proc=1, desc="tokenizing"):
-    """Per document: `ids` (uint16 token ids ending in EOT) and their count `len`; other columns are dropped."""
-    import datasets
-    if text_column not in dataset.column_names:
-        raise UsageError(f"no {text_column!r} column in the input (columns: {', '.join(dataset.column_names)}); "
-                         f"choose one with --text_column")
-    if dataset.features[text_column] not in (datasets.Value("string"), datasets.Value("large_string")):
-        raise UsageError(f"column {text_column!r} holds {dataset.features[text_column]}, not text")
-    gpt2_encoding()  # fail here, once, rather than inside every worker
-    # uint16 ids keep the map's cache files 4x smaller than the default int64 (72 GB -> 18 GB on OpenWebText)
-    features = datasets.Features({"ids": datasets.List(datasets.Value("uint16")), "len": datasets.Value("int64")})
-    # num_proc=1 would still go through a worker pool in datasets 5: None maps in this process
-    return dataset.map(_tokenize_batch, batched=True, fn_kwargs={"text_column": text_column},
-                       remove_columns=dataset.column_names, features=features,
-                       num_proc=num_proc if num_proc > 1 else None, desc=desc)
-
-
-def _write_bin(tokenized, n_tokens, path, desc):
-    """Write the documents' ids back to back into `path`, in at most WRITE_SHARDS contiguous batches."""
-    arr = np.memmap(path, dtype=np.uint16, mode="w+", shape=(n_tokens,))
-    batch_size = math.ceil(len(tokenized) / WRITE_SHARDS)
-    idx = 0
-    # arrow batches flatten to one uint16 array without a Python object per document
-    for batch in tqdm(tokenized.with_format("arrow").iter(batch_size=batch_size),
-                      total=math.ceil(len(tokenized) / batch_size), desc=desc):
-        ids = batch["ids"].combine_chunks().flatten().to_numpy()
-        arr[idx:idx + len(ids)] = ids
-        idx += len(ids)
-    assert idx == n_tokens, (idx, n_tokens)
-    arr.flush()
-    del arr
-
-
-def write_splits(tokenized_splits, out_dir):
-    """Write each tokenized split to out_dir/<split>.bin and print its size.
-
-    All files are written under temporary names and renamed only once every one is complete, so a crash
-    never leaves a truncated .bin, nor a new train.bin beside a stale val.bin. The temporary names are this
-    process's own, so that two runs writing the same out_dir at once never write into each other's file."""
-    counts = {}
-    for split, tokenized in tokenized_splits.items():
-        if len(tokenized) == 0:
-            raise UsageError(f"the {split} split has no documents")
-        counts[split] = int(np.sum(tokenized.with_format("numpy")["len"][:], dtype=np.uint64))
-        if counts[split] == len(tokenized):
-            raise UsageError(f"the {split} split's documents are all empty (no text to tokenize)")
-    os.makedirs(out_dir, exist_ok=True)
-    temp_paths = {split: os.path.join(out_dir, f"{split}.bin.tmp{os.getpid()}") for split in tokenized_splits}
-    try:
-        for split, tokenized in tokenized_splits.items():
-            _write_bin(tokenized, counts[split], temp_paths[split], desc=f"writing {split}.bin")
-        for split, temp_path in temp_paths.items():
-            os.replace(temp_path, os.path.join(out_dir, f"{split}.bin"))
-    except BaseException:
-        for temp_path in temp_paths.values():
-            if os.path.exists(temp_path):
-                os.remove(temp_path)
-        raise
-    for split, n_tokens in counts.items():
-        path = os.path.join(out_dir, f"{split}.bin")
-        print(f"{path}: {n_tokens:,} tokens, {len(tokenized_splits[split]):,} documents, "
-              f"{os.path.getsize(path) / 2**20:,.1f} MiB")
-    return counts

@@ -1,1 +1,1 @@
-"""The corpora: each folder's prepare.py writes its train.bin and val.bin; common.py holds what they share."""
+"""The corpora: each folder's prepare.py writes its train.bin and val.bin; prepare_common.py holds what they share."""

@@ -97,17 +97,18 @@ def test_a_crash_mid_write_leaves_the_previous_files_and_no_temporaries(tmp_path
         run_char(out, download_dir)
     before = file_bytes(out) if existing else {}
     temporaries_seen = []
+    tmp = f".tmp{os.getpid()}"  # common.atomic_path's temporary names
 
     def disk_full_at_meta_json(path, *args, **kwargs):
-        if path.endswith("meta.json.tmp"):  # both .bin temporaries are complete by now
-            temporaries_seen.extend(sorted(name for name in os.listdir(out) if name.endswith(".tmp")))
+        if path.endswith(f"meta.json{tmp}"):  # both .bin temporaries are complete by now
+            temporaries_seen.extend(sorted(name for name in os.listdir(out) if name.endswith(tmp)))
             raise OSError(28, "No space left on device")
         return open(path, *args, **kwargs)
 
     monkeypatch.setattr(char, "open", disk_full_at_meta_json, raising=False)  # shadows the builtin in the script
     with pytest.raises(OSError, match="No space left"):
         run_char(out, download_dir, "--seed", 7)
-    assert temporaries_seen == ["train.bin.tmp", "val.bin.tmp"]
+    assert temporaries_seen == [f"train.bin{tmp}", f"val.bin{tmp}"]
     assert file_bytes(out) == before
 
 

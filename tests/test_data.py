@@ -12,6 +12,7 @@ import pytest
 from conftest import ROOT, fake_sdist, gpt2_tokenizer_or_skip, load_script, run_script
 
 import common  # noqa: E402  (conftest puts the repository on sys.path)
+from data import prepare_common  # noqa: E402
 
 EOT = 50256
 
@@ -149,14 +150,14 @@ def test_interrupted_write_leaves_previous_files_and_no_temporaries(tmp_path, en
     data = write_jsonl(tmp_path / "docs.jsonl", corpus(20))
     run_owt("--data_files", data, "--out_dir", tmp_path, "--val_fraction", "0.1")
     before = {name: data for name, data in file_bytes(tmp_path).items() if name.endswith(".bin")}
-    write_bin = common._write_bin
+    write_bin = prepare_common._write_bin
 
     def crash_after_writing(tokenized, n_tokens, path, desc):
         write_bin(tokenized, n_tokens, path, desc)
         if os.path.basename(path).startswith("val.bin.tmp"):
             raise KeyboardInterrupt  # train's temporary file is complete, val's too: the crash comes before renaming
 
-    monkeypatch.setattr(common, "_write_bin", crash_after_writing)
+    monkeypatch.setattr(prepare_common, "_write_bin", crash_after_writing)
     with pytest.raises(KeyboardInterrupt):
         run_owt("--data_files", data, "--out_dir", tmp_path, "--val_fraction", "0.1", "--seed", "7")
     assert {name: data for name, data in file_bytes(tmp_path).items() if name.endswith(".bin")} == before

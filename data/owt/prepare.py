@@ -14,7 +14,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repository
-from common import UsageError, check_out_dir, exit_on_usage_error, one_line, tokenize, write_splits  # noqa: E402
+from common import UsageError, check_out_dir, exit_on_usage_error, one_line, usage_errors  # noqa: E402
+from data.prepare_common import tokenize, write_splits  # noqa: E402
 
 BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
@@ -109,10 +110,8 @@ def main(argv=None):
         dataset = load_hub_dataset(args.dataset, args.num_proc)
     if len(dataset) < 2:
         raise UsageError(f"the input has {len(dataset)} document(s): at least 2 are needed for a train and a val split")
-    try:
+    with usage_errors(f"cannot split {len(dataset)} documents with --val_fraction {args.val_fraction}"):
         split = dataset.train_test_split(test_size=args.val_fraction, seed=args.seed, shuffle=True)
-    except ValueError as e:
-        raise UsageError(f"cannot split {len(dataset)} documents with --val_fraction {args.val_fraction}: {e}")
     splits = {"train": split["train"], "val": split["test"]}
     if args.max_docs is not None:
         splits["train"] = splits["train"].select(range(min(args.max_docs, len(splits["train"]))))

