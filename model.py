@@ -233,6 +233,22 @@ class GPT(nn.Module):
                                    ignore_index=IGNORE_INDEX)
         return (logits, loss, states) if return_hidden else (logits, loss)
 
+    def crop_block_size(self, block_size):
+        """Keep the first block_size position embeddings, as nanoGPT does to fine-tune on shorter windows; returns
+        the model, with a config of its own (the old one may be another model's too)."""
+        self.config = replace(self.config, block_size=block_size)
+        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size].clone())
+        return self
+
+    def with_dropout(self, dropout):
+        """This model with another dropout: itself when it has that dropout already, else a copy rebuilt with it
+        (a loaded model keeps the dropout it was saved with)."""
+        if self.config.dropout == dropout:
+            return self
+        rebuilt = GPT(replace(self.config, dropout=dropout))
+        rebuilt.load_state_dict(self.state_dict())
+        return rebuilt
+
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         # Decay every tensor of 2 or more dimensions: matmul weights, embeddings and the Kronecker layers' A and B;
         # biases and LayerNorm gains are left alone.

@@ -40,7 +40,7 @@ import signal
 import sys
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -262,22 +262,6 @@ def get_batch(data_dir, split, batch_size, block_size, generator, device):
     return x.to(device), y.to(device)
 
 
-def with_dropout(model, dropout):
-    """The model with the run's dropout (a loaded model keeps the dropout it was saved with)."""
-    if model.config.dropout == dropout:
-        return model
-    rebuilt = GPT(replace(model.config, dropout=dropout))
-    rebuilt.load_state_dict(model.state_dict())
-    return rebuilt
-
-
-def crop_block_size(model, block_size):
-    """Keep the first block_size position embeddings, as nanoGPT does to fine-tune on shorter windows."""
-    model.config = replace(model.config, block_size=block_size)
-    model.transformer.wpe.weight = torch.nn.Parameter(model.transformer.wpe.weight[:block_size].clone())
-    return model
-
-
 def plan_of(settings, config):
     """The Plan the settings ask of a model of config's shape, or None when they name no matrix (kron_layers alone
     factors nothing)."""
@@ -340,8 +324,8 @@ def init_model(settings, master, calibration_path, device="cpu"):
             except ValueError as e:
                 raise UsageError(f"{init_from}: {e}") from None
     if settings["block_size"] < model.config.block_size:
-        model = crop_block_size(model, settings["block_size"])
-    return with_dropout(model, settings["dropout"]), checkpoint
+        model = model.crop_block_size(settings["block_size"])
+    return model.with_dropout(settings["dropout"]), checkpoint
 
 
 def check_model_vocab(settings, model, checkpoint, itos, data_dir):
@@ -394,7 +378,7 @@ def load_teacher(settings, model, device):
         raise UsageError(f"distill_hidden matches hidden states layer by layer, but the teacher has n_layer="
                          f"{t.n_layer}, n_embd={t.n_embd} and the student n_layer={s.n_layer}, n_embd={s.n_embd}")
     if t.block_size > s.block_size:
-        teacher = crop_block_size(teacher, s.block_size)
+        teacher = teacher.crop_block_size(s.block_size)
     return teacher.to(device).eval().requires_grad_(False)
 
 
