@@ -49,8 +49,10 @@ import os
 import re
 import shlex
 import time
+from dataclasses import dataclass
 
-from common import ACT_LR, ACT_STEPS, CALIBRATION_TOKENS, INIT_NAMES, UsageError, exit_on_usage_error, read_calibration
+from common import (ACT_LR, ACT_STEPS, CALIBRATION_TOKENS, INIT_NAMES, UsageError, exit_on_usage_error,
+                    read_calibration, usage_errors)
 from kron_shapes import (BLOCK_MATRICES, MATRICES, PART_OF, Plan, allocate, count_params, list_shapes,
                          matrix_shape, parse_blocks, parse_kron, parse_rank, rank_kron, weight_params)
 
@@ -128,6 +130,22 @@ def parse_size(text):
     return round(float(number) * {"": 1, "k": 1e3, "m": 1e6, "b": 1e9}[unit.lower()])
 
 
+def listing(args):
+    """--list: the table of every valid shape of --matrix, after the checks of its arguments."""
+    check_top(args)
+    if any(v is not None for v in (args.dim_1, args.dim_2, args.factors)) or args.kron:
+        raise UsageError("--list takes no DIM_1 DIM_2 FACTORS nor --kron")
+    try:
+        factors_list = sorted({int(f) for f in args.factor_counts.split(",")})
+    except ValueError:
+        raise UsageError(f"--factors {args.factor_counts!r} is not a comma-separated list of integers") from None
+    if min(args.n_embd, args.n_layer, args.vocab_size, *factors_list) < 1:
+        raise UsageError("--n_embd, --n_layer, --vocab_size and --factors must be positive")
+    target = parse_size(args.target) if args.target else None
+    rows = list_shapes(args.n_embd, factors_list, args.n_layer, args.vocab_size, name=args.matrix)
+    return format_listing(rows, args.n_embd, args.n_layer, target, args.matrix, args.vocab_size, args.top)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Command line
 
@@ -168,89 +186,180 @@ def check_out(out, overwrite):
         raise UsageError(f"--out {out} exists: give another --out, or --overwrite to replace it")
 
 
-def decompose(args, shorthand, kron, ranks=None):
-    """Decompose --model by the plan, report the errors and write the checkpoint."""
-    # torch takes seconds to import: only now, so that --list and argument errors answer at once
-    import torch
-    from checkpoints import load_model, load_model_config, load_vocab, make_checkpoint, save_checkpoint
-    from compress import check_act_device, compress, keep_blocks, output_errors, weight_errors
-    from devices import setup_device
+def check_top(args):
+    """--top belongs to --list --target."""
+    if args.top is not None and not (args.list and args.target and args.top >= 1):
+        raise UsageError("--top N shows the N shapes closest to --list --target: give both, and N of at least 1")
 
+
+def check_command_line(args):
+    """(shorthand, kron, ranks): the plan the command line gives, after every check that needs no file."""
+    check_top(args)
+    with usage_errors():
+        kron, ranks = parse_kron(args.kron), parse_rank(args.rank)
+    shorthand = (args.dim_1, args.dim_2, args.factors)
+    if args.allocate:
+        check_allocate(args, shorthand, kron, ranks)
+    else:
+        check_plan(args, shorthand, kron, ranks)
+    if args.calibration_tokens < 1 or min(args.act_steps, args.act_sweeps) < 0 or not args.act_lr > 0:
+        raise UsageError("--calibration_tokens and --act_lr must be positive, --act_steps and --act_sweeps not "
+                         "negative")
+    if args.init == "act" and not args.calibration:
+        raise UsageError("--init act fits the factors to the teacher's outputs: give --calibration FILE, a token "
+                         "file of the teacher's vocabulary (e.g. data/owt/train.bin)")
+    return shorthand, kron, ranks
+
+
+def check_allocate(args, shorthand, kron, ranks):
+    """--allocate chooses the plan: it takes none, but a --target and the --matrices it may factor."""
+    if ranks:
+        raise UsageError("--allocate chooses the shapes: it takes no --rank")
+    if any(v is not None for v in shorthand) or kron or args.layers != "all":
+        raise UsageError("--allocate chooses the shapes: it takes no DIM_1 DIM_2 FACTORS, --kron nor --layers")
+    if not args.target:
+        raise UsageError("--allocate needs --target, the parameters without wpe to stay within (e.g. 81M)")
+    parse_size(args.target)
+    wrong = [name for name in args.matrices.split(",") if name not in BLOCK_MATRICES]
+    if wrong or not args.matrices:
+        raise UsageError(f"--matrices {args.matrices!r}: give some of {', '.join(BLOCK_MATRICES)}, comma-separated")
+
+
+def check_plan(args, shorthand, kron, ranks):
+    """A plan is given: the whole shorthand, and/or entries (--kron, --rank, --keep_blocks), of positive sizes."""
+    if args.keep_blocks is not None:
+        with usage_errors():
+            parse_blocks(args.keep_blocks, None)  # the range is checked against the teacher's config, in check_args
+    entries = kron or ranks or args.keep_blocks is not None
+    if any(v is None for v in shorthand) and not (entries and all(v is None for v in shorthand)):
+        raise UsageError("give DIM_1 DIM_2 FACTORS, or --kron NAME=ROWSxCOLS:FACTORS, --rank NAME=R or --keep_blocks, "
+                         "or --list to see the valid shapes")
+    if any(v is not None and v < 1 for v in shorthand) or any(min(shape) < 1 for shape in kron.values()) or \
+            any(rank < 1 for rank in ranks.values()):
+        raise UsageError("shapes and factor counts must be positive")
+
+
+def student_plan(args, shape, n_layer, kron, ranks):
+    """The command line's plan for a teacher of `shape` with n_layer blocks (kept ones), checked to fit it and
+    --init."""
+    with usage_errors(args.model):
+        plan = Plan.from_settings(shape.n_embd, n_layer, shape.vocab_size, dim_1=args.dim_1, dim_2=args.dim_2,
+                                  factors=args.factors,
+                                  kron={**kron, **rank_kron(ranks, shape.n_embd, shape.vocab_size)} or None,
+                                  kron_layers=args.layers)
+        plan.check_init(args.init)
+    return plan
+
+
+def act_device(args):
+    """Where init act fits the factors, resolved once for the check and the fit ("auto", "cuda:1"); cpu otherwise."""
+    if args.init != "act":
+        return "cpu"
+    from compress import check_act_device
+    from devices import setup_device
+    with usage_errors():
+        device = setup_device(args.device)
+        check_act_device(device)
+    return device
+
+
+@dataclass
+class Checked:
+    """What check_args found in the arguments, the teacher's config and the calibration file."""
+    plan: Plan | None  # None with --allocate, which chooses it from the teacher's weights
+    shorthand: tuple | None  # DIM_1 DIM_2 FACTORS where they alone make the plan (plan_settings)
+    blocks: list | None  # --keep_blocks, in the teacher's numbering
+    out: str
+    itos: list | None  # the teacher's characters, which the student reads too; None for GPT-2 tokens
+    run: dict | None  # the settings train.py trained the teacher with (teacher_run)
+    calibration: "torch.Tensor | None"  # int64 (windows, window): --calibration's tokens
+    act_device: "torch.device | str"
+
+
+def check_args(args):
+    """Every argument checked, each mistake one line, before any weights are read: the command line first (before
+    torch is imported, so that these errors answer at once), then the plan against the teacher's config, --out,
+    the device and the calibration tokens."""
+    shorthand, kron, ranks = check_command_line(args)
+    import torch
+    from checkpoints import load_model_config, load_vocab
     what = f"--model {args.model}"
     shape = load_model_config(args.model, what)  # the plan is checked against the teacher's shape before its weights
     itos = load_vocab(args.model, what)  # a teacher of a character-level dataset: the student reads its characters
     run = teacher_run(args.model)  # sizes the fine-tuning that the last line suggests
-    ranks = ranks or {}
-    blocks, n_layer = None, shape.n_layer
+    blocks = None
     if args.keep_blocks is not None:
-        try:
+        with usage_errors(f"{args.model} has {shape.n_layer} blocks"):
             blocks = parse_blocks(args.keep_blocks, shape.n_layer)
-        except ValueError as e:
-            raise UsageError(f"{args.model} has {shape.n_layer} blocks: {e}") from None
-        n_layer = len(blocks)
-    plan = None
-    if not args.allocate:  # --allocate chooses the plan from the teacher's weights, below
-        try:
-            plan = Plan.from_settings(shape.n_embd, n_layer, shape.vocab_size, *shorthand,
-                                      kron={**kron, **rank_kron(ranks, shape.n_embd, shape.vocab_size)} or None,
-                                      kron_layers=args.layers)
-            plan.check_init(args.init)
-        except ValueError as e:
-            raise UsageError(f"{args.model}: {e}") from None
+    n_layer = shape.n_layer if blocks is None else len(blocks)
+    plan = None if args.allocate else student_plan(args, shape, n_layer, kron, ranks)
     out = args.out or default_out(args.model, plan, args.init, args.target if args.allocate else None, blocks)
     check_out(out, args.overwrite)
-    if args.init == "act" and not args.calibration:
-        raise UsageError("--init act fits the factors to the teacher's outputs: give --calibration FILE, a token "
-                         "file of the teacher's vocabulary (e.g. data/owt/train.bin)")
-    act_device = "cpu"
-    if args.init == "act":
-        try:
-            act_device = setup_device(args.device)  # "auto" and "cuda:1" resolved once, for the check and the fit
-            check_act_device(act_device)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
+    device = act_device(args)
     calibration = None
-    if args.calibration:  # refused before the teacher's weights are read
+    if args.calibration:
         calibration = torch.from_numpy(read_calibration(args.calibration, args.calibration_tokens, shape.block_size,
                                                         shape.vocab_size))
-    teacher = load_model(args.model, what=what)
-    if blocks is not None:  # the kept blocks are the teacher the plan factors
-        teacher = keep_blocks(teacher, blocks)
-    allocation = None
+    alone = shorthand[0] is not None and not kron and not ranks and args.layers == "all" and not args.allocate
+    return Checked(plan, shorthand if alone else None, blocks, out, itos, run, calibration, device)
+
+
+def decompose(args, checked):
+    """Decompose --model by the plan (or the one --allocate chooses), report the errors, write the student and print
+    the command that fine-tunes it."""
+    import torch
+    from checkpoints import load_model, make_checkpoint, save_checkpoint
+    from compress import compress, keep_blocks, output_errors, weight_errors
+
+    teacher = load_model(args.model, what=f"--model {args.model}")
+    if checked.blocks is not None:  # the kept blocks are the teacher the plan factors
+        teacher = keep_blocks(teacher, checked.blocks)
+    plan, allocation = checked.plan, None
     if args.allocate:
-        plan, allocation = allocate_plan(args, teacher, calibration if args.init == "act" else None)
+        plan, allocation = allocate_plan(args, teacher, checked.calibration if args.init == "act" else None)
     torch.manual_seed(1337)  # --init random is reproducible
     t0 = time.time()
-    student = compress(teacher, plan, args.init, progress=True, calibration=calibration, act_steps=args.act_steps,
-                       act_lr=args.act_lr, act_sweeps=args.act_sweeps, act_device=act_device)
+    student = compress(teacher, plan, args.init, progress=True, calibration=checked.calibration,
+                       act_steps=args.act_steps, act_lr=args.act_lr, act_sweeps=args.act_sweeps,
+                       act_device=checked.act_device)
     seconds = time.time() - t0
     errors = weight_errors(teacher, student)  # "wte" and "h.<block>.<matrix>"
-    outputs = output_errors(teacher, student, calibration) if calibration is not None else None
+    outputs = output_errors(teacher, student, checked.calibration) if checked.calibration is not None else None
     report(args, teacher, student, errors, outputs, seconds)
 
-    init_info = {"teacher": args.model, "method": args.init, "kron": plan.to_kron(),
-                 "teacher_params": teacher.get_num_params(False), "params": student.get_num_params(False),
-                 "errors": errors}
-    if allocation is not None:
-        init_info.update(allocation=allocation)
-    if blocks is not None:
-        init_info.update(keep_blocks=blocks)
-    if calibration is not None:
-        init_info.update(output_errors=outputs, calibration={"file": args.calibration, "tokens": calibration.numel()})
-    if args.init == "act":
-        init_info.update(act_steps=args.act_steps, act_lr=args.act_lr, act_sweeps=args.act_sweeps)
+    init = init_record(args, checked, plan, teacher, student, errors, outputs, allocation)
     try:
-        save_checkpoint(make_checkpoint(student, itos, init=init_info), out)
+        save_checkpoint(make_checkpoint(student, checked.itos, init=init), checked.out)
     except OSError as e:
-        raise UsageError(f"cannot write --out {out}: {e}") from None
-    print(f"wrote {out}")
+        raise UsageError(f"cannot write --out {checked.out}: {e}") from None
+    print(f"wrote {checked.out}")
+    print(f"next: {next_command(checked.out, plan_settings(plan, checked.shorthand), checked.run, checked.itos)}")
+
+
+def init_record(args, checked, plan, teacher, student, errors, outputs, allocation):
+    """The checkpoint's "init": the teacher, the method, the plan, the sizes and errors, and what else made it."""
+    info = {"teacher": args.model, "method": args.init, "kron": plan.to_kron(),
+            "teacher_params": teacher.get_num_params(False), "params": student.get_num_params(False),
+            "errors": errors}
+    if allocation is not None:
+        info.update(allocation=allocation)
+    if checked.blocks is not None:
+        info.update(keep_blocks=checked.blocks)
+    if checked.calibration is not None:
+        info.update(output_errors=outputs, calibration={"file": args.calibration,
+                                                        "tokens": checked.calibration.numel()})
+    if args.init == "act":
+        info.update(act_steps=args.act_steps, act_lr=args.act_lr, act_sweeps=args.act_sweeps)
+    return info
+
+
+def plan_settings(plan, shorthand):
+    """train.py's settings of the student's plan: DIM_1 DIM_2 FACTORS where they alone make it, else its --kron."""
     if not plan:  # --keep_blocks alone: a dense student, so the config's plan is unset
-        settings = "--dim_1=None --dim_2=None --factors=None"
-    elif shorthand[0] is not None and not kron and not ranks and args.layers == "all" and not args.allocate:
-        settings = f"--dim_1={shorthand[0]} --dim_2={shorthand[1]} --factors={shorthand[2]}"
-    else:
-        settings = f'--dim_1=None --dim_2=None --factors=None --kron="{plan.to_kron()}"'
-    print(f"next: {next_command(out, settings, run, itos)}")
+        return "--dim_1=None --dim_2=None --factors=None"
+    if shorthand is not None:
+        return f"--dim_1={shorthand[0]} --dim_2={shorthand[1]} --factors={shorthand[2]}"
+    return f'--dim_1=None --dim_2=None --factors=None --kron="{plan.to_kron()}"'
 
 
 def teacher_run(source):
@@ -326,6 +435,7 @@ def allocate_plan(args, teacher, calibration):
 
 
 def report(args, teacher, student, errors, outputs, seconds):
+    """The teacher's and the student's sizes, and a row per factored matrix and shape: its mean error and savings."""
     config, plan = teacher.config, student.config.plan
     teacher_params, student_params = teacher.get_num_params(False), student.get_num_params(False)
     kind = "Kronecker" if config.plan else "dense"
@@ -353,6 +463,11 @@ def report(args, teacher, student, errors, outputs, seconds):
                   f"{shape[2]:>7} {where:>8} {mean:>10.4f}{output_mean} {factored:>13,} {dense - factored:>13,}")
     print(f"{'total':>9} {'':>9} {'':>12} {'':>11} {'':>9} {'':>7} {'':>8} {'':>10}{' ' * len(output_column)} "
           f"{student_params:>13,} {teacher_params - student_params:>13,}")
+    print_errors_by_block(plan, errors, outputs)
+
+
+def print_errors_by_block(plan, errors, outputs):
+    """The relative errors of the factored matrices (and their output errors, given calibration), a row per block."""
     tables = [("relative Frobenius error ||W - W_hat|| / ||W||", errors)]
     if outputs:
         tables.append(("relative output error tr(D^T C D) / tr(W^T C W) on the calibration tokens", outputs))
@@ -440,56 +555,10 @@ def build_parser():
 @exit_on_usage_error("kron_decompose.py")
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    shorthand = (args.dim_1, args.dim_2, args.factors)
-
-    if args.top is not None and not (args.list and args.target and args.top >= 1):
-        raise UsageError("--top N shows the N shapes closest to --list --target: give both, and N of at least 1")
     if args.list:
-        if any(v is not None for v in shorthand) or args.kron:
-            raise UsageError("--list takes no DIM_1 DIM_2 FACTORS nor --kron")
-        try:
-            factors_list = sorted({int(f) for f in args.factor_counts.split(",")})
-        except ValueError:
-            raise UsageError(f"--factors {args.factor_counts!r} is not a comma-separated list of integers") from None
-        if min(args.n_embd, args.n_layer, args.vocab_size, *factors_list) < 1:
-            raise UsageError("--n_embd, --n_layer, --vocab_size and --factors must be positive")
-        target = parse_size(args.target) if args.target else None
-        rows = list_shapes(args.n_embd, factors_list, args.n_layer, args.vocab_size, name=args.matrix)
-        print(format_listing(rows, args.n_embd, args.n_layer, target, args.matrix, args.vocab_size, args.top))
-        return
-    try:
-        kron, ranks = parse_kron(args.kron), parse_rank(args.rank)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    if args.allocate and ranks:
-        raise UsageError("--allocate chooses the shapes: it takes no --rank")
-    if args.allocate:
-        if any(v is not None for v in shorthand) or kron or args.layers != "all":
-            raise UsageError("--allocate chooses the shapes: it takes no DIM_1 DIM_2 FACTORS, --kron nor --layers")
-        if not args.target:
-            raise UsageError("--allocate needs --target, the parameters without wpe to stay within (e.g. 81M)")
-        parse_size(args.target)
-        wrong = [name for name in args.matrices.split(",") if name not in BLOCK_MATRICES]
-        if wrong or not args.matrices:
-            raise UsageError(f"--matrices {args.matrices!r}: give some of {', '.join(BLOCK_MATRICES)}, comma-separated")
-        decompose(args, shorthand, kron)
-        return
-    if args.keep_blocks is not None:
-        try:
-            parse_blocks(args.keep_blocks, None)  # the range is checked against the teacher's config, in decompose
-        except ValueError as e:
-            raise UsageError(str(e)) from None
-    entries = kron or ranks or args.keep_blocks is not None
-    if any(v is None for v in shorthand) and not (entries and all(v is None for v in shorthand)):
-        raise UsageError("give DIM_1 DIM_2 FACTORS, or --kron NAME=ROWSxCOLS:FACTORS, --rank NAME=R or --keep_blocks, "
-                         "or --list to see the valid shapes")
-    if any(v is not None and v < 1 for v in shorthand) or any(min(shape) < 1 for shape in kron.values()) or \
-            any(rank < 1 for rank in ranks.values()):
-        raise UsageError("shapes and factor counts must be positive")
-    if args.calibration_tokens < 1 or min(args.act_steps, args.act_sweeps) < 0 or not args.act_lr > 0:
-        raise UsageError("--calibration_tokens and --act_lr must be positive, --act_steps and --act_sweeps not "
-                         "negative")
-    decompose(args, shorthand, kron, ranks)
+        print(listing(args))
+    else:
+        decompose(args, check_args(args))
 
 
 if __name__ == "__main__":
