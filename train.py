@@ -280,52 +280,57 @@ def resume_path(settings):
 
 
 def init_model(settings, master, calibration_path, device="cpu"):
-    """(model, checkpoint): the model init_from names, adapted to the run; checkpoint only when resuming. init act
-    reads its calibration tokens from calibration_path, before any weights, and fits on `device`."""
-    init_from = settings["init_from"]
+    """(model, checkpoint): the model init_from names, with the run's context and dropout; checkpoint only when
+    resuming. init act reads its calibration tokens from calibration_path, before any weights, and fits on
+    `device`."""
+    init_from, checkpoint = settings["init_from"], None
     if init_from == "scratch":
-        keys = MODEL_KEYS + PLAN_KEYS + ("dropout",)
-        return GPT(GPTConfig.from_settings(**{k: settings[k] for k in keys})), None
-    checkpoint = None
-    if init_from == "resume":
+        model = GPT(GPTConfig.from_settings(**{k: settings[k] for k in MODEL_KEYS + PLAN_KEYS + ("dropout",)}))
+    elif init_from == "resume":
         path = resume_path(settings)
         try:
             model, checkpoint = load_checkpoint(path)
         except (OSError, ValueError) as e:
             raise UsageError(f"cannot load init_from=resume: {one_line(e)}") from None
     else:
-        calibration = None
-        if settings["init"] == "act":  # the calibration tokens are read, or refused, before any weights
-            shape = load_model_config(init_from, what=f"init_from={init_from!r}")
-            try:
-                compressed_here = not shape.plan and plan_of(settings, shape) is not None
-            except ValueError as e:
-                raise UsageError(f"{init_from}: {e}") from None
-        if settings["init"] == "act" and compressed_here:
-            calibration = torch.from_numpy(read_calibration(calibration_path, settings["calibration_tokens"],
-                                                            min(shape.block_size, settings["block_size"]),
-                                                            shape.vocab_size))
-        model = load_model(init_from, what=f"init_from={init_from!r}")
         try:
-            plan = plan_of(settings, model.config)
-        except ValueError as e:
+            calibration = act_calibration(settings, calibration_path) if settings["init"] == "act" else None
+            model = compress_as_planned(load_model(init_from, what=f"init_from={init_from!r}"), settings, master,
+                                        calibration, device)
+        except UsageError:  # already one line that names the source
+            raise
+        except ValueError as e:  # a plan that does not fit the model, or an init that cannot start from it
             raise UsageError(f"{init_from}: {e}") from None
-        if plan is not None and model.config.plan and plan != model.config.plan:
-            raise UsageError(f"{init_from} is a Kronecker model with the plan {model.config.plan}, but the settings "
-                             f"ask for {plan}: set them to match, or unset them to take the model's")
-        if plan is not None and not model.config.plan:
-            if master:
-                print(f"compressing {init_from} ({model.get_num_params():,} parameters) with {plan}, "
-                      f"init={settings['init']}")
-            try:
-                model = compress(model, plan, settings["init"], progress=master, calibration=calibration,
-                                 act_steps=settings["act_steps"], act_lr=settings["act_lr"],
-                                 act_sweeps=settings["act_sweeps"], act_device=device)
-            except ValueError as e:
-                raise UsageError(f"{init_from}: {e}") from None
     if settings["block_size"] < model.config.block_size:
         model = model.crop_block_size(settings["block_size"])
     return model.with_dropout(settings["dropout"]), checkpoint
+
+
+def act_calibration(settings, calibration_path):
+    """init act's calibration tokens, read (or refused) from the model's shape alone, before any weights are; None
+    when the model is not compressed here."""
+    shape = load_model_config(settings["init_from"], what=f"init_from={settings['init_from']!r}")
+    if shape.plan or plan_of(settings, shape) is None:
+        return None
+    return torch.from_numpy(read_calibration(calibration_path, settings["calibration_tokens"],
+                                             min(shape.block_size, settings["block_size"]), shape.vocab_size))
+
+
+def compress_as_planned(model, settings, master, calibration, device):
+    """A dense model compressed by the plan the settings ask for, if any; a Kronecker model as it is (the settings
+    may only repeat its plan). ValueError for a plan that does not fit the model."""
+    plan = plan_of(settings, model.config)
+    if plan is not None and model.config.plan and plan != model.config.plan:
+        raise UsageError(f"{settings['init_from']} is a Kronecker model with the plan {model.config.plan}, but the "
+                         f"settings ask for {plan}: set them to match, or unset them to take the model's")
+    if plan is None or model.config.plan:
+        return model
+    if master:
+        print(f"compressing {settings['init_from']} ({model.get_num_params():,} parameters) with {plan}, "
+              f"init={settings['init']}")
+    return compress(model, plan, settings["init"], progress=master, calibration=calibration,
+                    act_steps=settings["act_steps"], act_lr=settings["act_lr"], act_sweeps=settings["act_sweeps"],
+                    act_device=device)
 
 
 def check_model_vocab(settings, model, checkpoint, itos, data_dir):
@@ -359,7 +364,7 @@ def adopted_shape(settings, model, master):
         if master and asked:
             print(f"note: the plan {asked} in the settings; the model from init_from={settings['init_from']} has "
                   f"the plan {model.config.plan}, which is used")
-        adopted.update({**PLAN_SETTINGS, "kron": model.config.kron})
+        adopted.update({**PLAN_SETTINGS, "kron": model.config.plan.to_kron() or None})
     return adopted
 
 
