@@ -29,7 +29,7 @@ import zlib
 
 import torch
 
-from common import UsageError, one_line, read_vocab
+from common import UsageError, atomic_path, one_line, read_vocab
 from kron_shapes import Plan
 from model import GPT, GPTConfig, HF_CONV1D_WEIGHTS
 
@@ -37,13 +37,8 @@ from model import GPT, GPTConfig, HF_CONV1D_WEIGHTS
 def save_checkpoint(checkpoint, path):
     """torch.save to a temporary file renamed into place, so a crash never leaves a truncated file."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp_path = f"{path}.tmp{os.getpid()}"
-    try:
+    with atomic_path(path) as tmp_path:
         torch.save(checkpoint, tmp_path)
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
 
 
 def make_checkpoint(model, itos=None, **extra):
@@ -186,22 +181,16 @@ def seal_safetensors(path):
     """Write the CRC-32 of a safetensors file's tensor bytes into its header's __metadata__, for check_safetensors.
     The file is rewritten beside itself and renamed into place; opened as any new file (not by tempfile, whose
     files are private), it is readable by all, like the files beside it, under the usual umask."""
-    tmp_path = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(path, "rb") as src:
-            header = read_safetensors_header(src, path)
-            tensors_start = src.tell()
-            header["__metadata__"] = {**header.get("__metadata__", {}), SAFETENSORS_CRC: crc32_to_end(src)}
-            text = json.dumps(header, separators=(",", ":")).encode()
-            text += b" " * (-len(text) % 8)  # as safetensors writes it: the tensors start 8-byte aligned
-            with open(tmp_path, "wb") as dst:
-                dst.write(struct.pack("<Q", len(text)) + text)
-                src.seek(tensors_start)
-                shutil.copyfileobj(src, dst)
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
+    with open(path, "rb") as src:
+        header = read_safetensors_header(src, path)
+        tensors_start = src.tell()
+        header["__metadata__"] = {**header.get("__metadata__", {}), SAFETENSORS_CRC: crc32_to_end(src)}
+        text = json.dumps(header, separators=(",", ":")).encode()
+        text += b" " * (-len(text) % 8)  # as safetensors writes it: the tensors start 8-byte aligned
+        with atomic_path(path) as tmp_path, open(tmp_path, "wb") as dst:
+            dst.write(struct.pack("<Q", len(text)) + text)
+            src.seek(tensors_start)
+            shutil.copyfileobj(src, dst)
 
 
 def check_safetensors(path):
