@@ -233,6 +233,10 @@ def main(argv=None):
                         help="write the Kronecker factors (trust_remote_code model) instead of a dense GPT-2")
     args = parser.parse_args(argv)
 
+    if os.path.isdir(args.checkpoint):
+        hint = os.path.join(args.checkpoint, "ckpt.pt")
+        raise UsageError(f"{args.checkpoint} is a folder, not a checkpoint file"
+                         + (f" (did you mean {hint}?)" if os.path.isfile(hint) else ""))
     if not os.path.isfile(args.checkpoint):
         raise UsageError(f"no such checkpoint: {args.checkpoint}")
     if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):

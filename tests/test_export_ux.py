@@ -112,3 +112,12 @@ def test_a_missing_tokenizer_folder_is_one_line_before_any_weights_load(exports,
         assert status == 2 and out == "" and err == f"krony_to_gpt.py: error: cannot load the tokenizer " \
                                                      f"{str(missing)!r}: no such folder, nor a hub name such as gpt2\n"
     assert not (tmp_path / "out").exists()
+
+
+def test_a_run_folder_given_as_the_checkpoint_is_one_line_naming_its_ckpt(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    save_checkpoint(make_checkpoint(tiny_gpt(0, vocab_size=len(ITOS), n_embd=16, block_size=16)), run / "ckpt.pt")
+    status, _, err = run_main(krony_to_gpt.main, [run, tmp_path / "out"], capsys)
+    assert status == 2 and err.strip().count("\n") == 0, err
+    assert f"did you mean {run / 'ckpt.pt'}?" in err and not (tmp_path / "out").exists()
