@@ -52,8 +52,8 @@ def ms_per_iter(out_dir):
     return sum(steady) / len(steady)
 
 
-@exit_on_usage_error("quickstart.py")
-def main():
+def parse_args():
+    """The command line, checked before any step runs: a teacher that cannot be opened fails now, in one line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", help="start from this dense GPT-2 (hub name, Hugging Face directory or "
                                           "checkpoint) instead of training one")
@@ -65,62 +65,60 @@ def main():
     args = parser.parse_args()
     if min(args.teacher_iters, args.finetune_iters) < 1 or args.eval_tokens < 2:
         parser.error("--teacher_iters and --finetune_iters must be at least 1, --eval_tokens at least 2")
-    if args.teacher is not None:  # a teacher that cannot be opened fails now, in one line, before any step runs
+    if args.teacher is not None:
         load_model_config(args.teacher, what=f"--teacher {args.teacher}")
+    return args
+
+
+def train_teacher(args):
+    """Step 2: a small dense GPT-2 trained on the corpus; the path of its checkpoint."""
+    teacher_dir = os.path.join(args.out_dir, "teacher")
+    iters = args.teacher_iters
+    run("2/6 train a dense teacher", [
+        "train.py", os.path.join("config", "train_shakespeare.py"), f"--out_dir={teacher_dir}",
+        f"--max_iters={iters}", f"--lr_decay_iters={iters}", f"--eval_interval={iters}", "--overwrite=True",
+        f"--device={args.device}"])
+    return os.path.join(teacher_dir, "ckpt.pt")
+
+
+def compress_finetune_export(args, teacher, config):
+    """Steps 3 to 5 on a teacher of `config`: (the compressed model at init, fine-tuned, exported)."""
     out = args.out_dir
-    device = [f"--device={args.device}"]
-    start = time.time()
-
-    run("1/6 prepare the corpus", [os.path.join("data", "shakespeare", "prepare.py")])
-
-    teacher = args.teacher
-    if teacher is None:
-        teacher_dir = os.path.join(out, "teacher")
-        iters = args.teacher_iters
-        run("2/6 train a dense teacher", [
-            "train.py", os.path.join("config", "train_shakespeare.py"), f"--out_dir={teacher_dir}",
-            f"--max_iters={iters}", f"--lr_decay_iters={iters}", f"--eval_interval={iters}", "--overwrite=True",
-            *device])
-        teacher = os.path.join(teacher_dir, "ckpt.pt")
-
     # The model's width decides the shape: dim_1 = dim_2 = n_embd is the paper's 81M shape (c_fc's A is
     # n_embd x n_embd, B is 1 x 4).
-    teacher_model = load_model(teacher)
-    n_embd, block_size = teacher_model.config.n_embd, teacher_model.config.block_size
     init_path = os.path.join(out, "krony_init.pt")
     run("3/6 compress the teacher", [
-        "kron_decompose.py", str(n_embd), str(n_embd), "1", "--model", teacher, "--init", "vl", "--out", init_path,
-        "--overwrite"])
+        "kron_decompose.py", str(config.n_embd), str(config.n_embd), "1", "--model", teacher, "--init", "vl",
+        "--out", init_path, "--overwrite"])
 
     krony_dir = os.path.join(out, "krony")
     iters = args.finetune_iters
     run("4/6 fine-tune the compressed model", [
         "train.py", os.path.join("config", "finetune_shakespeare.py"), f"--init_from={init_path}",
-        f"--out_dir={krony_dir}", f"--block_size={block_size}", f"--max_iters={iters}", f"--lr_decay_iters={iters}",
-        f"--eval_interval={iters}", "--overwrite=True", *device])
+        f"--out_dir={krony_dir}", f"--block_size={config.block_size}", f"--max_iters={iters}",
+        f"--lr_decay_iters={iters}", f"--eval_interval={iters}", "--overwrite=True", f"--device={args.device}"])
     krony_ckpt = os.path.join(krony_dir, "ckpt.pt")
 
     export_dir = os.path.join(out, "krony_hf")
     run("5/6 export to Hugging Face", ["krony_to_gpt.py", krony_ckpt, export_dir, "--overwrite"])
+    return init_path, krony_ckpt, export_dir
 
-    # (name, what perplexity.py scores, what the parameters are counted on): the fine-tuned model is scored
-    # as exported, so the export is checked too, and counted as trained, before its factors are multiplied out.
-    models = [("teacher (dense)", teacher, teacher), ("compressed at init", init_path, init_path),
-              ("compressed + fine-tuned", export_dir, krony_ckpt)]
+
+def score(args, models):
+    """Step 6: {name: perplexity} of each model scored by perplexity.py on the first --eval_tokens held-out tokens."""
     perplexities = {}
     for i, (name, scored, _) in enumerate(models):
-        results = os.path.join(out, f"perplexity_{i}.json")
+        results = os.path.join(args.out_dir, f"perplexity_{i}.json")
         ppl_device = [] if args.device == "auto" else [f"--device={args.device}"]
         run(f"6/6 score the {name} model", ["perplexity.py", scored, VAL_TOKENS, f"--max_tokens={args.eval_tokens}",
                                             f"--out={results}", *ppl_device])
         with open(os.path.join(ROOT, results)) as f:
             perplexities[name] = json.load(f)["datasets"][VAL_TOKENS]["perplexity"]
+    return perplexities
 
-    step_ms = {"compressed + fine-tuned": ms_per_iter(krony_dir)}
-    if args.teacher is None:
-        step_ms["teacher (dense)"] = ms_per_iter(os.path.join(out, "teacher"))
-    print(f"\nquickstart: teacher {teacher}, held-out text {VAL_TOKENS} (first {args.eval_tokens:,} tokens, windows "
-          f"of {block_size}), {time.time() - start:.0f} s in all\n")
+
+def print_table(models, teacher, teacher_model, perplexities, step_ms):
+    """The markdown table of parameters, perplexity and training time per step, and how far fine-tuning got."""
     print("| model | parameters | MLP parameters | val perplexity | train ms/step |")
     print("| --- | --- | --- | --- | --- |")
     for name, _, counted in models:
@@ -132,6 +130,29 @@ def main():
     at_init = perplexities["compressed at init"] / perplexities["teacher (dense)"]
     print(f"\ncompressed + fine-tuned perplexity is {ratio:.2f}x the teacher's (at init: {at_init:.2f}x); goal: "
           f"within {RECOVERY_GOAL}x, {'met' if ratio <= RECOVERY_GOAL else 'NOT met'}")
+
+
+@exit_on_usage_error("quickstart.py")
+def main():
+    args = parse_args()
+    out = args.out_dir
+    start = time.time()
+    run("1/6 prepare the corpus", [os.path.join("data", "shakespeare", "prepare.py")])
+    teacher = train_teacher(args) if args.teacher is None else args.teacher
+    teacher_model = load_model(teacher)
+    init_path, krony_ckpt, export_dir = compress_finetune_export(args, teacher, teacher_model.config)
+
+    # (name, what perplexity.py scores, what the parameters are counted on): the fine-tuned model is scored
+    # as exported, so the export is checked too, and counted as trained, before its factors are multiplied out.
+    models = [("teacher (dense)", teacher, teacher), ("compressed at init", init_path, init_path),
+              ("compressed + fine-tuned", export_dir, krony_ckpt)]
+    perplexities = score(args, models)
+    step_ms = {"compressed + fine-tuned": ms_per_iter(os.path.dirname(krony_ckpt))}
+    if args.teacher is None:
+        step_ms["teacher (dense)"] = ms_per_iter(os.path.join(out, "teacher"))
+    print(f"\nquickstart: teacher {teacher}, held-out text {VAL_TOKENS} (first {args.eval_tokens:,} tokens, windows "
+          f"of {teacher_model.config.block_size}), {time.time() - start:.0f} s in all\n")
+    print_table(models, teacher, teacher_model, perplexities, step_ms)
 
     runs = {name: read_metrics(os.path.join(ROOT, out, run_dir)) for name, run_dir in
             (("teacher (dense)", "teacher"), ("compressed + fine-tuned", "krony")) if name in step_ms}
