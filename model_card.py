@@ -125,8 +125,8 @@ def card_text(model, checkpoint, keep_factors, itos=None):
     lines += ["## How it was scored", "",
               "`python perplexity.py THIS_FOLDER` (krony's perplexity.py) adds its perplexities to this card's "
               "metadata as model-index results: the paper's protocol (the test split joined with blank lines, "
-              "disjoint windows of the context, perplexity the exponential of the mean window loss) unless a "
-              "result's name says otherwise.", ""]
+              "disjoint windows of the context, perplexity the exponential of the mean window loss); a partial "
+              "run (fewer tokens, another stride or dtype) is never written here.", ""]
     return front_matter(metadata) + "\n" + "\n".join(lines)
 
 
