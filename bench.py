@@ -49,7 +49,8 @@ import torch
 import torch.nn as nn
 
 from checkpoints import load_model
-from common import ACT_STEPS, CALIBRATION_TOKENS, UsageError, exit_on_usage_error, one_line, write_json, write_text
+from common import (ACT_STEPS, CALIBRATION_TOKENS, UsageError, exit_on_usage_error, one_line, usage_errors, write_json,
+                    write_text)
 from devices import autocast_context, default_device, setup_device
 from kron_shapes import matrix_shape
 from kronecker import KroneckerEmbedding, KroneckerLinear
@@ -571,10 +572,8 @@ def check_args(args):
     if args.eval_tokens < 2:
         raise UsageError(f"--eval_tokens must be at least 2 (one to predict from, one to predict), got "
                          f"{args.eval_tokens}")
-    try:
+    with usage_errors("--device"):
         args.device = str(setup_device(args.device))
-    except ValueError as e:
-        raise UsageError(f"--device: {e}") from None
     gpu = args.device.startswith(("cuda", "mps"))
     args.decode_compile = args.compile
     if args.suite:

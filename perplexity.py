@@ -45,7 +45,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from common import (EOT, UsageError, check_vocab, exit_on_usage_error, gpt2_encoding, one_line, open_tokens, read_vocab,
-                    write_json)
+                    usage_errors, write_json)
 from checkpoints import load_model, load_model_config, load_vocab
 from devices import autocast_context, default_device, setup_device
 from model import IGNORE_INDEX
@@ -339,10 +339,8 @@ def main(argv=None):
     if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
         raise UsageError(f"--out {args.out}: no such directory {os.path.dirname(os.path.abspath(args.out))}")
     names = resolve_datasets(args.datasets)
-    try:
+    with usage_errors():
         device = setup_device(args.device)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
     config = load_model_config(args.model, what=repr(args.model))  # a missing model fails before the data load
     context = config.block_size
     if args.stride is not None and args.stride > context:

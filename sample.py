@@ -12,7 +12,7 @@ import argparse
 
 import torch
 
-from common import UsageError, decode_chars, encode_chars, exit_on_usage_error, gpt2_encoding, one_line
+from common import UsageError, decode_chars, encode_chars, exit_on_usage_error, gpt2_encoding, one_line, usage_errors
 from checkpoints import load_model, load_model_config, load_vocab
 from devices import autocast_context, default_device, setup_device
 
@@ -45,10 +45,8 @@ def main(argv=None):
                 start = f.read()
         except OSError as e:
             raise UsageError(f"cannot read the prompt file: {one_line(e)}") from None
-    try:
+    with usage_errors():
         device = setup_device(args.device)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
     config = load_model_config(args.model, what=repr(args.model))  # a missing model fails before the weights
     itos = load_vocab(args.model, what=repr(args.model))
     if itos is not None:

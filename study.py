@@ -34,7 +34,7 @@ import sys
 import time
 
 from common import (ACT_LR, ACT_STEPS, CALIBRATION_TOKENS, INIT_NAMES, UsageError, exit_on_usage_error, one_line,
-                    read_calibration, read_vocab, write_json)
+                    read_calibration, read_vocab, usage_errors, write_json)
 from configurator import ConfigError, checked, load_config
 from kron_shapes import PLAN_SETTINGS, Plan, divisors, is_outer_product, max_factors, parse_blocks
 from plot import plot_family_frontier, plot_frontier, plot_loss_panels, read_metrics
@@ -152,12 +152,10 @@ def check_student(where, variant, shape):
             raise UsageError(f"{where}: dense={variant['dense']!r}: {one_line(e)}") from None
         return
     n_layer = shape.n_layer
-    try:
+    with usage_errors(where):
         if "keep_blocks" in variant:
             n_layer = len(parse_blocks(",".join(map(str, variant["keep_blocks"])), shape.n_layer))
         Plan.from_settings(shape.n_embd, n_layer, shape.vocab_size, **plan).check_init(variant.get("init", "vl"))
-    except ValueError as e:
-        raise UsageError(f"{where}: {e}") from None
 
 
 def check_train_settings(settings, train_settings, where, allow=()):
