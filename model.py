@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from common import first_of
 from kron_shapes import Plan
 from kronecker import KroneckerEmbedding, KroneckerLinear, fuses_mlp, kronecker_mlp
 
@@ -292,8 +293,7 @@ class GPT(nn.Module):
             [f"{key} is not GPT-2's" for key in loading["unexpected_keys"]] + \
             [f"{key} has shape {tuple(got)}, not {tuple(want)}" for key, got, want in loading["mismatched_keys"]]
         if wrong:
-            raise ValueError(f"{name_or_dir}: not a GPT-2 checkpoint: {wrong[0]}"
-                             + (f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""))
+            raise ValueError(f"{name_or_dir}: not a GPT-2 checkpoint: {first_of(wrong)}")
         unsupported = {
             "activation_function": (hf.activation_function, "gelu_new"),
             "layer_norm_epsilon": (hf.layer_norm_epsilon, 1e-5),
