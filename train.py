@@ -51,7 +51,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from checkpoints import (load_checkpoint, load_model, load_model_config, load_vocab, make_checkpoint, read_checkpoint,
                          save_checkpoint)
 from common import (ACT_LR, ACT_STEPS, CALIBRATION_TOKENS, UsageError, check_vocab, one_line, open_tokens,
-                    read_calibration, read_vocab)
+                    read_calibration, read_vocab, write_text)
 from compress import INITS, compress
 from configurator import ConfigError, load_config
 from devices import autocast_context, resolve_dtype, setup_device
@@ -438,9 +438,7 @@ def truncate_metrics(path, iter_num):
     # The checkpoint at iter_num was written right after that iteration's evaluation line.
     keep = [r for r in records if r["iter"] < iter_num or (r["iter"] == iter_num and "val_loss" in r)]
     if len(keep) < len(records):
-        with open(f"{path}.tmp", "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in keep)
-        os.replace(f"{path}.tmp", path)
+        write_text("".join(json.dumps(r) + "\n" for r in keep), path)
 
 
 # ----------------------------------------------------------------------------------------------------
