@@ -507,21 +507,124 @@ def restore(checkpoint, optimizer, scaler, batch_generator, rt):
                  checkpoint.get("run_id", ""))
 
 
+@dataclass
+class Run:
+    """One training run, built once by start_run: what the loop reads, and the state it changes."""
+    settings: dict  # final: the model's own shape and plan adopted; what the checkpoint and wandb record
+    rt: Runtime
+    data_dir: str
+    itos: list | None  # the dataset's characters (its meta.json), None for GPT-2 tokens
+    raw_model: GPT
+    model: torch.nn.Module  # raw_model, compiled and wrapped in DDP as the settings and torchrun ask
+    teacher: GPT | None
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    batch_generator: torch.Generator
+    state: State
+    resumed: bool
+    started: float = 0.0  # time.time() when the loop began: the set-up does not count in elapsed_s
+
+    @property
+    def ckpt_path(self):
+        return os.path.join(self.settings["out_dir"], "ckpt.pt")
+
+    @property
+    def metrics_path(self):
+        return os.path.join(self.settings["out_dir"], "metrics.jsonl")
+
+    @property
+    def tokens_per_iter(self):
+        return self.rt.grad_accum * self.rt.world_size * self.settings["batch_size"] * self.settings["block_size"]
+
+    def elapsed(self):
+        """Seconds of training so far, those of the runs it resumes included."""
+        return self.state.elapsed_before + time.time() - self.started
+
+
+def start_run(given):
+    """The Run the settings ask for, checked before any slow work, its model built, loaded or compressed, its
+    optimizer and random number generators seeded or restored, and out_dir ready. Its settings are the asked ones
+    with the model's shape and plan adopted, fixed from then on."""
+    data_dir = data_dir_of(given)
+    itos = read_vocab(data_dir)  # the characters the ids stand for, where the dataset has a meta.json
+    new_vocab = itos is not None and given["init_from"] == "scratch"  # as nanoGPT's meta_vocab_size
+    asked = {**given, "vocab_size": len(itos)} if new_vocab else given
+    check_config(asked)
+    for split in ("train", "val"):
+        check_tokens(data_dir, split, asked["block_size"])
+    rt = setup_runtime(asked)
+
+    torch.manual_seed(asked["seed"])  # the same initial model whatever the number of processes
+    raw_model, checkpoint = init_model(asked, rt.master,
+                                       asked["calibration"] or os.path.join(data_dir, "train.bin"), rt.device)
+    check_model_vocab(asked, raw_model, checkpoint, itos, data_dir)
+    settings = {**asked, **adopted_shape(asked, raw_model, rt.master)}
+    for split in ("train", "val"):
+        check_tokens(data_dir, split, raw_model.config.block_size, raw_model.config.vocab_size)
+    teacher = load_teacher(settings, raw_model, rt.device) if settings["teacher"] else None
+    raw_model.to(rt.device)
+    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == "float16")
+    optimizer = raw_model.configure_optimizers(settings["weight_decay"], settings["learning_rate"],
+                                               (settings["beta1"], settings["beta2"]), rt.device.type)
+    batch_generator = seed_everything(settings["seed"] + rt.rank)
+    if checkpoint is not None:
+        state = restore(checkpoint, optimizer, scaler, batch_generator, rt)
+    else:
+        state = State(run_id=uuid.uuid4().hex[:12])
+    model = torch.compile(raw_model) if settings["compile"] else raw_model
+    if rt.ddp:
+        model = DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+    run = Run(settings, rt, data_dir, itos, raw_model=raw_model, model=model, teacher=teacher, optimizer=optimizer,
+              scaler=scaler, batch_generator=batch_generator, state=state, resumed=checkpoint is not None)
+    if rt.master:
+        open_outputs(run)
+    return run
+
+
+def open_outputs(run):
+    """out_dir ready for the run (a resumed run's metrics cut back to its checkpoint, a fresh run's files removed:
+    check_config refused an unintended replacement), the run described, and wandb started when asked."""
+    os.makedirs(run.settings["out_dir"], exist_ok=True)
+    if run.resumed:
+        truncate_metrics(run.metrics_path, run.state.iter_num)
+    else:
+        for path in (run.metrics_path, run.ckpt_path):
+            if os.path.exists(path):
+                os.remove(path)
+    report_run(run)
+    if run.settings["wandb_log"]:
+        import wandb
+        wandb.init(project=run.settings["wandb_project"], name=run.settings["wandb_run_name"], config=run.settings,
+                   id=run.state.run_id, resume="allow")  # a resumed run goes on in the same wandb run
+
+
+def log(run, record):
+    """A line of metrics.jsonl, and a step of the wandb run when there is one (rank 0 only)."""
+    record = {"run": run.state.run_id, **record}
+    append_metrics(run.metrics_path, record)
+    if run.settings["wandb_log"]:
+        import wandb
+        wandb.log(record, step=record["iter"])
+
+
 @torch.no_grad()
-def estimate_loss(model, settings, data_dir, rt):
+def estimate_loss(run):
     """Mean loss over eval_iters batches per split, the batches shared out over the processes.
 
     The windows are drawn from a generator seeded afresh at every evaluation: each evaluation scores the
     same windows, so successive losses differ by the model only, not by sampling noise. Plain cross-entropy,
     with or without distillation, so that runs compare.
     """
+    settings, rt = run.settings, run.rt
+    model = run.model.module if rt.ddp else run.model
     model.eval()
     losses = {}
     for split in ("train", "val"):
         generator = torch.Generator().manual_seed(settings["seed"])
         total = torch.zeros((), device=rt.device)
         for k in range(settings["eval_iters"]):
-            x, y = get_batch(data_dir, split, settings["batch_size"], settings["block_size"], generator, rt.device)
+            x, y = get_batch(run.data_dir, split, settings["batch_size"], settings["block_size"], generator,
+                             rt.device)
             if k % rt.world_size == rt.rank:
                 with rt.autocast:
                     total += model(x, y)[1].float()
@@ -532,15 +635,37 @@ def estimate_loss(model, settings, data_dir, rt):
     return losses
 
 
-def forward_backward(model, teacher, settings, data_dir, rt, batch_generator, scaler):
+def evaluate_and_save(run, lr):
+    """The losses of estimate_loss, printed and logged; the checkpoint saved when the val loss improved or
+    always_save_checkpoint (not at iteration 0, whose weights are the start's, nor in eval_only)."""
+    state = run.state
+    losses = estimate_loss(run)
+    if not all(math.isfinite(v) for v in losses.values()):
+        raise NonFiniteLoss(f"iteration {state.iter_num}: train loss {losses['train']}, val loss {losses['val']}")
+    if run.rt.master:
+        print(f"iter {state.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        log(run, {"iter": state.iter_num, "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr,
+                  "elapsed_s": run.elapsed()})
+    if losses["val"] < state.best_val_loss or run.settings["always_save_checkpoint"]:
+        state.best_val_loss = min(state.best_val_loss, losses["val"])
+        if state.iter_num > 0 and not run.settings["eval_only"]:
+            save_run(run)
+            if run.rt.master:
+                print(f"saved {run.ckpt_path} (iteration {state.iter_num})")
+    return losses
+
+
+def forward_backward(run):
     """One iteration's micro-batches through the model and back: {"loss"[, "ce_loss", "kd_loss", "hidden_loss"]}
     averaged over them and over the processes, as floats (one device sync)."""
+    settings, rt, model, teacher = run.settings, run.rt, run.model, run.teacher
     distill = teacher is not None and (settings["distill_alpha"] > 0 or settings["distill_hidden"] > 0)
     sums = None
     for micro_step in range(rt.grad_accum):
         if rt.ddp:  # all-reduce the gradients on the last micro-step only
             model.require_backward_grad_sync = micro_step == rt.grad_accum - 1
-        x, y = get_batch(data_dir, "train", settings["batch_size"], settings["block_size"], batch_generator, rt.device)
+        x, y = get_batch(run.data_dir, "train", settings["batch_size"], settings["block_size"], run.batch_generator,
+                         rt.device)
         with rt.autocast:
             if distill:
                 logits, _, states = model(x, return_hidden=True)
@@ -549,7 +674,7 @@ def forward_backward(model, teacher, settings, data_dir, rt, batch_generator, sc
                 parts = distillation_losses(logits, y, states, teacher_logits, teacher_states, settings)
             else:
                 parts = {"loss": model(x, y)[1]}
-        scaler.scale(parts["loss"] / rt.grad_accum).backward()
+        run.scaler.scale(parts["loss"] / rt.grad_accum).backward()
         parts = torch.stack([v.detach().float() for v in parts.values()]) / rt.grad_accum
         sums = parts if sums is None else sums + parts
     if rt.ddp:
@@ -559,191 +684,129 @@ def forward_backward(model, teacher, settings, data_dir, rt, batch_generator, sc
     return dict(zip(names, sums.tolist()))
 
 
-def save_run(raw_model, itos, optimizer, scaler, state, run_settings, batch_generator, rt, ckpt_path, elapsed):
+def optimizer_step(run):
+    """Clip the gradients (of the unscaled loss) and step: the iteration's update."""
+    if run.settings["grad_clip"] > 0:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.settings["grad_clip"])
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+
+
+def log_step(run, parts, lr, train_time, iters):
+    """An iteration's losses printed and logged, with the speed of the iters iterations since the last log, which
+    took train_time seconds."""
+    tokens_per_sec = run.tokens_per_iter * iters / train_time
+    ms_per_iter = 1000 * train_time / iters
+    elapsed = run.elapsed()
+    extra = "".join(f", {k} {v:.4f}" for k, v in parts.items() if k != "loss")
+    print(f"iter {run.state.iter_num}: loss {parts['loss']:.4f}{extra}, lr {lr:.3e}, {tokens_per_sec:,.0f} "
+          f"tokens/s, {ms_per_iter:.0f} ms/iter, {elapsed:.0f} s")
+    log(run, {"iter": run.state.iter_num, **parts, "lr": lr, "tokens_per_sec": tokens_per_sec,
+              "ms_per_iter": ms_per_iter, "elapsed_s": elapsed})
+
+
+def save_run(run):
     """Everything resume needs, gathered from every rank (their random number generators) and written by rank 0,
     atomically: a failed write leaves the previous checkpoint in place."""
-    states = [rng_state(batch_generator, rt.device)]
-    if rt.ddp:
-        states = [None] * rt.world_size
-        dist.all_gather_object(states, rng_state(batch_generator, rt.device))
-    if not rt.master:
+    elapsed = run.elapsed()
+    states = [rng_state(run.batch_generator, run.rt.device)]
+    if run.rt.ddp:
+        states = [None] * run.rt.world_size
+        dist.all_gather_object(states, rng_state(run.batch_generator, run.rt.device))
+    if not run.rt.master:
         return
-    ckpt = make_checkpoint(raw_model, itos, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
-                           iter_num=state.iter_num, best_val_loss=state.best_val_loss, config=run_settings,
-                           rng=states, elapsed_s=elapsed, run_id=state.run_id)
+    state = run.state
+    ckpt = make_checkpoint(run.raw_model, run.itos, optimizer=run.optimizer.state_dict(),
+                           scaler=run.scaler.state_dict(), iter_num=state.iter_num, best_val_loss=state.best_val_loss,
+                           config=run.settings, rng=states, elapsed_s=elapsed, run_id=state.run_id)
     try:
-        save_checkpoint(ckpt, ckpt_path)
+        save_checkpoint(ckpt, run.ckpt_path)
     except OSError as e:  # disk full, quota: the previous checkpoint is still in place
-        raise UsageError(f"cannot write {ckpt_path} ({one_line(e)}); the previous checkpoint is intact: free some "
-                         f"space and resume with --init_from=resume") from None
+        raise UsageError(f"cannot write {run.ckpt_path} ({one_line(e)}); the previous checkpoint is intact: free "
+                         f"some space and resume with --init_from=resume") from None
 
 
-def optimizer_step(model, optimizer, scaler, settings):
-    """Clip the gradients (of the unscaled loss) and step: the iteration's update."""
-    if settings["grad_clip"] > 0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), settings["grad_clip"])
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-
-
-def train(settings):
+def train(given):
     """Run the training loop the settings describe; returns the last evaluation's losses."""
-    data_dir = data_dir_of(settings)
-    itos = read_vocab(data_dir)  # the characters the ids stand for, where the dataset has a meta.json
-    if itos is not None and settings["init_from"] == "scratch":
-        settings = {**settings, "vocab_size": len(itos)}  # as nanoGPT's meta_vocab_size
-    check_config(settings)
-    for split in ("train", "val"):
-        check_tokens(data_dir, split, settings["block_size"])
-    rt = setup_runtime(settings)
-
-    torch.manual_seed(settings["seed"])  # the same initial model whatever the number of processes
-    model, checkpoint = init_model(settings, rt.master,
-                                   settings["calibration"] or os.path.join(data_dir, "train.bin"), rt.device)
-    check_model_vocab(settings, model, checkpoint, itos, data_dir)
-    run_settings = {**settings, **adopted_shape(settings, model, rt.master)}  # what the checkpoint records
-    for split in ("train", "val"):
-        check_tokens(data_dir, split, model.config.block_size, model.config.vocab_size)
-    teacher = load_teacher(settings, model, rt.device) if settings["teacher"] else None
-    model.to(rt.device)
-    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == "float16")
-    optimizer = model.configure_optimizers(settings["weight_decay"], settings["learning_rate"],
-                                           (settings["beta1"], settings["beta2"]), rt.device.type)
-    batch_generator = seed_everything(settings["seed"] + rt.rank)
-    state = State(run_id=uuid.uuid4().hex[:12])
-    if checkpoint is not None:
-        state = restore(checkpoint, optimizer, scaler, batch_generator, rt)
-    raw_model = model
-    if settings["compile"]:
-        model = torch.compile(model)
-    if rt.ddp:
-        model = DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
-
-    settings = dict(settings, block_size=raw_model.config.block_size)  # batches have the model's context
-    tokens_per_iter = rt.grad_accum * rt.world_size * settings["batch_size"] * settings["block_size"]
-    ckpt_path = os.path.join(settings["out_dir"], "ckpt.pt")
-    metrics_path = os.path.join(settings["out_dir"], "metrics.jsonl")
-    if rt.master:
-        os.makedirs(settings["out_dir"], exist_ok=True)
-        if checkpoint is not None:
-            truncate_metrics(metrics_path, state.iter_num)
-        else:  # a fresh run: a new metrics file (check_config refused an unintended replacement)
-            for path in (metrics_path, ckpt_path):
-                if os.path.exists(path):
-                    os.remove(path)
-        report_run(raw_model, settings, rt, data_dir, itos, tokens_per_iter, ckpt_path, metrics_path, teacher)
-        if settings["wandb_log"]:
-            import wandb
-            wandb.init(project=settings["wandb_project"], name=settings["wandb_run_name"], config=run_settings,
-                       id=state.run_id, resume="allow")  # a resumed run goes on in the same wandb run
+    run = start_run(given)
+    settings, state, rt = run.settings, run.state, run.rt
     if state.iter_num >= settings["max_iters"] and not settings["eval_only"]:
         if rt.master:
             print(f"nothing to do: iteration {state.iter_num} is already max_iters={settings['max_iters']}")
         return {}
-
-    def log(record):
-        record = {"run": state.run_id, **record}
-        append_metrics(metrics_path, record)
-        if settings["wandb_log"]:
-            wandb.log(record, step=record["iter"])
-
-    def evaluate_and_save(lr):
-        losses = estimate_loss(model.module if rt.ddp else model, settings, data_dir, rt)
-        if not all(math.isfinite(v) for v in losses.values()):
-            raise NonFiniteLoss(f"iteration {state.iter_num}: train loss {losses['train']}, val loss "
-                                f"{losses['val']}")
-        elapsed = state.elapsed_before + time.time() - run_start
-        if rt.master:
-            print(f"iter {state.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-            log({"iter": state.iter_num, "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr,
-                 "elapsed_s": elapsed})
-        if losses["val"] < state.best_val_loss or settings["always_save_checkpoint"]:
-            state.best_val_loss = min(state.best_val_loss, losses["val"])
-            if state.iter_num > 0 and not settings["eval_only"]:
-                save_run(raw_model, itos, optimizer, scaler, state, run_settings, batch_generator, rt, ckpt_path,
-                         elapsed)
-                if rt.master:
-                    print(f"saved {ckpt_path} (iteration {state.iter_num})")
-        return losses
-
-    last_eval_iter = state.iter_num if checkpoint is not None else -1  # the checkpoint was written at an evaluation
+    last_eval_iter = state.iter_num if run.resumed else -1  # the checkpoint was written at an evaluation
     losses = {}
-    run_start = time.time()
+    run.started = time.time()
     train_time, logged_iters = 0.0, 0
     stop_signals = StopSignals(rt)
     try:
         while True:
             lr = get_lr(state.iter_num, settings)
-            for group in optimizer.param_groups:
+            for group in run.optimizer.param_groups:
                 group["lr"] = lr
             due = state.iter_num % settings["eval_interval"] == 0 or state.iter_num == settings["max_iters"]
             if settings["eval_only"] or (due and state.iter_num != last_eval_iter):
-                losses = evaluate_and_save(lr)
+                losses = evaluate_and_save(run, lr)
                 last_eval_iter = state.iter_num
             if settings["eval_only"] or state.iter_num >= settings["max_iters"]:
                 break
             signum = stop_signals.agreed()
             if signum is not None:
-                save_run(raw_model, itos, optimizer, scaler, state, run_settings, batch_generator, rt, ckpt_path,
-                         state.elapsed_before + time.time() - run_start)
+                save_run(run)
                 if rt.master:
                     print(f"stopped by {signal.Signals(signum).name} at iteration {state.iter_num}: saved "
-                          f"{ckpt_path}; go on with --init_from=resume", flush=True)
+                          f"{run.ckpt_path}; go on with --init_from=resume", flush=True)
                 raise Stopped(signum)
 
             step_start = time.time()
-            parts = forward_backward(model, teacher, settings, data_dir, rt, batch_generator, scaler)
+            parts = forward_backward(run)
             # One device sync per iteration, so that a diverged loss stops the run before it reaches the weights.
             if not all(math.isfinite(v) for v in parts.values()):
                 raise NonFiniteLoss(f"iteration {state.iter_num}: training loss {parts['loss']}")
-            optimizer_step(model, optimizer, scaler, settings)
+            optimizer_step(run)
             train_time += time.time() - step_start
             logged_iters += 1
-
             if state.iter_num % settings["log_interval"] == 0 and rt.master:
-                tokens_per_sec = tokens_per_iter * logged_iters / train_time
-                ms_per_iter = 1000 * train_time / logged_iters
-                elapsed = state.elapsed_before + time.time() - run_start
-                extra = "".join(f", {k} {v:.4f}" for k, v in parts.items() if k != "loss")
-                print(f"iter {state.iter_num}: loss {parts['loss']:.4f}{extra}, lr {lr:.3e}, {tokens_per_sec:,.0f} "
-                      f"tokens/s, {ms_per_iter:.0f} ms/iter, {elapsed:.0f} s")
-                log({"iter": state.iter_num, **parts, "lr": lr, "tokens_per_sec": tokens_per_sec,
-                     "ms_per_iter": ms_per_iter, "elapsed_s": elapsed})
+                log_step(run, parts, lr, train_time, logged_iters)
                 train_time, logged_iters = 0.0, 0
             state.iter_num += 1
     finally:
         stop_signals.restore()
     if rt.master:
-        print(summary(state, ckpt_path, state.elapsed_before + time.time() - run_start))
+        print(summary(run))
     return losses
 
 
-def summary(state, ckpt_path, elapsed):
+def summary(run):
     """The run's last line: where it ended, how well, where its checkpoint is, how long it took."""
-    saved = f"checkpoint {ckpt_path}" if os.path.exists(ckpt_path) else "no checkpoint written"
-    return (f"done: {state.iter_num} iterations in {elapsed:.0f} s, best val loss {state.best_val_loss:.4f}, "
-            f"{saved}")
+    saved = f"checkpoint {run.ckpt_path}" if os.path.exists(run.ckpt_path) else "no checkpoint written"
+    return (f"done: {run.state.iter_num} iterations in {run.elapsed():.0f} s, best val loss "
+            f"{run.state.best_val_loss:.4f}, {saved}")
 
 
-def report_run(model, settings, rt, data_dir, itos, tokens_per_iter, ckpt_path, metrics_path, teacher):
+def report_run(run):
+    """The run described before it starts: the model's size and kind, the batch, the device and data, the
+    teacher, where checkpoints and metrics go."""
+    model, settings, rt = run.raw_model, run.settings, run.rt
     parts = model.get_num_params_by_part()
     plan = model.config.plan
     kind = f"Kronecker {plan}" if plan else "dense"
     print(f"model: {model.get_num_params(non_embedding=False):,} parameters "
           f"({model.get_num_params():,} without position embeddings; embedding {parts['embedding']:,}, attention "
           f"{parts['attention']:,}, MLPs {parts['mlp']:,}; {kind})")
-    print(f"tokens per iteration: {tokens_per_iter:,} = {rt.grad_accum} accumulation steps x {rt.world_size} "
+    print(f"tokens per iteration: {run.tokens_per_iter:,} = {rt.grad_accum} accumulation steps x {rt.world_size} "
           f"processes x {settings['batch_size']} sequences x {settings['block_size']} tokens")
-    vocab = f" ({model.config.vocab_size} characters, its meta.json)" if itos is not None else ""
-    print(f"device: {rt.device}, {rt.dtype}, compile={settings['compile']}; data: {data_dir}{vocab}")
-    if teacher is not None:
-        print(f"teacher: {settings['teacher']} ({teacher.get_num_params():,} parameters), distill_alpha="
+    vocab = f" ({model.config.vocab_size} characters, its meta.json)" if run.itos is not None else ""
+    print(f"device: {rt.device}, {rt.dtype}, compile={settings['compile']}; data: {run.data_dir}{vocab}")
+    if run.teacher is not None:
+        print(f"teacher: {settings['teacher']} ({run.teacher.get_num_params():,} parameters), distill_alpha="
               f"{settings['distill_alpha']}, distill_temperature={settings['distill_temperature']}, distill_hidden="
               f"{settings['distill_hidden']}")
     when = "every evaluation" if settings["always_save_checkpoint"] else "when the val loss improves"
-    print(f"checkpoints: {ckpt_path} ({when}, every {settings['eval_interval']} iterations); metrics: {metrics_path}")
+    print(f"checkpoints: {run.ckpt_path} ({when}, every {settings['eval_interval']} iterations); metrics: "
+          f"{run.metrics_path}")
 
 
 def given_settings(argv):

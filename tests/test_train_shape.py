@@ -1,6 +1,10 @@
-"""GPT.crop_block_size and GPT.with_dropout, the two changes train.py makes to a loaded model."""
+"""GPT.crop_block_size and GPT.with_dropout, the two changes train.py makes to a loaded model; train.py in short
+functions."""
+import ast
+import os
+
 import torch
-from conftest import tiny_gpt
+from conftest import ROOT, tiny_gpt
 
 
 def test_crop_block_size_keeps_the_first_positions_and_the_outputs_on_short_windows():
@@ -24,3 +28,11 @@ def test_with_dropout_rebuilds_only_for_another_dropout_and_keeps_the_weights():
     state = model.state_dict()
     assert all(torch.equal(tensor, state[name]) for name, tensor in rebuilt.state_dict().items())
 
+
+
+def test_no_function_in_train_py_is_over_80_lines():
+    with open(os.path.join(ROOT, "train.py")) as f:
+        tree = ast.parse(f.read())
+    long = [f"{node.name}: {node.end_lineno - node.lineno + 1} lines" for node in ast.walk(tree)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80]
+    assert long == []
