@@ -1,10 +1,14 @@
-"""GPT.crop_block_size and GPT.with_dropout, the two changes train.py makes to a loaded model; train.py in short
-functions."""
+"""GPT.crop_block_size and GPT.with_dropout, the two changes train.py makes to a loaded model; a plan that
+does not fit a model source refused in one line; train.py in short functions."""
 import ast
 import os
 
+import pytest
 import torch
-from conftest import ROOT, tiny_gpt
+from conftest import ROOT, random_corpus, run_main, tiny_gpt, tiny_train_args
+
+import train
+from checkpoints import make_checkpoint, save_checkpoint
 
 
 def test_crop_block_size_keeps_the_first_positions_and_the_outputs_on_short_windows():
@@ -36,3 +40,24 @@ def test_no_function_in_train_py_is_over_80_lines():
     long = [f"{node.name}: {node.end_lineno - node.lineno + 1} lines" for node in ast.walk(tree)
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80]
     assert long == []
+
+
+@pytest.mark.parametrize("init", ["vl", "act"])
+def test_a_plan_that_does_not_fit_a_source_is_one_line_naming_it(tmp_path, monkeypatch, capsys, init):
+    source = str(tmp_path / "teacher.pt")
+    save_checkpoint(make_checkpoint(tiny_gpt()), source)  # n_embd 16: A's rows=5 divide none of its matrices
+    if init == "act":  # refused from the model's shape alone
+        monkeypatch.setattr(train, "load_model", lambda *args, **kwargs: pytest.fail("the model was loaded"))
+    args = tiny_train_args(random_corpus(tmp_path / "data"), tmp_path / "out", init_from=source, init=init,
+                           kron={"c_attn": (5, 16, 1)})
+    status, _, err = run_main(train.main, args, capsys)
+    assert (status, err) == (2, f"train.py: error: {source}: c_attn in block 0 is 16x48: A's rows=5 do not divide 16; "
+                                f"nearest valid: 4 or 8\n")
+
+
+def test_a_source_that_cannot_load_is_its_own_one_line(tmp_path, capsys):
+    missing = tmp_path / "missing.pt"
+    args = tiny_train_args(random_corpus(tmp_path / "data"), tmp_path / "out", init_from=missing)
+    status, _, err = run_main(train.main, args, capsys)
+    assert status == 2 and err.startswith(f"train.py: error: cannot load init_from='{missing}': ") and \
+        err.count("\n") == 1
