@@ -421,7 +421,8 @@ def bench_act(args):
     torch.manual_seed(0)
     config = GPTConfig(n_layer=args.act_layers)
     teacher = GPT(config)
-    student = compress(teacher, Plan.from_settings(config.n_embd, config.n_layer, config.vocab_size, 768, 768, 1))
+    student = compress(teacher, Plan.from_settings(config.n_embd, config.n_layer, config.vocab_size,
+                                                   dim_1=768, dim_2=768, factors=1))
     calibration = torch.randint(config.vocab_size, (args.calibration_tokens // config.block_size, config.block_size))
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()

@@ -148,7 +148,7 @@ def keep_blocks(teacher, blocks):
               for (name, block), shape in config.plan.shapes.items() if block is None or block in blocks}
     plan = Plan(config.n_embd, len(blocks), config.vocab_size, shapes)
     held = [config.teacher_blocks[b] for b in blocks] if config.teacher_blocks else list(blocks)
-    student = GPT(replace(config, n_layer=len(blocks), kron=plan.to_kron() or None, teacher_blocks=held))
+    student = GPT(replace(config, n_layer=len(blocks), plan=plan, teacher_blocks=held))
     teacher_state = teacher.state_dict()
     state = {}
     for key in student.state_dict():

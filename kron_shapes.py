@@ -25,6 +25,7 @@ what config files, checkpoints and exported config.json files hold.
 
 import math
 import re
+from collections.abc import Mapping
 
 BLOCK_MATRICES = ("c_attn", "attn_proj", "c_fc", "c_proj")  # in every block: attention's two, the MLP's two
 MATRICES = ("wte",) + BLOCK_MATRICES  # wte: the token embedding, tied to lm_head, once per model
@@ -117,37 +118,33 @@ def parse_layers(spec, n_layer):
     return tuple(sorted(set(items)))
 
 
-def parse_kron(entries):
+def parse_entries(entries, option, value, form, examples):
+    """{key: integers} from `option` entries NAME[@BLOCKS]=VALUE, VALUE matched by the regex `value` (its groups
+    are the integers); form and examples name VALUE in the error."""
+    parsed = {}
+    for entry in entries:
+        match = re.fullmatch(rf"(\w+(?:@[\d,]+)?)={value}", entry.strip())
+        if not match:
+            raise ValueError(f"{option} {entry!r} is not NAME={form} or NAME@BLOCKS={form}, e.g. {examples}")
+        key, name = match.group(1), match.group(1).partition("@")[0]
+        if name not in MATRICES:
+            raise ValueError(f"{option} {entry!r}: {name!r} is not one of {', '.join(MATRICES)}")
+        if key in parsed:
+            raise ValueError(f"{option} names {key} twice")
+        parsed[key] = tuple(int(v) for v in match.groups()[1:])
+    return parsed
+
+
+def parse_kron(entries: list[str]) -> dict[str, Shape]:
     """{key: (a_rows, a_cols, factors)} from `--kron` entries NAME[@BLOCKS]=ROWSxCOLS:FACTORS (see the top)."""
-    kron = {}
-    for entry in entries:
-        match = re.fullmatch(r"(\w+(?:@[\d,]+)?)=(\d+)x(\d+):(\d+)", entry.strip())
-        if not match:
-            raise ValueError(f"--kron {entry!r} is not NAME=ROWSxCOLS:FACTORS or NAME@BLOCKS=ROWSxCOLS:FACTORS, e.g. "
-                             f"c_attn=768x768:1 or c_fc@3=768x768:2")
-        key, shape = match.group(1), tuple(int(v) for v in match.groups()[1:])
-        if key.partition("@")[0] not in MATRICES:
-            raise ValueError(f"--kron {entry!r}: {key.partition('@')[0]!r} is not one of {', '.join(MATRICES)}")
-        if key in kron:
-            raise ValueError(f"--kron names {key} twice")
-        kron[key] = shape
-    return kron
+    return parse_entries(entries, "--kron", r"(\d+)x(\d+):(\d+)", "ROWSxCOLS:FACTORS",
+                         "c_attn=768x768:1 or c_fc@3=768x768:2")
 
 
-def parse_rank(entries):
+def parse_rank(entries: list[str]) -> dict[str, int]:
     """{key: rank} from `--rank` entries NAME[@BLOCKS]=R (c_fc=64, c_proj@0,2=32)."""
-    ranks = {}
-    for entry in entries:
-        match = re.fullmatch(r"(\w+(?:@[\d,]+)?)=(\d+)", entry.strip())
-        if not match:
-            raise ValueError(f"--rank {entry!r} is not NAME=RANK or NAME@BLOCKS=RANK, e.g. c_fc=64 or c_proj@3=32")
-        key, rank = match.group(1), int(match.group(2))
-        if key.partition("@")[0] not in MATRICES:
-            raise ValueError(f"--rank {entry!r}: {key.partition('@')[0]!r} is not one of {', '.join(MATRICES)}")
-        if key in ranks:
-            raise ValueError(f"--rank names {key} twice")
-        ranks[key] = rank
-    return ranks
+    ranks = parse_entries(entries, "--rank", r"(\d+)", "RANK", "c_fc=64 or c_proj@3=32")
+    return {key: rank for key, (rank,) in ranks.items()}
 
 
 def rank_kron(ranks, n_embd, vocab_size):
@@ -204,12 +201,14 @@ class Plan:
         self.shapes = dict(sorted(checked.items(), key=lambda item: (order[item[0][0]], item[0][1] or 0)))
 
     @classmethod
-    def from_settings(cls, n_embd, n_layer, vocab_size, dim_1=None, dim_2=None, factors=None, kron=None,
-                      kron_layers="all", rank=None):
-        """The plan of train.py's and GPTConfig's settings: dim_1, dim_2, factors (the MLP shorthand: c_fc's A is
-        dim_1 x dim_2, c_proj's its transpose) and kron ({NAME or NAME@BLOCKS: (a_rows, a_cols, factors)}), the
-        NAME entries in the blocks kron_layers lists (all, odd, even, "0,2,4"), NAME@BLOCKS entries in theirs;
-        rank ({NAME or NAME@BLOCKS: r}, kron_decompose.py's --rank) adds rank-r entries (rank_kron)."""
+    def from_settings(cls, n_embd: int, n_layer: int, vocab_size: int, *, dim_1: int | None = None,
+                      dim_2: int | None = None, factors: int | None = None,
+                      kron: dict[str, Shape | list[int]] | None = None,
+                      kron_layers: str | list[int] | tuple[int, ...] = "all",
+                      rank: dict[str, int] | None = None) -> "Plan":
+        """The plan of any settings form: the MLP shorthand dim_1, dim_2, factors (c_fc's A is dim_1 x dim_2,
+        c_proj's its transpose), kron's NAME entries in the blocks kron_layers lists (all, odd, even, "0,2,4") and
+        its NAME@BLOCKS entries in theirs, and rank's rank-r entries (rank_kron)."""
         shorthand = (dim_1, dim_2, factors)
         entries = {}
         if any(v is not None for v in shorthand):
@@ -252,9 +251,9 @@ class Plan:
         return cls(n_embd, n_layer, vocab_size, shapes)
 
     @classmethod
-    def from_hf(cls, hf):
-        """The plan of an exported config.json (a dict): its kron, and kron_layers where an older export wrote
-        the blocks apart ([] with wte alone)."""
+    def from_hf(cls, hf: Mapping) -> "Plan":
+        """The plan of an exported config.json: its kron, and kron_layers where an older export wrote the blocks
+        apart ([] with wte alone)."""
         layers = hf.get("kron_layers")
         return cls.from_settings(hf["n_embd"], hf["n_layer"], hf["vocab_size"], kron=hf.get("kron") or None,
                                  kron_layers=layers if layers else "all")
@@ -389,8 +388,8 @@ def list_shapes(n_embd=768, factors_list=(1,), n_layer=12, vocab_size=50257, blo
                 if factors > max_factors(in_features, out_features, a_rows, a_cols):
                     continue
                 shape = (a_rows, a_cols, factors)
-                plan = Plan.from_settings(n_embd, n_layer, vocab_size, *shape) if name == "mlp" else \
-                    Plan.from_settings(n_embd, n_layer, vocab_size, kron={name: shape})
+                settings = dict(zip(("dim_1", "dim_2", "factors"), shape)) if name == "mlp" else {"kron": {name: shape}}
+                plan = Plan.from_settings(n_embd, n_layer, vocab_size, **settings)
                 parts = plan.count_parts(block_size, True)
                 params = sum(parts.values())
                 b_rows, b_cols = in_features // a_rows, out_features // a_cols

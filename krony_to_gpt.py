@@ -51,15 +51,6 @@ REMOTE_CODE = ("hf_remote_code/configuration_krony.py", "hf_remote_code/modeling
                "kron_shapes.py")
 
 
-def gpt2_fields(config):
-    """GPT2Config's fields of our GPTConfig: GPT-2's defaults (gelu_new, eps 1e-5, tied embeddings) are ours too."""
-    # GPT-2's <|endoftext|> (its default bos and eos) lies outside a smaller vocabulary, a character model's
-    no_eot = {} if config.vocab_size > EOT else dict(bos_token_id=None, eos_token_id=None)
-    return dict(vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd,
-                n_layer=config.n_layer, n_head=config.n_head, embd_pdrop=config.dropout, attn_pdrop=config.dropout,
-                resid_pdrop=config.dropout, **no_eot)
-
-
 def hf_state_dict(model, hf_model):
     """hf_model's state dict filled from our model: Linear weights transposed to Conv1D, factors as they are.
     bias=False models export with zero biases, which computes the same function."""
@@ -82,8 +73,9 @@ def hf_state_dict(model, hf_model):
 def to_hf(model):
     """A GPT2LMHeadModel with our model's weights, every Kronecker factor multiplied out."""
     from transformers import GPT2Config, GPT2LMHeadModel
-    hf_model = GPT2LMHeadModel(GPT2Config(**gpt2_fields(model.config)))
-    hf_model.load_state_dict(hf_state_dict(materialize(model), hf_model))
+    dense = materialize(model)
+    hf_model = GPT2LMHeadModel(GPT2Config(**dense.config.to_hf()))
+    hf_model.load_state_dict(hf_state_dict(dense, hf_model))
     return hf_model.eval()
 
 
@@ -103,8 +95,7 @@ def to_hf_factored(model, folder):
     KronyForCausalLM = get_class_from_dynamic_module("modeling_krony.KronyForCausalLM", folder)
     # GPT-2's tanh GELU as model.py computes it, one kernel: "gelu_new" is the same curve in seven ops per block,
     # a cost a decoded token pays in every block
-    config = KronyForCausalLM.config_class(**gpt2_fields(model.config), kron=model.config.plan.to_kron(),
-                                           activation_function="gelu_pytorch_tanh")
+    config = KronyForCausalLM.config_class(**model.config.to_hf(), activation_function="gelu_pytorch_tanh")
     hf_model = KronyForCausalLM(config)
     hf_model.load_state_dict(hf_state_dict(model, hf_model))
     return hf_model.eval()

@@ -11,15 +11,20 @@ Opening and saving models is checkpoints.py; the initialisations from a teacher 
 """
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from common import first_of
+from common import EOT, first_of
 from kron_shapes import Plan
 from kronecker import KroneckerEmbedding, KroneckerLinear, fuses_mlp, kronecker_mlp
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 # Hugging Face's GPT-2 stores these as Conv1D weights, (in, out); our nn.Linear weights are (out, in).
 HF_CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -28,7 +33,8 @@ IGNORE_INDEX = -1  # a target that is not scored, in GPT.forward's loss and in p
 
 @dataclass
 class GPTConfig:
-    """A GPT's shape, GPT-2 small's by default, with its plan: `plan`, the kron_shapes.Plan read from `kron`."""
+    """A GPT's shape, GPT-2 small's by default, and its plan. Every written form of a plan (train.py's settings, a
+    checkpoint's model_args, a Hugging Face config) becomes a Plan in from_settings, from_args or from_hf."""
     block_size: int = 1024
     vocab_size: int = 50257
     n_layer: int = 12
@@ -36,9 +42,7 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # GPT-2 has biases in Linears and LayerNorms
-    # The Kronecker plan as a kron dict (kron_shapes.py): {"c_fc": (128, 128, 1), "c_fc@3": (128, 128, 2), ...},
-    # None for a dense model. Read once into `plan`, and kept in Plan.to_kron's form, whatever form was given.
-    kron: dict | None = None
+    plan: Plan | None = None  # which matrices are Kronecker-factored; None: the dense plan of this shape
     # The teacher's blocks this model's blocks were copied from, in order (kron_decompose.py --keep_blocks); None
     # for a model of all its teacher's blocks.
     teacher_blocks: list[int] | None = None
@@ -46,34 +50,60 @@ class GPTConfig:
     def __post_init__(self):
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_head={self.n_head} must divide n_embd={self.n_embd}")
-        self.plan = Plan.from_settings(self.n_embd, self.n_layer, self.vocab_size, kron=self.kron)
-        self.kron = self.plan.to_kron() or None
-
-    def with_plan(self, plan: Plan) -> "GPTConfig":
-        """Returns this config with another plan, one for the same n_embd, n_layer and vocab_size."""
+        if self.plan is None:
+            self.plan = Plan(self.n_embd, self.n_layer, self.vocab_size)
+        plan = self.plan
         if (plan.n_embd, plan.n_layer, plan.vocab_size) != (self.n_embd, self.n_layer, self.vocab_size):
             raise ValueError(f"a plan for n_embd={plan.n_embd}, n_layer={plan.n_layer}, vocab_size={plan.vocab_size} "
                              f"does not fit a model with {self.n_embd}, {self.n_layer}, {self.vocab_size}")
-        return replace(self, kron=plan.to_kron() or None)
+
+    def with_plan(self, plan: Plan) -> "GPTConfig":
+        """Returns this config with another plan, one for the same n_embd, n_layer and vocab_size."""
+        return replace(self, plan=plan)
 
     def to_args(self) -> dict:
-        """Returns the config as plain values, what a checkpoint stores (GPTConfig.from_args reads it back)."""
-        return asdict(self)
+        """Returns the config as plain values, what a checkpoint stores: the plan as its kron dict, None for a dense
+        model (GPTConfig.from_args reads it back)."""
+        args = asdict(self)
+        args["kron"] = args.pop("plan").to_kron() or None
+        return args
 
     @classmethod
-    def from_settings(cls, dim_1=None, dim_2=None, factors=None, kron=None, kron_layers="all", rank=None,
-                      **model_settings):
+    def from_settings(cls, *, dim_1: int | None = None, dim_2: int | None = None, factors: int | None = None,
+                      kron: dict | None = None, kron_layers: str | list[int] | tuple[int, ...] = "all",
+                      rank: dict[str, int] | None = None, **model_settings) -> "GPTConfig":
         """A GPTConfig from train.py's settings: the model's, and the plan in any of its settings forms
         (kron_shapes.Plan.from_settings)."""
         config = cls(**model_settings)
-        return config.with_plan(Plan.from_settings(config.n_embd, config.n_layer, config.vocab_size, dim_1, dim_2,
-                                                   factors, kron, kron_layers, rank))
+        return config.with_plan(Plan.from_settings(config.n_embd, config.n_layer, config.vocab_size, dim_1=dim_1,
+                                                   dim_2=dim_2, factors=factors, kron=kron, kron_layers=kron_layers,
+                                                   rank=rank))
 
     @classmethod
-    def from_args(cls, args):
+    def from_args(cls, args: dict) -> "GPTConfig":
         """A GPTConfig from a checkpoint's model_args, also those written before plans were per block (the MLP
         shorthand dim_1, dim_2, factors and kron_layers were fields of their own)."""
         return cls.from_settings(**{key: value for key, value in args.items() if value is not None})
+
+    @classmethod
+    def from_hf(cls, hf: "Mapping | PretrainedConfig") -> "GPTConfig":
+        """A GPTConfig from a Hugging Face config, or its config.json as a dict: GPT-2's, dense, or an export's
+        (model_type krony) with its plan, older exports' forms too (Plan.from_hf). What a config.json does not say
+        of our model takes its default: dropout 0 (its *_pdrop are training settings), biases, teacher_blocks."""
+        hf = hf if isinstance(hf, Mapping) else hf.to_dict()
+        config = cls(block_size=hf["n_positions"], vocab_size=hf["vocab_size"], n_layer=hf["n_layer"],
+                     n_head=hf["n_head"], n_embd=hf["n_embd"])
+        return config.with_plan(Plan.from_hf(hf)) if hf.get("model_type") == "krony" else config
+
+    def to_hf(self) -> dict:
+        """The fields of this config's Hugging Face config: GPT2Config's (GPT-2's defaults, gelu_new, eps 1e-5, tied
+        embeddings, are ours too), and for a factored plan model_type krony and its kron (KronyConfig's)."""
+        # GPT-2's <|endoftext|> (its default bos and eos) lies outside a smaller vocabulary, a character model's
+        no_eot = {} if self.vocab_size > EOT else dict(bos_token_id=None, eos_token_id=None)
+        fields = dict(vocab_size=self.vocab_size, n_positions=self.block_size, n_embd=self.n_embd,
+                      n_layer=self.n_layer, n_head=self.n_head, embd_pdrop=self.dropout, attn_pdrop=self.dropout,
+                      resid_pdrop=self.dropout, **no_eot)
+        return {**fields, "model_type": "krony", "kron": self.plan.to_kron()} if self.plan else fields
 
 
 def linear(config, name, in_features, out_features, layer):
@@ -304,9 +334,7 @@ class GPT(nn.Module):
         for key, (got, want) in unsupported.items():
             if got != want:
                 raise ValueError(f"{name_or_dir}: {key}={got!r} is not supported (GPT-2 uses {want!r})")
-        config = GPTConfig(block_size=hf.n_positions, vocab_size=hf.vocab_size, n_layer=hf.n_layer,
-                           n_head=hf.n_head, n_embd=hf.n_embd, dropout=dropout, bias=True)
-        model = cls(config)
+        model = cls(replace(GPTConfig.from_hf(hf), dropout=dropout))
         sd = model.state_dict()
         sd_hf = {k: v for k, v in hf_model.state_dict().items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
         if set(sd) != set(sd_hf):

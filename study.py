@@ -336,7 +336,9 @@ def least_error_shape(teacher, candidates):
     def total(shape):
         a, b, f = shape
         return sum(error["c_fc", block][a, b, f] + error["c_proj", block][b, a, f] for block in range(config.n_layer))
-    return Plan.from_settings(config.n_embd, config.n_layer, config.vocab_size, *min(candidates, key=total))
+    dim_1, dim_2, factors = min(candidates, key=total)
+    return Plan.from_settings(config.n_embd, config.n_layer, config.vocab_size, dim_1=dim_1, dim_2=dim_2,
+                              factors=factors)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ SCRIPT = os.path.join(ROOT, "kron_decompose.py")
 def compress_mlp(teacher, dim_1, dim_2, factors, init="vl"):
     """compress with the MLP shorthand's plan (c_fc's A dim_1 x dim_2, c_proj's its transpose) in every block."""
     c = teacher.config
-    return compress(teacher, Plan.from_settings(c.n_embd, c.n_layer, c.vocab_size, dim_1, dim_2, factors), init)
+    return compress(teacher, Plan.from_settings(c.n_embd, c.n_layer, c.vocab_size, dim_1=dim_1, dim_2=dim_2,
+                                                 factors=factors), init)
 
 
 def rearranged_by_blocks(W, a_rows, a_cols):
