@@ -44,11 +44,11 @@ class KronyConfig(GPT2Config):
         self.kron = plan.to_kron()
 
     @property
-    def plan(self):
+    def plan(self) -> Plan:
         """The kron_shapes.Plan of this config, read (and checked) afresh: kron may have been edited since."""
         return self.read_plan()
 
-    def read_plan(self, kron_layers=None):
+    def read_plan(self, kron_layers: list[int] | None = None) -> Plan:
         """The plan of kron, whose NAME entries an older export's kron_layers confined to those blocks."""
         return Plan.from_hf(dict(n_embd=self.n_embd, n_layer=self.n_layer, vocab_size=self.vocab_size,
                                  kron=self.kron, kron_layers=kron_layers))
