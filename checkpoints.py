@@ -30,7 +30,6 @@ import zlib
 import torch
 
 from common import UsageError, atomic_path, one_line, read_vocab
-from kron_shapes import Plan
 from model import GPT, GPTConfig, HF_CONV1D_WEIGHTS
 
 
@@ -132,13 +131,10 @@ def load_checkpoint(path, map_location="cpu"):
     return load_weights(model, clean_state_dict(checkpoint["model"]), path), checkpoint
 
 
-def read_hf_config(path):
+def read_hf_config(path: str) -> GPTConfig:
     """The GPTConfig of a Hugging Face folder's config.json: GPT-2's, or krony's, whose plan it holds."""
     with open(os.path.join(path, "config.json")) as f:
-        hf = json.load(f)
-    config = GPTConfig(block_size=hf["n_positions"], vocab_size=hf["vocab_size"], n_layer=hf["n_layer"],
-                       n_head=hf["n_head"], n_embd=hf["n_embd"])
-    return config.with_plan(Plan.from_hf(hf)) if hf.get("model_type") == "krony" else config
+        return GPTConfig.from_hf(json.load(f))
 
 
 def is_krony_dir(source):
@@ -260,7 +256,7 @@ def load_vocab(source, what=None):
         raise UsageError(f"cannot load {what or source}: {one_line(e)}") from None
 
 
-def load_model_config(source, what=None):
+def load_model_config(source: str, what: str | None = None) -> GPTConfig:
     """The GPTConfig of a model source without its weights: a checkpoint's model_args (memory-mapped, so nothing
     is read but them), or a Hugging Face model's config.json. UsageError, one line, if it cannot be read."""
     try:
@@ -270,14 +266,12 @@ def load_model_config(source, what=None):
         if os.path.isdir(source):
             return read_hf_config(source)
         from transformers import AutoConfig
-        hf = from_hub(AutoConfig.from_pretrained, source)
-        return GPTConfig(block_size=hf.n_positions, vocab_size=hf.vocab_size, n_layer=hf.n_layer,
-                         n_head=hf.n_head, n_embd=hf.n_embd)
+        return GPTConfig.from_hf(from_hub(AutoConfig.from_pretrained, source))
     except Exception as e:  # any failure to read the user's source is theirs to fix: one line
         raise UsageError(f"cannot load {what or source}: {one_line(e)}") from None
 
 
-def load_model(source, map_location="cpu", what=None):
+def load_model(source: str, map_location: str | torch.device = "cpu", what: str | None = None) -> GPT:
     """Our GPT from any model source (see the top), on map_location; `what` names the source in errors (default:
     the source itself). A dense export of a Kronecker model loads as the dense GPT it is. UsageError, one line,
     if it cannot be opened."""
