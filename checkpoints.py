@@ -29,7 +29,7 @@ import zlib
 
 import torch
 
-from common import UsageError, atomic_path, one_line, read_vocab
+from common import UsageError, atomic_path, first_of, one_line, read_vocab
 from model import GPT, GPTConfig, HF_CONV1D_WEIGHTS
 
 
@@ -69,8 +69,7 @@ def load_weights(model, weights, where):
     wrong += [f"{key} is {tuple(weights[key].shape)}, the model's {tuple(like.shape)}"
               for key, like in expected.items() if key in weights and weights[key].shape != like.shape]
     if wrong:
-        raise ValueError(f"{where} does not fit its model: {wrong[0]}"
-                         + (f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""))
+        raise ValueError(f"{where} does not fit its model: {first_of(wrong)}")
     model.load_state_dict(weights)
     return model
 
