@@ -171,6 +171,8 @@ def export(model, out_dir, tokenizer, keep_factors=False, itos=None, checkpoint=
         if keep_factors and written.num_parameters() != model.get_num_params(non_embedding=False):
             raise RuntimeError(f"the export has {written.num_parameters():,} parameters, ours "
                                f"{model.get_num_params(non_embedding=False):,}; nothing written")
+        # A folder, not a file: common.atomic_path renames one file over another, but a folder cannot replace a
+        # non-empty one, so the old export is moved aside first and removed once the new one is in place.
         if os.path.exists(out_dir):
             os.replace(out_dir, old_dir)
         os.replace(tmp_dir, out_dir)
