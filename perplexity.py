@@ -302,8 +302,8 @@ def print_table(results):
               f"{word_ppl:>14}")
 
 
-@exit_on_usage_error("perplexity.py")
-def main(argv=None):
+def parse_args(argv):
+    """The command line, with every check that needs no model or data."""
     summary_and_examples = "\n\n".join(__doc__.split("\n\n")[:2])  # the rest is for readers of the code
     parser = argparse.ArgumentParser(description=summary_and_examples,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -338,6 +338,41 @@ def main(argv=None):
         raise UsageError(f"--data_dir {args.data_dir} is not a directory")
     if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
         raise UsageError(f"--out {args.out}: no such directory {os.path.dirname(os.path.abspath(args.out))}")
+    return args
+
+
+def read_data(args, names, config):
+    """{dataset: (tokens, passages, source)}, each checked against the model's vocabulary, before any weights load:
+    a missing dataset should not wait for a large model to load."""
+    data = {name: load_tokens(name, args.data_dir, args.max_tokens) for name in names}
+    for dataset, (tokens, _, _) in data.items():
+        if len(tokens) < 2:
+            raise UsageError(f"{dataset} has {len(tokens)} token(s); perplexity needs at least 2")
+        if tokens.max() >= config.vocab_size:
+            raise UsageError(f"{dataset} holds token id {tokens.max().item()}, beyond the model's vocabulary of "
+                             f"{config.vocab_size}: not GPT-2 tokens")
+    return data
+
+
+def update_card(args, report, protocol):
+    """Add the scores of the test sets to an export's model card, only when this run followed the full protocol."""
+    card = os.path.join(args.model, CARD) if os.path.isdir(args.model) else None
+    named = [dataset for dataset in report["datasets"] if dataset in DATASETS]  # the test sets, not local files
+    if not (card and os.path.isfile(card) and named):
+        return
+    changes = protocol_changes(args)
+    if changes:
+        print(f"left {card} unchanged: its model-index takes only full-protocol scores, and this run used "
+              f"{', '.join(changes)}", file=sys.stderr)
+        return
+    add_results(card, os.path.basename(os.path.normpath(args.model)),
+                {DATASETS[dataset][:2]: report["datasets"][dataset] for dataset in named}, protocol)
+    print(f"added {', '.join(named)} to {card}'s model-index", file=sys.stderr)
+
+
+@exit_on_usage_error("perplexity.py")
+def main(argv=None):
+    args = parse_args(argv)
     names = resolve_datasets(args.datasets)
     with usage_errors():
         device = setup_device(args.device)
@@ -349,15 +384,7 @@ def main(argv=None):
     model_itos = load_vocab(args.model, what=repr(args.model))
     for name, itos in vocabs.items():
         check_vocab(repr(args.model), config.vocab_size, model_itos, name, itos)
-
-    # All data before the weights: a missing dataset should not wait for a large model to load.
-    data = {name: load_tokens(name, args.data_dir, args.max_tokens) for name in names}
-    for dataset, (tokens, _, _) in data.items():
-        if len(tokens) < 2:
-            raise UsageError(f"{dataset} has {len(tokens)} token(s); perplexity needs at least 2")
-        if tokens.max() >= config.vocab_size:
-            raise UsageError(f"{dataset} holds token id {tokens.max().item()}, beyond the model's vocabulary of "
-                             f"{config.vocab_size}: not GPT-2 tokens")
+    data = read_data(args, names, config)
     model = load_model(args.model, map_location=device, what=repr(args.model)).eval()
     protocol = (f"paper's protocol: windows of {context}, stride {context}, mean of window losses"
                 if args.stride is None else f"sliding windows of {context}, stride {args.stride}, mean over tokens")
@@ -383,17 +410,7 @@ def main(argv=None):
         if args.out:
             write_json(report, args.out)
     print_table(report["datasets"])
-    card = os.path.join(args.model, CARD) if os.path.isdir(args.model) else None
-    named = [dataset for dataset in report["datasets"] if dataset in DATASETS]  # the test sets, not local files
-    if card and os.path.isfile(card) and named:  # an export's model card gets the scores of the full protocol
-        changes = protocol_changes(args)
-        if changes:
-            print(f"left {card} unchanged: its model-index takes only full-protocol scores, and this run used "
-                  f"{', '.join(changes)}", file=sys.stderr)
-        else:
-            add_results(card, os.path.basename(os.path.normpath(args.model)),
-                        {DATASETS[dataset][:2]: report["datasets"][dataset] for dataset in named}, protocol)
-            print(f"added {', '.join(named)} to {card}'s model-index", file=sys.stderr)
+    update_card(args, report, protocol)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,7 @@
 """common.py's plumbing: atomic_path replaces a file whole or not at all, usage_errors turns a ValueError into one
 UsageError line, first_of names the first error and counts the rest; the scripts that use them keep short
 functions."""
-import ast
 import os
-from pathlib import Path
 
 import pytest
 
@@ -70,13 +68,3 @@ def test_first_of_names_the_first_error_and_counts_the_rest():
     assert first_of(["it lacks wte.weight"]) == "it lacks wte.weight"
     assert first_of(["it lacks wte.weight", "it lacks wpe.weight", "h.0 is (3,)"]) == \
         "it lacks wte.weight (and 2 more)"
-
-
-@pytest.mark.parametrize("name", ["kron_decompose.py", "quickstart.py", "common.py", "data/prepare_common.py",
-                                  "data/owt/prepare.py", "data/shakespeare/prepare.py",
-                                  "data/shakespeare_char/prepare.py"])
-def test_no_function_is_longer_than_80_lines(name):
-    tree = ast.parse((Path(__file__).resolve().parent.parent / name).read_text())
-    lengths = {node.name: node.end_lineno - node.lineno + 1 for node in ast.walk(tree)
-               if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
-    assert lengths and not {f: n for f, n in lengths.items() if n > 80}
