@@ -21,6 +21,11 @@ shorthand (c_fc=64) as such entries.
 
 `str(plan)` writes it, `parse_kron` reads it; as a dict ({"c_fc": (128, 128, 1), "c_fc@3": (128, 128, 2)}) it is
 what config files, checkpoints and exported config.json files hold.
+
+A plan may instead make a block's matrix a Monarch matrix of NBLOCKS blocks (monarch.py), written
+`--monarch NAME[@BLOCKS]=NBLOCKS` with the same keys, held as a monarch dict ({"c_fc": 4, "c_proj@3": 8}) beside kron,
+and printed as c_fc=monarch:4. NBLOCKS must divide both sides of W; it has min(in, out) * (in + out) / NBLOCKS
+weights and as many multiply-adds per token.
 """
 
 import math
@@ -100,6 +105,26 @@ def check_matrix(name, shape, n_embd, vocab_size, where):
                          f"parameters, not expressiveness)")
 
 
+def check_monarch(name, nblocks, n_embd, vocab_size, where):
+    """Raise ValueError naming the matrix (and `where`) unless it can be a Monarch matrix of `nblocks` blocks."""
+    if name not in BLOCK_MATRICES:
+        raise ValueError(f"{name}{where}: a Monarch matrix is one of {', '.join(BLOCK_MATRICES)}, not {name}")
+    if not isinstance(nblocks, int) or isinstance(nblocks, bool):
+        raise ValueError(f"{name}{where}: expected the number of Monarch blocks as an integer, got {nblocks!r}")
+    in_features, out_features = matrix_shape(name, n_embd, vocab_size)
+    valid = divisors(math.gcd(in_features, out_features))
+    if nblocks not in valid:
+        raise ValueError(f"{name}{where} is {in_features}x{out_features}: Monarch nblocks={nblocks} must divide both "
+                         f"sides; nearest valid: {nearest(nblocks, valid)} (all: {', '.join(map(str, valid))})")
+
+
+def monarch_params(name, nblocks, n_embd, vocab_size):
+    """Weights (no bias) of a Monarch matrix of `nblocks` blocks, and also its multiply-adds per token: the two
+    block-diagonal factors, in_features x min(in, out) and min(in, out) x out_features, each cut into nblocks."""
+    in_features, out_features = matrix_shape(name, n_embd, vocab_size)
+    return min(in_features, out_features) * (in_features + out_features) // nblocks
+
+
 def parse_layers(spec, n_layer):
     """The block indices of "all", "odd" (1, 3, 5, ...), "even" (0, 2, ...) or a list like "0,2,4" or [0, 2]."""
     if spec in ("all", "odd", "even"):
@@ -147,6 +172,12 @@ def parse_rank(entries: list[str]) -> dict[str, int]:
     return {key: rank for key, (rank,) in ranks.items()}
 
 
+def parse_monarch(entries: list[str]) -> dict[str, int]:
+    """{key: nblocks} from `--monarch` entries NAME[@BLOCKS]=NBLOCKS (c_fc=4, c_proj@0,2=8)."""
+    blocks = parse_entries(entries, "--monarch", r"(\d+)", "NBLOCKS", "c_fc=4 or c_proj@3=8")
+    return {key: nblocks for key, (nblocks,) in blocks.items()}
+
+
 def rank_kron(ranks, n_embd, vocab_size):
     """The kron entries of rank-r factors {key: r}: (in_features, 1, r), A a column and B a row per factor."""
     wrong = [key for key in ranks if key.partition("@")[0] not in MATRICES]
@@ -181,11 +212,13 @@ def parse_blocks(spec, n_layer):
 
 class Plan:
     """Which weight matrices of a GPT are Kronecker-factored, block by block: {(matrix, block): (a_rows, a_cols,
-    factors)}, block None for wte. Tied to a model's n_embd, n_layer and vocab_size, and valid for them: every
-    constructor checks every shape. Build one with Plan.from_settings (any written form) or Plan(...) directly."""
+    factors)}, block None for wte, and which are Monarch matrices: monarch {(matrix, block): nblocks}. Tied to a
+    model's n_embd, n_layer and vocab_size, and valid for them: every constructor checks every shape. Build one with
+    Plan.from_settings (any written form) or Plan(...) directly."""
 
     def __init__(self, n_embd: int, n_layer: int, vocab_size: int,
-                 shapes: dict[tuple[str, int | None], Shape] | None = None):
+                 shapes: dict[tuple[str, int | None], Shape] | None = None,
+                 monarch: dict[tuple[str, int], int] | None = None):
         self.n_embd, self.n_layer, self.vocab_size = n_embd, n_layer, vocab_size
         checked = {}
         for (name, block), shape in (shapes or {}).items():
@@ -199,16 +232,27 @@ class Plan:
             checked[name, block] = tuple(shape)
         order = {name: i for i, name in enumerate(MATRICES)}
         self.shapes = dict(sorted(checked.items(), key=lambda item: (order[item[0][0]], item[0][1] or 0)))
+        monarch_checked = {}
+        for (name, block), nblocks in (monarch or {}).items():
+            where = "" if block is None else f" in block {block}"
+            check_monarch(name, nblocks, n_embd, vocab_size, where)
+            if not (isinstance(block, int) and 0 <= block < n_layer):
+                raise ValueError(f"{name}{where}: the model's blocks are 0 to {n_layer - 1}")
+            if (name, block) in self.shapes:
+                raise ValueError(f"{name}{where} is both Kronecker-factored and Monarch: give it one of the two")
+            monarch_checked[name, block] = nblocks
+        self.monarch = dict(sorted(monarch_checked.items(), key=lambda item: (order[item[0][0]], item[0][1])))
 
     @classmethod
     def from_settings(cls, n_embd: int, n_layer: int, vocab_size: int, *, dim_1: int | None = None,
                       dim_2: int | None = None, factors: int | None = None,
                       kron: dict[str, Shape | list[int]] | None = None,
                       kron_layers: str | list[int] | tuple[int, ...] = "all",
-                      rank: dict[str, int] | None = None) -> "Plan":
+                      rank: dict[str, int] | None = None, monarch: dict[str, int] | None = None) -> "Plan":
         """The plan of any settings form: the MLP shorthand dim_1, dim_2, factors (c_fc's A is dim_1 x dim_2,
         c_proj's its transpose), kron's NAME entries in the blocks kron_layers lists (all, odd, even, "0,2,4") and
-        its NAME@BLOCKS entries in theirs, and rank's rank-r entries (rank_kron)."""
+        its NAME@BLOCKS entries in theirs, rank's rank-r entries (rank_kron), and monarch's NAME[@BLOCKS] entries
+        of Monarch blocks, placed as kron's are."""
         shorthand = (dim_1, dim_2, factors)
         entries = {}
         if any(v is not None for v in shorthand):
@@ -220,6 +264,8 @@ class Plan:
             raise ValueError(f"kron must be a dict like {{'c_fc': (768, 768, 1)}}, got {kron!r}")
         if rank is not None and not isinstance(rank, dict):
             raise ValueError(f"rank must be a dict like {{'c_fc': 64}}, got {rank!r}")
+        if monarch is not None and not isinstance(monarch, dict):
+            raise ValueError(f"monarch must be a dict like {{'c_fc': 4}}, got {monarch!r}")
         for key, shape in [*(kron or {}).items(), *rank_kron(rank or {}, n_embd, vocab_size).items()]:
             shape = tuple(shape) if isinstance(shape, list) else shape  # JSON gives lists
             if entries.get(key, shape) != shape:
@@ -227,78 +273,63 @@ class Plan:
                                  f"dim_2, factors)")
             entries[key] = shape
         layers = parse_layers(kron_layers, n_layer)
-        shapes, given_by = {}, {}
-        for key, shape in sorted(entries.items(), key=lambda item: "@" in item[0]):  # NAME@BLOCKS override NAME
-            name, per_block, blocks = key.partition("@")  # "c_fc@" is a per-block entry with no blocks: refused
-            if name not in MATRICES:
-                raise ValueError(f"{key}: {name!r} is not a factorable matrix: use {', '.join(MATRICES)}")
-            if name == "wte":
-                if per_block:
-                    raise ValueError(f"{key}: wte is once per model, not per block")
-                shapes["wte", None] = shape
-                continue
-            try:
-                targets = [int(b) for b in blocks.split(",")] if per_block else layers
-            except ValueError:
-                raise ValueError(f"{key}: blocks must be a list of block indices like {name}@1,3") from None
-            for block in targets:
-                if not 0 <= block < n_layer:
-                    raise ValueError(f"{key}: block {block} is out of range; the model's blocks are 0 to "
-                                     f"{n_layer - 1}")
-                if per_block and "@" in given_by.get((name, block), ""):
-                    raise ValueError(f"{name} in block {block} is given twice ({given_by[name, block]} and {key})")
-                shapes[name, block], given_by[name, block] = shape, key
-        return cls(n_embd, n_layer, vocab_size, shapes)
+        return cls(n_embd, n_layer, vocab_size, expand_entries(entries, layers, n_layer),
+                   expand_entries(monarch or {}, layers, n_layer))
 
     @classmethod
     def from_hf(cls, hf: Mapping) -> "Plan":
-        """The plan of an exported config.json: its kron, and kron_layers where an older export wrote the blocks
-        apart ([] with wte alone)."""
+        """The plan of an exported config.json: its kron and monarch, and kron_layers where an older export wrote
+        the blocks apart ([] with wte alone)."""
         layers = hf.get("kron_layers")
         return cls.from_settings(hf["n_embd"], hf["n_layer"], hf["vocab_size"], kron=hf.get("kron") or None,
-                                 kron_layers=layers if layers else "all")
+                                 kron_layers=layers if layers else "all", monarch=hf.get("monarch") or None)
 
     def to_kron(self) -> dict[str, list[int]]:
-        """The plan as a kron dict: a matrix with one shape in every block as NAME, any other as NAME@BLOCKS
-        entries, one per shape. Lists, so that it reads back the same from JSON."""
-        kron = {}
-        for name in MATRICES:
-            by_shape = {}
-            for (matrix, block), shape in self.shapes.items():
-                if matrix == name:
-                    by_shape.setdefault(shape, []).append(block)
-            for shape, blocks in by_shape.items():
-                whole = name == "wte" or (len(by_shape) == 1 and blocks == list(range(self.n_layer)))
-                kron[name if whole else f"{name}@{','.join(map(str, blocks))}"] = list(shape)
-        return kron
+        """The plan's Kronecker factors as a kron dict: a matrix with one shape in every block as NAME, any other as
+        NAME@BLOCKS entries, one per shape. Lists, so that it reads back the same from JSON."""
+        return {key: list(shape) for key, shape in written(self.shapes, self.n_layer).items()}
+
+    def to_monarch(self) -> dict[str, int]:
+        """The plan's Monarch matrices as a monarch dict, {NAME or NAME@BLOCKS: nblocks}, as to_kron writes."""
+        return written(self.monarch, self.n_layer)
 
     def __str__(self) -> str:
-        """The plan in --kron syntax, "c_fc=128x128:1 c_proj=128x128:1"; "dense" for none."""
-        return " ".join(f"{key}={r}x{c}:{f}" for key, (r, c, f) in self.to_kron().items()) or "dense"
+        """The plan in --kron syntax, "c_fc=128x128:1 c_proj=128x128:1", Monarch matrices as "c_attn=monarch:4";
+        "dense" for none."""
+        kron = [f"{key}={r}x{c}:{f}" for key, (r, c, f) in self.to_kron().items()]
+        return " ".join(kron + [f"{key}=monarch:{n}" for key, n in self.to_monarch().items()]) or "dense"
 
     def __repr__(self) -> str:
         return f"Plan({self.n_embd}, {self.n_layer}, {self.vocab_size}, {str(self)!r})"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Plan) and (self.n_embd, self.n_layer, self.vocab_size, self.shapes) == \
-            (other.n_embd, other.n_layer, other.vocab_size, other.shapes)
+        return isinstance(other, Plan) and (self.n_embd, self.n_layer, self.vocab_size, self.shapes, self.monarch) \
+            == (other.n_embd, other.n_layer, other.vocab_size, other.shapes, other.monarch)
 
     def __bool__(self) -> bool:
-        return bool(self.shapes)
+        return bool(self.shapes or self.monarch)
 
     def shape(self, name: str, block: int | None = None) -> Shape | None:
-        """The shape of matrix `name` in `block` (None for wte), or None where that matrix is dense."""
+        """The shape of matrix `name` in `block` (None for wte), or None where it is not Kronecker-factored."""
         return self.shapes.get((name, block))
+
+    def nblocks(self, name: str, block: int | None = None) -> int | None:
+        """The Monarch blocks of matrix `name` in `block`, or None where it is not a Monarch matrix."""
+        return self.monarch.get((name, block))
+
+    def factored(self, name: str, block: int | None = None) -> bool:
+        """Whether the plan replaces matrix `name` in `block` (None for wte): Kronecker factors or Monarch."""
+        return (name, block) in self.shapes or (name, block) in self.monarch
 
     @property
     def names(self) -> tuple[str, ...]:
-        """The matrices factored in at least one place, in MATRICES order."""
-        return tuple(name for name in MATRICES if any(matrix == name for matrix, _ in self.shapes))
+        """The matrices factored (Kronecker or Monarch) in at least one place, in MATRICES order."""
+        return tuple(name for name in MATRICES if any(matrix == name for matrix, _ in [*self.shapes, *self.monarch]))
 
     @property
     def blocks(self) -> tuple[int, ...]:
-        """The blocks with at least one factored matrix."""
-        return tuple(sorted({block for _, block in self.shapes if block is not None}))
+        """The blocks with at least one factored (Kronecker or Monarch) matrix."""
+        return tuple(sorted({block for _, block in [*self.shapes, *self.monarch] if block is not None}))
 
     def places(self, name: str) -> list[tuple[int | None, Shape]]:
         """(block, shape) of every place where matrix `name` is factored (block None for wte)."""
@@ -306,7 +337,12 @@ class Plan:
 
     def check_init(self, init: str) -> None:
         """Raise ValueError if `init` cannot initialise this plan: prune keeps every k-th row or column of W, so it
-        needs every factored matrix's B to be one row or column."""
+        needs every factored matrix's B to be one row or column; Monarch matrices have vl (their projection), act
+        and random alone."""
+        if self.monarch and init in ("vl_norm", "prune"):
+            (name, block), _ = next(iter(self.monarch.items()))
+            raise ValueError(f"init={init} has no Monarch form, and {name} in block {block} is a Monarch matrix: use "
+                             f"init vl, act or random")
         if init != "prune":
             return
         for (name, block), shape in self.shapes.items():
@@ -319,6 +355,13 @@ class Plan:
                                  f"{b_rows}x{b_cols}: use {rows}={in_features} (keeps every k-th column of W) or "
                                  f"{cols}={out_features} (keeps every k-th row), or init vl, vl_norm or random")
 
+    def matrix_params(self, name: str, block: int | None = None) -> int:
+        """Weights (no bias) of matrix `name` in `block`: dense, Kronecker factors or Monarch blocks."""
+        nblocks = self.nblocks(name, block)
+        if nblocks:
+            return monarch_params(name, nblocks, self.n_embd, self.vocab_size)
+        return weight_params(name, self.shape(name, block), self.n_embd, self.vocab_size)
+
     def count_parts(self, block_size: int = 1024, bias: bool = True) -> dict[str, int]:
         """Parameters of GPT(GPTConfig(...)) with this plan by part: embedding (wte, tied to lm_head), position
         (wpe), attention, mlp and norms (every LayerNorm)."""
@@ -328,16 +371,59 @@ class Plan:
                  "norms": (2 * self.n_layer + 1) * (n_embd + n_embd * b)}
         for block in range(self.n_layer):
             for name in BLOCK_MATRICES:
-                parts[PART_OF[name]] += weight_params(name, self.shape(name, block), n_embd, vocab_size) + \
+                parts[PART_OF[name]] += self.matrix_params(name, block) + \
                     matrix_shape(name, n_embd, vocab_size)[1] * b
         return parts
 
     def flops(self) -> int:
         """Multiply-adds per token in all weight matrices (attention's and the MLP's, lm_head); attention's score
         and value products, which grow with the context, are left out."""
-        blocks = sum(matrix_flops(name, self.shape(name, block), self.n_embd, self.vocab_size)
+        blocks = sum(self.matrix_params(name, block) if self.nblocks(name, block) else
+                     matrix_flops(name, self.shape(name, block), self.n_embd, self.vocab_size)
                      for block in range(self.n_layer) for name in BLOCK_MATRICES)
         return blocks + matrix_flops("wte", self.shape("wte"), self.n_embd, self.vocab_size)
+
+
+def expand_entries(entries, layers, n_layer):
+    """{(name, block): value} of settings entries {NAME or NAME@BLOCKS: value}: NAME in every block of `layers`,
+    NAME@BLOCKS in the blocks it lists, over NAME's; wte, once per model, at block None."""
+    placed, given_by = {}, {}
+    for key, value in sorted(entries.items(), key=lambda item: "@" in item[0]):  # NAME@BLOCKS override NAME
+        name, per_block, blocks = key.partition("@")  # "c_fc@" is a per-block entry with no blocks: refused
+        if name not in MATRICES:
+            raise ValueError(f"{key}: {name!r} is not a factorable matrix: use {', '.join(MATRICES)}")
+        if name == "wte":
+            if per_block:
+                raise ValueError(f"{key}: wte is once per model, not per block")
+            placed["wte", None] = value
+            continue
+        try:
+            targets = [int(b) for b in blocks.split(",")] if per_block else layers
+        except ValueError:
+            raise ValueError(f"{key}: blocks must be a list of block indices like {name}@1,3") from None
+        for block in targets:
+            if not 0 <= block < n_layer:
+                raise ValueError(f"{key}: block {block} is out of range; the model's blocks are 0 to "
+                                 f"{n_layer - 1}")
+            if per_block and "@" in given_by.get((name, block), ""):
+                raise ValueError(f"{name} in block {block} is given twice ({given_by[name, block]} and {key})")
+            placed[name, block], given_by[name, block] = value, key
+    return placed
+
+
+def written(places, n_layer):
+    """{NAME or NAME@BLOCKS: value} of {(name, block): value}, the form settings and configs hold: a matrix with one
+    value in every block as NAME, any other as NAME@BLOCKS entries, one per value."""
+    entries = {}
+    for name in MATRICES:
+        by_value = {}
+        for (matrix, block), value in places.items():
+            if matrix == name:
+                by_value.setdefault(value, []).append(block)
+        for value, blocks in by_value.items():
+            whole = name == "wte" or (len(by_value) == 1 and blocks == list(range(n_layer)))
+            entries[name if whole else f"{name}@{','.join(map(str, blocks))}"] = value
+    return entries
 
 
 def b_shape(name, shape, n_embd, vocab_size):

@@ -5,7 +5,8 @@ The dense model is nanoGPT's GPT with GPT-2's exact numerics (tanh GELU, LayerNo
 wte/lm_head, learned positions), so `GPT.from_pretrained("gpt2")` scores exactly like Hugging Face's.
 GPTConfig's plan (a kron_shapes.Plan) replaces chosen matrices by sums of Kronecker products
 W = sum_r A_r (x) B_r (kronecker.py), never materialized in the forward pass: the MLP's c_fc and c_proj,
-attention's c_attn and attn_proj (attn.c_proj), block by block, and the tied token embedding wte.
+attention's c_attn and attn_proj (attn.c_proj), block by block, and the tied token embedding wte. The plan may
+instead make a block's matrix a Monarch matrix (monarch.py), also never materialized.
 
 Opening and saving models is checkpoints.py; the initialisations from a teacher are compress.py.
 """
@@ -22,6 +23,7 @@ from torch.nn import functional as F
 from common import EOT, first_of
 from kron_shapes import Plan
 from kronecker import KroneckerEmbedding, KroneckerLinear, fuses_mlp, kronecker_mlp
+from monarch import MonarchLinear
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -62,22 +64,26 @@ class GPTConfig:
         return replace(self, plan=plan)
 
     def to_args(self) -> dict:
-        """Returns the config as plain values, what a checkpoint stores: the plan as its kron dict, None for a dense
-        model (GPTConfig.from_args reads it back)."""
+        """Returns the config as plain values, what a checkpoint stores: the plan as its kron dict, None for none,
+        and its monarch dict where it has Monarch matrices (GPTConfig.from_args reads it back)."""
         args = asdict(self)
-        args["kron"] = args.pop("plan").to_kron() or None
+        plan = args.pop("plan")
+        args["kron"] = plan.to_kron() or None
+        if plan.monarch:
+            args["monarch"] = plan.to_monarch()
         return args
 
     @classmethod
     def from_settings(cls, *, dim_1: int | None = None, dim_2: int | None = None, factors: int | None = None,
                       kron: dict | None = None, kron_layers: str | list[int] | tuple[int, ...] = "all",
-                      rank: dict[str, int] | None = None, **model_settings) -> "GPTConfig":
+                      rank: dict[str, int] | None = None, monarch: dict[str, int] | None = None,
+                      **model_settings) -> "GPTConfig":
         """A GPTConfig from train.py's settings: the model's, and the plan in any of its settings forms
         (kron_shapes.Plan.from_settings)."""
         config = cls(**model_settings)
         return config.with_plan(Plan.from_settings(config.n_embd, config.n_layer, config.vocab_size, dim_1=dim_1,
                                                    dim_2=dim_2, factors=factors, kron=kron, kron_layers=kron_layers,
-                                                   rank=rank))
+                                                   rank=rank, monarch=monarch))
 
     @classmethod
     def from_args(cls, args: dict) -> "GPTConfig":
@@ -97,18 +103,25 @@ class GPTConfig:
 
     def to_hf(self) -> dict:
         """The fields of this config's Hugging Face config: GPT2Config's (GPT-2's defaults, gelu_new, eps 1e-5, tied
-        embeddings, are ours too), and for a factored plan model_type krony and its kron (KronyConfig's)."""
+        embeddings, are ours too), and for a factored plan model_type krony, its kron and any monarch
+        (KronyConfig's)."""
         # GPT-2's <|endoftext|> (its default bos and eos) lies outside a smaller vocabulary, a character model's
         no_eot = {} if self.vocab_size > EOT else dict(bos_token_id=None, eos_token_id=None)
         fields = dict(vocab_size=self.vocab_size, n_positions=self.block_size, n_embd=self.n_embd,
                       n_layer=self.n_layer, n_head=self.n_head, embd_pdrop=self.dropout, attn_pdrop=self.dropout,
                       resid_pdrop=self.dropout, **no_eot)
-        return {**fields, "model_type": "krony", "kron": self.plan.to_kron()} if self.plan else fields
+        if not self.plan:
+            return fields
+        monarch = {"monarch": self.plan.to_monarch()} if self.plan.monarch else {}
+        return {**fields, "model_type": "krony", "kron": self.plan.to_kron(), **monarch}
 
 
 def linear(config, name, in_features, out_features, layer):
-    """Returns an nn.Linear, or a KroneckerLinear where the plan factors matrix `name` in block `layer`."""
-    shape = config.plan.shape(name, layer)
+    """Returns an nn.Linear, or a KroneckerLinear or MonarchLinear where the plan replaces matrix `name` in block
+    `layer`."""
+    shape, nblocks = config.plan.shape(name, layer), config.plan.nblocks(name, layer)
+    if nblocks is not None:
+        return MonarchLinear(in_features, out_features, nblocks, bias=config.bias)
     if shape is None:
         return nn.Linear(in_features, out_features, bias=config.bias)
     return KroneckerLinear(in_features, out_features, *shape, bias=config.bias)
@@ -204,7 +217,7 @@ class GPT(nn.Module):
         proj_std = 0.02 / math.sqrt(2 * config.n_layer)
         for name, module in self.named_modules():
             if name.endswith("c_proj"):
-                if isinstance(module, KroneckerLinear):
+                if isinstance(module, (KroneckerLinear, MonarchLinear)):
                     module.reset_parameters(std=proj_std)
                 else:
                     nn.init.normal_(module.weight, mean=0.0, std=proj_std)
@@ -216,7 +229,7 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        elif isinstance(module, (KroneckerLinear, KroneckerEmbedding)):
+        elif isinstance(module, (KroneckerLinear, KroneckerEmbedding, MonarchLinear)):
             module.reset_parameters(std=0.02)
 
     def get_num_params(self, non_embedding=True):
@@ -359,6 +372,6 @@ def factorable_matrices(model):
 
 def weight_of(module):
     """Returns W of a factorable matrix in the plan's orientation: (in, out) as in x @ W, wte (vocab, n_embd)."""
-    if isinstance(module, (KroneckerLinear, KroneckerEmbedding)):
+    if isinstance(module, (KroneckerLinear, KroneckerEmbedding, MonarchLinear)):
         return module.dense_weight()
     return module.weight if isinstance(module, nn.Embedding) else module.weight.t()
