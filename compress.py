@@ -9,7 +9,8 @@ copied.
 
 Each decomposition takes W (in, out), as in x @ W (wte: vocab x n_embd), and returns A (factors, a_rows,
 a_cols) and B (factors, b_rows, b_cols) with kron's index convention
-kron(A, B)[i*b_rows + k, j*b_cols + l] = A[i,j] B[k,l].
+kron(A, B)[i*b_rows + k, j*b_cols + l] = A[i,j] B[k,l]. A Monarch matrix's (monarch.py) vl is its own projection,
+monarch.nearest_monarch, and act starts it at the projection of the whitened W (whitened_monarch).
 """
 
 import math
@@ -25,6 +26,7 @@ from common import ACT_LR, ACT_STEPS, ACT_SWEEPS, INIT_NAMES
 from kron_shapes import Plan, divisors
 from kronecker import KroneckerEmbedding, KroneckerLinear, kronecker_sum
 from model import GPT, factorable_matrices, weight_of
+from monarch import MonarchLinear, middle_routes, nearest_monarch
 
 
 def rearrange(W, a_rows, a_cols):
@@ -117,17 +119,23 @@ def compress(teacher: GPT, plan: Plan, init: str = "vl", progress: bool = False,
     student = GPT(teacher.config.with_plan(plan))
     teacher_state, student_state = teacher.state_dict(), student.state_dict()
     for name, tensor in student_state.items():  # LayerNorms, biases, wpe and dense weights; factors come below
-        if name in teacher_state and not name.endswith((".A", ".B")):
+        if name in teacher_state and not name.endswith((".A", ".B", ".in_factor", ".out_factor")):
             tensor.copy_(teacher_state[name])
     pairs = list(zip(factorable_matrices(teacher), factorable_matrices(student)))
     for (_, _, source), (_, _, target) in tqdm(pairs, desc=f"{init} {plan}", unit="matrix", disable=not progress):
-        if type(source) is type(target) and not isinstance(target, (KroneckerLinear, KroneckerEmbedding)):
+        if type(source) is type(target) and not isinstance(target, (KroneckerLinear, KroneckerEmbedding,
+                                                                    MonarchLinear)):
             continue  # dense in both: copied above
         W = weight_of(source).detach().to("cpu", torch.float32)
         if isinstance(target, nn.Linear):
             target.weight.copy_(W.t())
         elif isinstance(target, nn.Embedding):
             target.weight.copy_(W)
+        elif isinstance(target, MonarchLinear):
+            if init == "vl":  # act starts from its own closed form, random keeps GPT's init
+                in_factor, out_factor = nearest_monarch(W, target.nblocks)
+                target.in_factor.copy_(in_factor)
+                target.out_factor.copy_(out_factor)
         elif INITS[init] is not None:
             A, B = INITS[init](W, target.A.shape[1], target.A.shape[2], target.A.shape[0])
             target.A.copy_(A)
@@ -146,7 +154,8 @@ def keep_blocks(teacher, blocks):
     config = teacher.config
     shapes = {(name, None if block is None else blocks.index(block)): shape
               for (name, block), shape in config.plan.shapes.items() if block is None or block in blocks}
-    plan = Plan(config.n_embd, len(blocks), config.vocab_size, shapes)
+    monarch = {(name, blocks.index(block)): n for (name, block), n in config.plan.monarch.items() if block in blocks}
+    plan = Plan(config.n_embd, len(blocks), config.vocab_size, shapes, monarch)
     held = [config.teacher_blocks[b] for b in blocks] if config.teacher_blocks else list(blocks)
     student = GPT(replace(config, n_layer=len(blocks), plan=plan, teacher_blocks=held))
     teacher_state = teacher.state_dict()
@@ -173,7 +182,7 @@ def weight_errors(teacher, student):
     or "h.<block>.<matrix>"."""
     errors = {}
     for (name, block, source), (_, _, target) in zip(factorable_matrices(teacher), factorable_matrices(student)):
-        if student.config.plan.shape(name, block):
+        if student.config.plan.factored(name, block):
             W = weight_of(source).double()
             errors[name if block is None else f"h.{block}.{name}"] = \
                 ((W - weight_of(target).double()).norm() / W.norm()).item()
@@ -231,6 +240,35 @@ def whitened_kronecker(W, C, a_rows, a_cols, factors, ridge=1e-6):
     whitened, S1_inv, S2_inv = whiten(W, C, a_rows, ridge)
     A, B = nearest_kronecker(whitened, a_rows, a_cols, factors)
     return torch.einsum("ia,raj->rij", S1_inv, A), torch.einsum("kb,rbl->rkl", S2_inv, B)
+
+
+def whitened_monarch(W, C, nblocks, ridge=1e-6):
+    """The closed form of init act for a Monarch matrix: nearest_monarch of S W, S = diag(S_k) whitening each input
+    block by the root of its own second moment C_kk, un-whitened by in_factor[k] = S_k^-1 in_factor[k] (the first
+    factor is block-diagonal over the same input blocks). Exact when C is block-diagonal; with C = I it is vl."""
+    W, C = W.double(), C.double()
+    in_block = W.shape[0] // nblocks
+    roots = [symmetric_root(M, ridge * M.trace().clamp_min(1e-300) / len(M))
+             for M in (C[k * in_block:(k + 1) * in_block, k * in_block:(k + 1) * in_block] for k in range(nblocks))]
+    whitened = torch.cat([S @ W[k * in_block:(k + 1) * in_block] for k, (S, _) in enumerate(roots)])
+    in_factor, out_factor = nearest_monarch(whitened, nblocks)
+    return torch.stack([S_inv @ in_factor[k] for k, (_, S_inv) in enumerate(roots)]), out_factor
+
+
+@torch.no_grad()
+def balance_monarch(module, per_entry=False):
+    """balance_factors for a MonarchLinear: each middle feature's column of in_factor and row of out_factor
+    rescaled, (c u) (x) (v / c), so that the function is unchanged, to equal norms (or, with per_entry, entries of
+    equal root mean square)."""
+    nblocks, in_block, mid_block = module.in_factor.shape
+    l, r, _ = middle_routes(nblocks, mid_block)
+    in_norms = module.in_factor.norm(dim=1)  # (k, j)
+    out_norms = module.out_factor.norm(dim=2)[l, r]  # the row each middle feature (k, j) goes to
+    if per_entry:
+        in_norms, out_norms = in_norms / in_block ** 0.5, out_norms / module.out_factor.shape[2] ** 0.5
+    scale = torch.where((in_norms > 0) & (out_norms > 0), (out_norms / in_norms).sqrt(), torch.ones_like(in_norms))
+    module.in_factor.mul_(scale[:, None, :])
+    module.out_factor[l, r] = module.out_factor[l, r] / scale[..., None]
 
 
 def frequency_kronecker(W, counts, a_rows, a_cols, factors, ridge=1e-6):
@@ -364,9 +402,9 @@ def fit_sublayer(teacher_part, student_part, inputs, steps, lr, sweeps, batch, c
     by default), with A and B balanced entry by entry; then `steps` of Adam on all of student_part's parameters
     minimise the mean squared error, `batch` sequences per step (forward passes in chunks of `chunk`). Adam's
     result is kept only if it beats the start. Returns the relative output errors (start, end) and student_part's
-    outputs on `inputs`."""
+    outputs on `inputs`. A Monarch matrix starts at whitened_monarch instead, without sweeps."""
     teacher_modules = dict(teacher_part.named_modules())
-    factored = {name: m for name, m in student_part.named_modules() if isinstance(m, KroneckerLinear)}
+    factored = {name: m for name, m in student_part.named_modules() if isinstance(m, (KroneckerLinear, MonarchLinear))}
     moment_rows = max(1, MOMENT_TOKENS // inputs.shape[1])  # the second moments of 3072-wide inputs cost the most
     with input_moments({name: teacher_modules[name] for name in factored}) as moments:
         targets = in_chunks(teacher_part, inputs[:moment_rows], chunk)
@@ -374,6 +412,12 @@ def fit_sublayer(teacher_part, student_part, inputs, steps, lr, sweeps, batch, c
         targets = torch.cat([targets, in_chunks(teacher_part, inputs[moment_rows:], chunk)])
     for name, target in factored.items():
         W = weight_of(teacher_modules[name])
+        if isinstance(target, MonarchLinear):
+            in_factor, out_factor = whitened_monarch(W, moments[name], target.nblocks)
+            target.in_factor.copy_(in_factor)
+            target.out_factor.copy_(out_factor)
+            balance_monarch(target, per_entry=True)
+            continue
         A, B = whitened_kronecker(W, moments[name], *target.A.shape[1:], target.A.shape[0])
         A, B, _ = alternating_least_squares(W, moments[name], A, B, sweeps)
         target.A.copy_(A)
@@ -431,7 +475,7 @@ def fit_to_calibration(teacher, student, calibration, steps=ACT_STEPS, lr=ACT_LR
         for part, norm in (("attn", student_block.ln_1), ("mlp", student_block.ln_2)):
             student_part = getattr(student_block, part)
             inputs = in_chunks(norm, x, chunk)
-            if any(isinstance(m, KroneckerLinear) for m in student_part.modules()):
+            if any(isinstance(m, (KroneckerLinear, MonarchLinear)) for m in student_part.modules()):
                 start, end, outputs = fit_sublayer(getattr(teacher_block, part), student_part, inputs, steps, lr,
                                                    sweeps, batch, chunk, generator, f"act: block {b} {part}", progress)
                 errors[f"h.{b}.{part}"] = start, end
@@ -441,6 +485,8 @@ def fit_to_calibration(teacher, student, calibration, steps=ACT_STEPS, lr=ACT_LR
     for module in student.modules():
         if isinstance(module, (KroneckerLinear, KroneckerEmbedding)):
             balance_factors(module)
+        elif isinstance(module, MonarchLinear):
+            balance_monarch(module)
     teacher.train(modes[0]), student.train(modes[1])
     teacher.to(teacher_device), student.to("cpu")
     return errors
@@ -454,7 +500,7 @@ def output_errors(teacher, student, calibration):
     weight_errors weighs every direction alike."""
     modules = {f"h.{block}.{name}": (source, target) for (name, block, source), (_, _, target)
                in zip(factorable_matrices(teacher), factorable_matrices(student))
-               if block is not None and student.config.plan.shape(name, block)}
+               if block is not None and student.config.plan.factored(name, block)}
     moments = teacher_input_moments(teacher, {key: source for key, (source, _) in modules.items()}, calibration)
     errors = {}
     if student.config.plan.shape("wte"):
