@@ -11,6 +11,7 @@ Step 1 of the pipeline: choose Kronecker factor shapes, and initialise a compres
     python kron_decompose.py --list --target 81M --top 5         # ... or only the 5 closest; needs no weights
     python kron_decompose.py --list --matrix c_attn              # ... or of any other factorable matrix
     python kron_decompose.py --rank c_fc=64 --rank c_proj=64     # rank-64 factors: the truncated SVD
+    python kron_decompose.py --monarch c_fc=4 --monarch c_proj=4  # Monarch matrices of 4 blocks (monarch.py)
     python kron_decompose.py --keep_blocks 0,2,4,6,8,10          # DistilGPT2's student: every other block
 
 DIM_1 DIM_2 FACTORS factor the MLP (c_fc's A is DIM_1 x DIM_2, c_proj's its transpose); --kron NAME=RxC:F
@@ -18,8 +19,11 @@ factors any of wte (vocab x n_embd, tied to lm_head), c_attn (n_embd x 3 n_embd)
 c_fc (n_embd x 4 n_embd), c_proj (4 n_embd x n_embd) with F products of an R x C matrix A (x @ W orientation);
 --layers picks the blocks, and NAME@BLOCKS=RxC:F sets a matrix in the blocks listed (e.g. c_fc@1,3) over the
 rest. --rank NAME[@BLOCKS]=R is low rank in the same layers: A in x 1, B 1 x out, R factors (vl: W's truncated
-SVD, R * (in + out) parameters). --keep_blocks 0,2,4 keeps only those teacher blocks (copied exactly, renumbered
-0..k-1, the embeddings and final norm too), as DistilGPT2 was made; a plan then factors the kept model. Every
+SVD, R * (in + out) parameters). --monarch NAME[@BLOCKS]=NBLOCKS makes a block's matrix a Monarch matrix, two
+block-diagonal factors of NBLOCKS blocks with a fixed permutation between them, min(in, out) * (in + out) / NBLOCKS
+parameters (NBLOCKS must divide both sides; vl is its projection, an SVD per pair of blocks). --keep_blocks 0,2,4
+keeps only those teacher blocks (copied exactly, renumbered 0..k-1, the embeddings and final norm too), as DistilGPT2
+was made; a plan then factors the kept model. Every
 factored matrix of the teacher becomes W_hat = sum_r A_r (x) B_r, every other weight is copied.
 Initialisations:
   vl       Van Loan-Pitsianis nearest Kronecker sum: the Frobenius-optimal W_hat (Eckart-Young).
@@ -54,7 +58,8 @@ from dataclasses import dataclass
 from common import (ACT_LR, ACT_STEPS, CALIBRATION_TOKENS, INIT_NAMES, UsageError, exit_on_usage_error,
                     read_calibration, usage_errors)
 from kron_shapes import (BLOCK_MATRICES, MATRICES, PART_OF, Plan, allocate, count_params, list_shapes,
-                         matrix_shape, parse_blocks, parse_kron, parse_rank, rank_kron, weight_params)
+                         matrix_shape, monarch_params, parse_blocks, parse_kron, parse_monarch, parse_rank, rank_kron,
+                         weight_params)
 
 # The fine-tuning suggested after a student is written is sized by the teacher's own run (its checkpoint's "config"):
 # the same data, context and batches, a twentieth of its iterations at 0.3 of its learning rate, as
@@ -171,10 +176,13 @@ def default_out(source, plan, init, target=None, blocks=None):
     if target is not None:  # --allocate: krony_gpt2_allocated-81M_act.pt
         return os.path.join("checks", f"krony_{name}_allocated-{re.sub(r'[^A-Za-z0-9.]+', '', target)}_{init}.pt")
     kron = plan.to_kron()
-    if set(kron) == {"c_fc", "c_proj"} and kron["c_proj"] == kron["c_fc"][1::-1] + kron["c_fc"][2:]:
+    if set(kron) == {"c_fc", "c_proj"} and kron["c_proj"] == kron["c_fc"][1::-1] + kron["c_fc"][2:] and \
+            not plan.monarch:
         shape = "_".join(map(str, kron["c_fc"]))  # the shorthand's name: krony_gpt2_768_768_1_vl.pt
     else:
-        shape = "_".join(f"{key.replace('@', '-at-').replace(',', '.')}-{a}x{b}-{f}" for key, (a, b, f) in kron.items())
+        safe = {key: key.replace("@", "-at-").replace(",", ".") for key in [*kron, *plan.to_monarch()]}
+        shape = "_".join([*(f"{safe[key]}-{a}x{b}-{f}" for key, (a, b, f) in kron.items()),
+                          *(f"{safe[key]}-monarch{n}" for key, n in plan.to_monarch().items())])
     return os.path.join("checks", f"krony_{name}_{shape}_{init}.pt")
 
 
@@ -196,25 +204,25 @@ def check_command_line(args):
     """(shorthand, kron, ranks): the plan the command line gives, after every check that needs no file."""
     check_top(args)
     with usage_errors():
-        kron, ranks = parse_kron(args.kron), parse_rank(args.rank)
+        kron, ranks, monarch = parse_kron(args.kron), parse_rank(args.rank), parse_monarch(args.monarch)
     shorthand = (args.dim_1, args.dim_2, args.factors)
     if args.allocate:
-        check_allocate(args, shorthand, kron, ranks)
+        check_allocate(args, shorthand, kron, {**ranks, **monarch})
     else:
-        check_plan(args, shorthand, kron, ranks)
+        check_plan(args, shorthand, kron, ranks, monarch)
     if args.calibration_tokens < 1 or min(args.act_steps, args.act_sweeps) < 0 or not args.act_lr > 0:
         raise UsageError("--calibration_tokens and --act_lr must be positive, --act_steps and --act_sweeps not "
                          "negative")
     if args.init == "act" and not args.calibration:
         raise UsageError("--init act fits the factors to the teacher's outputs: give --calibration FILE, a token "
                          "file of the teacher's vocabulary (e.g. data/owt/train.bin)")
-    return shorthand, kron, ranks
+    return shorthand, kron, ranks, monarch
 
 
 def check_allocate(args, shorthand, kron, ranks):
     """--allocate chooses the plan: it takes none, but a --target and the --matrices it may factor."""
     if ranks:
-        raise UsageError("--allocate chooses the shapes: it takes no --rank")
+        raise UsageError("--allocate chooses the shapes: it takes no --rank nor --monarch")
     if any(v is not None for v in shorthand) or kron or args.layers != "all":
         raise UsageError("--allocate chooses the shapes: it takes no DIM_1 DIM_2 FACTORS, --kron nor --layers")
     if not args.target:
@@ -225,28 +233,29 @@ def check_allocate(args, shorthand, kron, ranks):
         raise UsageError(f"--matrices {args.matrices!r}: give some of {', '.join(BLOCK_MATRICES)}, comma-separated")
 
 
-def check_plan(args, shorthand, kron, ranks):
-    """A plan is given: the whole shorthand, and/or entries (--kron, --rank, --keep_blocks), of positive sizes."""
+def check_plan(args, shorthand, kron, ranks, monarch):
+    """A plan is given: the whole shorthand, and/or entries (--kron, --rank, --monarch, --keep_blocks), of positive
+    sizes."""
     if args.keep_blocks is not None:
         with usage_errors():
             parse_blocks(args.keep_blocks, None)  # the range is checked against the teacher's config, in check_args
-    entries = kron or ranks or args.keep_blocks is not None
+    entries = kron or ranks or monarch or args.keep_blocks is not None
     if any(v is None for v in shorthand) and not (entries and all(v is None for v in shorthand)):
-        raise UsageError("give DIM_1 DIM_2 FACTORS, or --kron NAME=ROWSxCOLS:FACTORS, --rank NAME=R or --keep_blocks, "
-                         "or --list to see the valid shapes")
+        raise UsageError("give DIM_1 DIM_2 FACTORS, or --kron NAME=ROWSxCOLS:FACTORS, --rank NAME=R, --monarch "
+                         "NAME=NBLOCKS or --keep_blocks, or --list to see the valid shapes")
     if any(v is not None and v < 1 for v in shorthand) or any(min(shape) < 1 for shape in kron.values()) or \
-            any(rank < 1 for rank in ranks.values()):
+            any(n < 1 for n in [*ranks.values(), *monarch.values()]):
         raise UsageError("shapes and factor counts must be positive")
 
 
-def student_plan(args, shape, n_layer, kron, ranks):
+def student_plan(args, shape, n_layer, kron, ranks, monarch):
     """The command line's plan for a teacher of `shape` with n_layer blocks (kept ones), checked to fit it and
     --init."""
     with usage_errors(args.model):
         plan = Plan.from_settings(shape.n_embd, n_layer, shape.vocab_size, dim_1=args.dim_1, dim_2=args.dim_2,
                                   factors=args.factors,
                                   kron={**kron, **rank_kron(ranks, shape.n_embd, shape.vocab_size)} or None,
-                                  kron_layers=args.layers)
+                                  kron_layers=args.layers, monarch=monarch or None)
         plan.check_init(args.init)
     return plan
 
@@ -280,7 +289,7 @@ def check_args(args):
     """Every argument checked, each mistake one line, before any weights are read: the command line first (before
     torch is imported, so that these errors answer at once), then the plan against the teacher's config, --out,
     the device and the calibration tokens."""
-    shorthand, kron, ranks = check_command_line(args)
+    shorthand, kron, ranks, monarch = check_command_line(args)
     import torch
     from checkpoints import load_model_config, load_vocab
     what = f"--model {args.model}"
@@ -292,7 +301,7 @@ def check_args(args):
         with usage_errors(f"{args.model} has {shape.n_layer} blocks"):
             blocks = parse_blocks(args.keep_blocks, shape.n_layer)
     n_layer = shape.n_layer if blocks is None else len(blocks)
-    plan = None if args.allocate else student_plan(args, shape, n_layer, kron, ranks)
+    plan = None if args.allocate else student_plan(args, shape, n_layer, kron, ranks, monarch)
     out = args.out or default_out(args.model, plan, args.init, args.target if args.allocate else None, blocks)
     check_out(out, args.overwrite)
     device = act_device(args)
@@ -300,7 +309,8 @@ def check_args(args):
     if args.calibration:
         calibration = torch.from_numpy(read_calibration(args.calibration, args.calibration_tokens, shape.block_size,
                                                         shape.vocab_size))
-    alone = shorthand[0] is not None and not kron and not ranks and args.layers == "all" and not args.allocate
+    alone = shorthand[0] is not None and not kron and not ranks and not monarch and args.layers == "all" and \
+        not args.allocate
     return Checked(plan, shorthand if alone else None, blocks, out, itos, run, calibration, device)
 
 
@@ -341,6 +351,8 @@ def init_record(args, checked, plan, teacher, student, errors, outputs, allocati
     info = {"teacher": args.model, "method": args.init, "kron": plan.to_kron(),
             "teacher_params": teacher.get_num_params(False), "params": student.get_num_params(False),
             "errors": errors}
+    if plan.monarch:
+        info.update(monarch=plan.to_monarch())
     if allocation is not None:
         info.update(allocation=allocation)
     if checked.blocks is not None:
@@ -359,7 +371,8 @@ def plan_settings(plan, shorthand):
         return "--dim_1=None --dim_2=None --factors=None"
     if shorthand is not None:
         return f"--dim_1={shorthand[0]} --dim_2={shorthand[1]} --factors={shorthand[2]}"
-    return f'--dim_1=None --dim_2=None --factors=None --kron="{plan.to_kron()}"'
+    monarch = f' --monarch="{plan.to_monarch()}"' if plan.monarch else ""
+    return f'--dim_1=None --dim_2=None --factors=None --kron="{plan.to_kron()}"{monarch}'
 
 
 def teacher_run(source):
@@ -450,17 +463,26 @@ def report(args, teacher, student, errors, outputs, seconds):
         by_shape = {}
         for block, shape in plan.places(name):
             by_shape.setdefault(shape, []).append(block)
+        for (matrix, block), nblocks in plan.monarch.items():  # a Monarch matrix's "shape" is its nblocks
+            if matrix == name:
+                by_shape.setdefault(nblocks, []).append(block)
         for shape, blocks in by_shape.items():
             in_features, out_features = matrix_shape(name, config.n_embd, config.vocab_size)
             dense = weight_params(name, None, config.n_embd, config.vocab_size) * len(blocks)
-            factored = weight_params(name, shape, config.n_embd, config.vocab_size) * len(blocks)
+            if isinstance(shape, int):
+                factored = monarch_params(name, shape, config.n_embd, config.vocab_size) * len(blocks)
+                a, b, factors = "monarch", f"{shape} blocks", "-"
+            else:
+                factored = weight_params(name, shape, config.n_embd, config.vocab_size) * len(blocks)
+                a, b = f"{shape[0]}x{shape[1]}", f"{in_features // shape[0]}x{out_features // shape[1]}"
+                factors = shape[2]
             keys = ["wte"] if name == "wte" else [f"h.{block}.{name}" for block in blocks]
             mean = sum(errors[key] for key in keys) / len(keys)
             output_mean = f" {sum(outputs[key] for key in keys) / len(keys):>10.4f}" if outputs else ""
             where = "-" if name == "wte" else ",".join(map(str, blocks)) if len(blocks) < config.n_layer else "all"
             print(f"{name:>9} {PART_OF[name]:>9} {f'{in_features}x{out_features}':>12} "
-                  f"{f'{shape[0]}x{shape[1]}':>11} {f'{in_features // shape[0]}x{out_features // shape[1]}':>9} "
-                  f"{shape[2]:>7} {where:>8} {mean:>10.4f}{output_mean} {factored:>13,} {dense - factored:>13,}")
+                  f"{a:>11} {b:>9} {factors:>7} {where:>8} {mean:>10.4f}{output_mean} {factored:>13,} "
+                  f"{dense - factored:>13,}")
     print(f"{'total':>9} {'':>9} {'':>12} {'':>11} {'':>9} {'':>7} {'':>8} {'':>10}{' ' * len(output_column)} "
           f"{student_params:>13,} {teacher_params - student_params:>13,}")
     print_errors_by_block(plan, errors, outputs)
@@ -491,7 +513,7 @@ def build_parser():
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="The top of kron_decompose.py explains the initialisations, --allocate "
                                             "and the errors it reports.")
-    plan = parser.add_argument_group("the plan (the MLP shorthand, and/or --kron, --rank, --keep_blocks)")
+    plan = parser.add_argument_group("the plan (the MLP shorthand, and/or --kron, --rank, --monarch, --keep_blocks)")
     plan.add_argument("dim_1", type=int, nargs="?", help="c_fc's A has dim_1 rows (must divide n_embd)")
     plan.add_argument("dim_2", type=int, nargs="?", help="c_fc's A has dim_2 columns (must divide 4*n_embd)")
     plan.add_argument("factors", type=int, nargs="?", help="Kronecker products summed per matrix")
@@ -500,6 +522,9 @@ def build_parser():
                            f"c_fc@3=128x128:2); repeatable")
     plan.add_argument("--rank", action="append", default=[], metavar="NAME[@BLOCKS]=R",
                       help="rank-R factors of a matrix (vl: its truncated SVD); repeatable")
+    plan.add_argument("--monarch", action="append", default=[], metavar="NAME[@BLOCKS]=NBLOCKS",
+                      help=f"make a matrix ({', '.join(BLOCK_MATRICES)}) a Monarch matrix of NBLOCKS blocks, in the "
+                           f"--layers blocks or in BLOCKS; repeatable")
     plan.add_argument("--keep_blocks", metavar="BLOCKS",
                       help="keep only these teacher blocks, e.g. 0,2,4 (renumbered 0..k-1)")
     plan.add_argument("--layers", default="all", metavar="BLOCKS",
