@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from common import ACT_LR, ACT_STEPS, ACT_SWEEPS, INIT_NAMES
-from kron_shapes import Plan, divisors
+from kron_shapes import Plan, allocate, divisors
 from kronecker import KroneckerEmbedding, KroneckerLinear, kronecker_sum
 from model import GPT, factorable_matrices, weight_of
 from monarch import MonarchLinear, middle_routes, nearest_monarch
@@ -545,3 +545,19 @@ def allocation_options(teacher, names, calibration=None):
                     options[name, block].append((factors * per_factor, tail[factors - 1].item(),
                                                  (a_rows, a_cols, factors)))
     return options
+
+
+def allocated_plan(teacher, names, params_no_wpe, calibration=None):
+    """The plan of least total error proxy (allocation_options: output-weighted with calibration) whose model has at
+    most params_no_wpe parameters without wpe, choosing for every block's `names` matrices among every valid
+    Kronecker shape and factor count (rank-r factors, the outer-product shapes, included) and W itself; None when
+    even the smallest plan is larger."""
+    config = teacher.config
+    options = allocation_options(teacher, names, calibration)
+    parts = Plan(config.n_embd, config.n_layer, config.vocab_size).count_parts(config.block_size, config.bias)
+    fixed = sum(parts.values()) - parts["position"] - sum(opts[0][0] for opts in options.values())
+    chosen = allocate(options, params_no_wpe - fixed)
+    if chosen is None:
+        return None
+    return Plan(config.n_embd, config.n_layer, config.vocab_size,
+                {place: shape for place, shape in chosen.items() if shape is not None})

@@ -198,48 +198,59 @@ def plot_frontier(variants, teacher, path, title, reference=None):
     plt.close(fig)
 
 
-FAMILY_STYLE = {"kronecker": ("o", "C0"), "lowrank": ("s", "C1"), "drop_blocks": ("^", "C2"), "dense": ("v", "C3")}
+FAMILY_COLOUR = {"kronecker": "C0", "lowrank": "C1", "allocated": "C4", "drop_blocks": "C2", "dense": "C3"}
+INIT_MARKER = {"act": "o", "vl": "s"}  # any other init, or none: "^"
+FRONTIER_PANELS = (("parameters", 1e-6, "parameters without wpe (millions)"),
+                   ("macs", 1e-6, "weight multiply-adds per token (millions)"),
+                   ("step_ms", 1, "train step ms (forward, backward, AdamW)"),
+                   ("decode_ms", 1, "decode ms/token (batch 1, KV cache)"))
 
 
 def plot_family_frontier(points, teacher, path, title):
-    """Two panels: fine-tuned perplexity against parameters (without wpe), with the Pareto front over every point,
-    and against decode time per token. points: [{"family", "parameters", "perplexities" (per seed), "decode_ms"}],
-    one marker and colour per family (FAMILY_STYLE); teacher: the same keys for the control (the teacher
-    fine-tuned, a black diamond) and "perplexity", the teacher's own (a dotted line). Writes a PNG to path."""
+    """Four panels of fine-tuned perplexity, each with the Pareto front over every point: against parameters
+    (without wpe), multiply-adds per token, train step time and decode time per token. points: [{"family",
+    "init", "parameters", "macs", "step_ms", "decode_ms", "perplexities" (per seed), "distilled"}], a colour per
+    family (FAMILY_COLOUR), a marker per init (INIT_MARKER), hollow when distilled; teacher: the same keys for the
+    control (the teacher fine-tuned, a black diamond) and "perplexity", the teacher's own (a dotted line). Writes
+    a PNG to path."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import StrMethodFormatter
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), dpi=90, sharey=True)
-    means = []
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.4), dpi=90, sharey=True, layout="constrained")
+    axes = axes.flatten()
+    means = {key: [] for key, _, _ in FRONTIER_PANELS}
     for point in points + [dict(teacher, family="control")]:
         if not point["perplexities"]:
             continue
         values = point["perplexities"]
         mean = sum(values) / len(values)
-        marker, colour = FAMILY_STYLE.get(point["family"], ("D", "black"))
+        control = point["family"] == "control"
+        marker = "D" if control else INIT_MARKER.get(point.get("init"), "^")
+        colour = FAMILY_COLOUR.get(point["family"], "black")
         distilled = point.get("distilled", False)  # hollow: trained with the teacher's logits
-        for ax, x in zip(axes, (point["parameters"] / 1e6, point["decode_ms"])):
-            ax.errorbar(x, mean, yerr=[[mean - min(values)], [max(values) - mean]], fmt=marker, color=colour,
-                        markerfacecolor="white" if distilled else colour, capsize=2, markersize=5,
-                        label=point["family"] + (" + KD" if distilled else ""))
-        means.append((point["parameters"] / 1e6, mean))
-    front = pareto_front(means)
-    if front:
-        axes[0].step(*zip(*front), where="post", color="grey", linewidth=1, zorder=0, label="Pareto front")
-    for ax, xlabel in zip(axes, ("parameters without wpe (millions)", "decode ms/token (batch 1, KV cache)")):
+        label = " ".join(part for part in (point["family"], point.get("init"), "+ KD" if distilled else "") if part)
+        for ax, (key, scale, _) in zip(axes, FRONTIER_PANELS):
+            ax.errorbar(point[key] * scale, mean, yerr=[[mean - min(values)], [max(values) - mean]], fmt=marker,
+                        color=colour, markerfacecolor="white" if distilled else colour, capsize=2, markersize=5,
+                        label=label)
+            means[key].append((point[key] * scale, mean))
+    for ax, (key, _, xlabel) in zip(axes, FRONTIER_PANELS):
+        front = pareto_front(means[key])
+        if front:
+            ax.step(*zip(*front), where="post", color="grey", linewidth=1, zorder=0, label="Pareto front")
         ax.axhline(teacher["perplexity"], color="black", linestyle=":", linewidth=0.8, label="teacher")
         ax.set_xlabel(xlabel)
         ax.set_yscale("log")
         for axis_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
             axis_formatter(StrMethodFormatter("{x:.1f}"))
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("val perplexity after fine-tuning (log)")
+    for ax in axes[::2]:
+        ax.set_ylabel("val perplexity after fine-tuning (log)")
     handles, labels = axes[0].get_legend_handles_labels()
-    unique = dict(zip(labels, handles))  # one legend entry per family
-    axes[0].legend(unique.values(), unique.keys(), fontsize=7, loc="best")
+    unique = dict(zip(labels, handles))  # one legend entry per family, init and distillation
+    fig.legend(unique.values(), unique.keys(), fontsize=7, loc="outside right upper")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 

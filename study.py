@@ -36,7 +36,7 @@ import time
 from common import (ACT_LR, ACT_STEPS, CALIBRATION_TOKENS, INIT_NAMES, UsageError, exit_on_usage_error, one_line,
                     read_calibration, read_vocab, usage_errors, write_json)
 from configurator import ConfigError, checked, load_config
-from kron_shapes import PLAN_SETTINGS, Plan, divisors, is_outer_product, max_factors, parse_blocks
+from kron_shapes import BLOCK_MATRICES, PLAN_SETTINGS, Plan, divisors, is_outer_product, max_factors, parse_blocks
 from plot import plot_family_frontier, plot_frontier, plot_loss_panels, read_metrics
 
 STUDY_SETTINGS = dict(  # key=(default, type)
@@ -56,8 +56,8 @@ STUDY_SETTINGS = dict(  # key=(default, type)
     device=("cpu", str),
     timing_rounds=(9, int),  # rounds of the timing phase, every model once per round
 )
-VARIANT_KEYS = ("family", "plan", "keep_blocks", "dense", "init", "act", "distill", "finetune", "budget", "candidates")
-FAMILIES = ("kronecker", "lowrank", "drop_blocks", "dense")
+VARIANT_KEYS = ("family", "plan", "keep_blocks", "dense", "init", "act", "distill", "finetune", "budget", "candidates",
+                "allocate")
 BUDGET_TOLERANCE = 0.03  # a frontier variant's parameters are within 3% of its budget (see tolerance)
 DECODE_TOKENS = 64  # the timing phase's greedy decode: batch 1, the KV cache, this many new tokens (fewer where
 PROMPT_TOKENS = 16  # the prompt and they would not fit the model's context)
@@ -137,7 +137,7 @@ def check_student(where, variant, shape):
     shape."""
     from model import GPTConfig
     plan = variant.get("plan", {})
-    student_made_otherwise = "keep_blocks" in variant or "dense" in variant or "candidates" in variant
+    student_made_otherwise = bool(set(variant) & {"keep_blocks", "dense", "candidates", "allocate"})
     if not isinstance(plan, dict) or set(plan) - {*PLAN_SETTINGS, "rank"} or \
             (not student_made_otherwise and not set(plan) - {"kron_layers"}):
         raise UsageError(f"{where}: plan must name matrices with the settings {', '.join(PLAN_SETTINGS)}, rank, got "
@@ -191,13 +191,20 @@ def teacher_shape(s, train_settings):
 # A family is a way to spend a budget of parameters (without wpe) that a user would pick instead of another:
 #   kronecker    the MLPs factored in one shape in every block (c_fc's A dim_1 x dim_2, c_proj's its transpose):
 #                of the shapes within the budget (outer products excluded: they are lowrank), the one of least
-#                Van Loan error on the teacher's weights; init vl, vl_norm, prune or act
+#                summed error proxy over the teacher's MLPs (compress.allocation_options): the output error on
+#                the calibration tokens for init act, the Van Loan error of the weights otherwise (the paper's);
+#                init vl, vl_norm, prune or act
 #   lowrank      rank-r factors of both MLP matrices in every block: the truncated SVD (init vl), or act's fit
+#                from the whitened SVD
+#   allocated    every block's four matrices (MLP and attention) each in its own Kronecker shape, rank or dense,
+#                the least total error proxy within the budget (kron_decompose.py --allocate; priced as kronecker)
 #   drop_blocks  k of the teacher's blocks, spread evenly (DistilGPT2's every other block), copied; no init
 #   dense        a smaller GPT from scratch: narrower (vary="width"; as many of the teacher's heads as divide the
 #                width) or shallower (vary="depth")
-# Each family's spec takes the variant keys init, act, distill and finetune (dense: no init nor act), and `at`,
-# the budgets it runs at (default: all).
+# Each family's spec takes the variant keys init, act, distill and finetune (dense: no init nor act), `at`, the
+# budgets it runs at (default: all), and the keys of its row in FAMILY_KEYS. A family's sizes function gives
+# [(parameters without wpe, what makes the student)], or [(None, ...)] for a student chosen from the teacher's
+# weights when it is made (make_student).
 
 def dense_params(n_embd, n_layer, shape):
     """Parameters without wpe of a dense GPT of the teacher's vocabulary and bias."""
@@ -233,46 +240,71 @@ def kronecker_candidates(shape, budget):
     return found
 
 
+def kronecker_sizes(shape, budget, spec):
+    candidates = kronecker_candidates(shape, budget)
+    return [(None, {"candidates": candidates})] if candidates else []
+
+
+def lowrank_sizes(shape, budget, spec):
+    n, n_layer = shape.n_embd, shape.n_layer
+    rest = dense_params(n, n_layer, shape) - n_layer * 8 * n * n
+    return [(rest + 10 * n * r * n_layer, {"plan": {"rank": {"c_fc": r, "c_proj": r}}}) for r in range(1, n + 1)]
+
+
+def allocated_sizes(shape, budget, spec):
+    return [(None, {"allocate": list(BLOCK_MATRICES)})]
+
+
+def drop_blocks_sizes(shape, budget, spec):
+    return [(dense_params(shape.n_embd, k, shape), {"keep_blocks": spread_blocks(shape.n_layer, k)})
+            for k in range(1, shape.n_layer)]
+
+
+def dense_sizes(shape, budget, spec):
+    n, n_layer = shape.n_embd, shape.n_layer
+    vary = spec.get("vary", "width")
+    if vary == "depth":
+        return [(dense_params(n, k, shape), {"dense": {"n_layer": k, "n_head": shape.n_head, "n_embd": n}})
+                for k in range(1, n_layer)]
+    if vary != "width":
+        raise ValueError(f"vary={vary!r} is not width or depth")
+    heads = {w: max(h for h in divisors(w) if h <= shape.n_head) for w in range(1, n)}  # heads that divide w
+    return [(dense_params(w, n_layer, shape), {"dense": {"n_layer": n_layer, "n_embd": w, "n_head": heads[w]}})
+            for w in range(1, n)]
+
+
+FAMILIES = {  # name: (its sizes, the spec keys it takes beyond the common ones)
+    "kronecker": (kronecker_sizes, ()),
+    "lowrank": (lowrank_sizes, ()),
+    "drop_blocks": (drop_blocks_sizes, ()),
+    "dense": (dense_sizes, ("vary",)),
+    "allocated": (allocated_sizes, ()),
+}
+FAMILY_SPEC_KEYS = ("family", "at", "init", "act", "distill", "finetune")
+
+
 def match_family(name, spec, budget, shape):
     """The variant of family spec whose parameters without wpe are nearest `budget`, with the size it has; a
-    UsageError when none is within BUDGET_TOLERANCE."""
-    spec = dict(spec)
-    family = spec.pop("family", None)
+    UsageError when none is within BUDGET_TOLERANCE. A student chosen from the teacher's weights is matched when
+    it is made (budget's "matched" is None)."""
+    family = spec.get("family")
     if family not in FAMILIES:
         raise UsageError(f"family {name!r}: family={family!r} is not one of {', '.join(FAMILIES)}")
-    vary = spec.pop("vary", "width") if family == "dense" else None
-    spec.pop("at", None)
-    if set(spec) - {"init", "act", "distill", "finetune"}:
-        raise UsageError(f"family {name!r}: takes family, at, init, act, distill, finetune{', vary' if vary else ''}; "
-                         f"got {sorted(spec)}")
-    n, n_layer = shape.n_embd, shape.n_layer
-    sized = []  # (parameters, what makes the student)
-    if family == "kronecker":
-        candidates = kronecker_candidates(shape, budget)
-        if candidates:  # the one of least error is chosen from the teacher's weights (make_student)
-            return {"family": family, **spec, "candidates": candidates,
-                    "budget": {"params_no_wpe": budget, "matched": None}}
-    elif family == "lowrank":
-        rest = dense_params(n, n_layer, shape) - n_layer * 8 * n * n
-        sized = [(rest + 10 * n * r * n_layer, {"plan": {"rank": {"c_fc": r, "c_proj": r}}}) for r in range(1, n + 1)]
-    elif family == "drop_blocks":
-        sized = [(dense_params(n, k, shape), {"keep_blocks": spread_blocks(n_layer, k)}) for k in range(1, n_layer)]
-    elif vary == "depth":
-        sized = [(dense_params(n, k, shape), {"dense": {"n_layer": k, "n_head": shape.n_head, "n_embd": n}})
-                 for k in range(1, n_layer)]
-    elif vary == "width":
-        heads = {w: max(h for h in divisors(w) if h <= shape.n_head) for w in range(1, n)}  # heads that divide w
-        sized = [(dense_params(w, n_layer, shape), {"dense": {"n_layer": n_layer, "n_embd": w, "n_head": heads[w]}})
-                 for w in range(1, n)]
-    else:
-        raise UsageError(f"family {name!r}: vary={vary!r} is not width or depth")
+    sizes, own_keys = FAMILIES[family]
+    if set(spec) - {*FAMILY_SPEC_KEYS, *own_keys}:
+        raise UsageError(f"family {name!r}: takes {', '.join((*FAMILY_SPEC_KEYS, *own_keys))}; got {sorted(spec)}")
+    common = {key: spec[key] for key in ("init", "act", "distill", "finetune") if key in spec}
+    with usage_errors(f"family {name!r}"):
+        sized = sizes(shape, budget, spec)
+    if sized and sized[0][0] is None:
+        return {"family": family, **common, **sized[0][1], "budget": {"params_no_wpe": budget, "matched": None}}
     if not sized or min(abs(p - budget) for p, _ in sized) > tolerance(budget, shape):
         nearest = f"; its nearest size is {min(sized, key=lambda c: abs(c[0] - budget))[0]:,}" if sized else ""
         raise UsageError(f"family {name!r} ({family}) has no variant within {tolerance(budget, shape):,.0f} "
                          f"parameters ({BUDGET_TOLERANCE:.0%} of those outside wte) of the budget of {budget:,} "
                          f"parameters without wpe{nearest}")
     params, student = min(sized, key=lambda c: abs(c[0] - budget))
-    return {"family": family, **spec, **student, "budget": {"params_no_wpe": budget, "matched": params}}
+    return {"family": family, **common, **student, "budget": {"params_no_wpe": budget, "matched": params}}
 
 
 def teacher_params_no_wpe(shape):
@@ -308,9 +340,10 @@ def frontier_variants(s, shape):
             variants[f"{name} @{budget_name(fraction)}"] = variant
     for name, variant in variants.items():
         budget = variant["budget"]
-        matched = f"{len(variant['candidates'])} shapes within {tolerance(budget['params_no_wpe'], shape):,.0f}, " \
-            "the one of least error on the teacher's weights taken" if budget["matched"] is None else \
-            f"matched with {budget['matched']:,} ({budget['matched'] / budget['params_no_wpe'] - 1:+.1%})"
+        matched = f"matched with {budget['matched']:,} ({budget['matched'] / budget['params_no_wpe'] - 1:+.1%})" \
+            if budget["matched"] is not None else f"{pricing(variant)}, chosen from the teacher's weights: " + \
+            (f"of {len(variant['candidates'])} shapes within {tolerance(budget['params_no_wpe'], shape):,.0f}"
+             if "candidates" in variant else f"every shape and rank of {', '.join(variant['allocate'])} within it")
         print(f"{name}: budget {budget['params_no_wpe']:,} parameters without wpe, {matched}", flush=True)
     return variants
 
@@ -325,12 +358,20 @@ def frontier_questions(s, shape):
             for f in s["budgets"]}
 
 
-def least_error_shape(teacher, candidates):
-    """Of the MLP shapes (dim_1, dim_2, factors), the plan of least summed Van Loan error over the teacher's c_fc
-    and c_proj (the allocator's proxy: the squared relative error of the closed form)."""
+def pricing(variant):
+    """What a student chosen from the teacher's weights is chosen by: what it computes for init act, else its
+    weights."""
+    return "the least output error on the calibration tokens" if variant.get("init") == "act" else \
+        "the least Van Loan error of the weights"
+
+
+def least_error_shape(teacher, candidates, calibration=None):
+    """Of the MLP shapes (dim_1, dim_2, factors), the plan of least summed error proxy over the teacher's c_fc
+    and c_proj (the allocator's: the squared relative error of the closed form, of the matrix's outputs on the
+    calibration windows when given, else of its weights)."""
     from compress import allocation_options
     config = teacher.config
-    options = allocation_options(teacher, ["c_fc", "c_proj"])
+    options = allocation_options(teacher, ["c_fc", "c_proj"], calibration)
     error = {place: {shape: e for _, e, shape in opts} for place, opts in options.items()}
 
     def total(shape):
@@ -360,7 +401,7 @@ def make_student(variant, teacher_model, teacher, init_path, data_dir, device="c
     failed."""
     import torch
     from checkpoints import load_vocab, make_checkpoint, save_checkpoint
-    from compress import compress, keep_blocks
+    from compress import allocated_plan, compress, keep_blocks
     from devices import setup_device
     from model import GPT, GPTConfig
     init = variant.get("init", "vl")
@@ -378,25 +419,39 @@ def make_student(variant, teacher_model, teacher, init_path, data_dir, device="c
         teacher_model = keep_blocks(teacher_model, list(variant["keep_blocks"]))
     config = teacher_model.config
     try:
-        plan = least_error_shape(teacher_model, variant["candidates"]) if "candidates" in variant else \
-            Plan.from_settings(config.n_embd, config.n_layer, config.vocab_size, **variant.get("plan", {}))
         calibration = None
         if init == "act":
             calibration = torch.from_numpy(read_calibration(os.path.join(data_dir, "train.bin"),
                                                             act["calibration_tokens"], config.block_size,
                                                             config.vocab_size))
+        plan = chosen_plan(variant, teacher_model, calibration)
         torch.manual_seed(1337)
         t0 = time.time()
         student = compress(teacher_model, plan, init, calibration=calibration, act_steps=act["act_steps"],
                            act_lr=act["act_lr"], act_sweeps=act["act_sweeps"],
                            act_device=setup_device(device) if init == "act" else "cpu")
         info = {"teacher": teacher, "method": init, "kron": plan.to_kron(), "seconds": time.time() - t0,
+                **({"chosen_by": pricing(variant)} if set(variant) & {"candidates", "allocate"} else {}),
                 **(act if init == "act" else {}), **family}
         # the teacher's characters, if any: train.py refuses a model whose characters are not the dataset's
         save_checkpoint(make_checkpoint(student, load_vocab(teacher), init=info), init_path)
     except (ValueError, OSError) as e:
         return f"making the student failed: {one_line(e)}"
     return None
+
+
+def chosen_plan(variant, teacher_model, calibration):
+    """The variant's plan: its own, or chosen from the teacher's weights (priced with calibration, if any)."""
+    config = teacher_model.config
+    if "candidates" in variant:
+        return least_error_shape(teacher_model, variant["candidates"], calibration)
+    if "allocate" in variant:
+        budget = variant["budget"]["params_no_wpe"]
+        plan = allocated_plan(teacher_model, variant["allocate"], budget, calibration)
+        if plan is None:
+            raise ValueError(f"no plan of {', '.join(variant['allocate'])} fits {budget:,} parameters without wpe")
+        return plan
+    return Plan.from_settings(config.n_embd, config.n_layer, config.vocab_size, **variant.get("plan", {}))
 
 
 def run_variant(name, variant, s, teacher, open_teacher):
@@ -434,12 +489,17 @@ def run_control(s, teacher, teacher_perplexity):
 
 
 def model_size(source):
-    """The parameters of a model source, in all and of its MLPs, attention and embedding."""
+    """The parameters of a model source, in all and of its MLPs, attention and embedding, and the multiply-adds per
+    token of its weight matrices (every block's and lm_head's, each factored one in the order its layer runs:
+    Plan.flops)."""
     from checkpoints import load_model_config
     config = load_model_config(source)
     parts = config.plan.count_parts(config.block_size, config.bias)
+    shapes = {place: shape for place, shape in config.plan.shapes.items() if place[1] is not None}  # not wte
+    rank = sum(is_outer_product(name, shape, config.n_embd, config.vocab_size) for (name, _), shape in shapes.items())
     return {"parameters": sum(parts.values()), "params_no_wpe": sum(parts.values()) - parts["position"],
             "plan": str(config.plan), "n_layer": config.n_layer, "n_embd": config.n_embd,
+            "macs_per_token": config.plan.flops(), "factored": {"rank": rank, "kronecker": len(shapes) - rank},
             **{f"{part}_parameters": parts[part] for part in ("mlp", "attention", "embedding")}}
 
 
@@ -617,8 +677,16 @@ def student_text(r, variant):
     if variant.get("family") == "dense":
         return f"{r['n_layer']} blocks, n_embd {r['n_embd']}, from scratch"
     kept = f"blocks {','.join(map(str, variant['keep_blocks']))} of the teacher's" if "keep_blocks" in variant else ""
-    plan = "" if r["plan"] == "dense" else r["plan"]
+    plan = "" if r["plan"] == "dense" else allocated_text(r) if "allocate" in variant else r["plan"]
     return " + ".join(part for part in (kept, plan) if part) or "the teacher's"
+
+
+def allocated_text(r):
+    """An allocated plan in a table's cell: how many matrices are rank-r factors, Kronecker products or dense (the
+    whole plan is in the variant's init.pt)."""
+    rank, kronecker = r["factored"]["rank"], r["factored"]["kronecker"]
+    dense = 4 * r["n_layer"] - rank - kronecker
+    return f"allocated: {kronecker} Kronecker, {rank} rank-r, {dense} dense of {4 * r['n_layer']} matrices"
 
 
 def frontier_markdown(s, results, compared):
@@ -629,15 +697,19 @@ def frontier_markdown(s, results, compared):
              "fine-tuned perplexity, mean (range over seeds). Step and decode times: medians of rounds in which every "
              f"model ran in turn, in one process (decode: batch 1, KV cache, greedy, {DECODE_TOKENS} new tokens, "
              f"float32), as ratios to the control's (the teacher: {control['step_ms']:.1f} ms/step, "
-             f"{control['decode_ms_per_token']:.2f} ms/token).", "",
+             f"{control['decode_ms_per_token']:.2f} ms/token). Multiply-adds per token: of every weight matrix "
+             "(the blocks' and lm_head; attention's scores, which grow with the context, left out), each factored "
+             "one counted in the contraction order its layer runs, and their ratio to the teacher's "
+             f"({control['macs_per_token']:,}).", "",
              "| budget | variant | family | student | params without wpe | ppl at init | ppl fine-tuned "
-             "| to the control | step (x teacher) | decode (x teacher) |", "| --- " * 10 + "|"]
+             "| to the control | multiply-adds per token | step (x teacher) | decode (x teacher) |",
+             "| --- " * 11 + "|"]
     for name, variant in s["variants"].items():
         if "budget" not in variant:
             continue
         r, budget = results[name], variant["budget"]["params_no_wpe"]
         if "error" in r:
-            lines.append(f"| {budget:,} | {name} | {variant['family']} | failed: {r['error']} | | | | | | |")
+            lines.append(f"| {budget:,} | {name} | {variant['family']} | failed: {r['error']} | | | | | | | |")
             continue
         ppl = list(finetuned(r).values())
         c = compared["to_control"][name]
@@ -646,7 +718,9 @@ def frontier_markdown(s, results, compared):
         decode = r["decode_ms_per_token"] / control["decode_ms_per_token"]
         lines.append(f"| {budget:,} | {name} | {variant['family']} | {student_text(r, variant)} "
                      f"| {r['params_no_wpe']:,} ({r['params_no_wpe'] / budget - 1:+.1%}) | {r['init_perplexity']:.2f} "
-                     f"| {spread(ppl) if ppl else '-'} | {to_control} | {step:.2f} | {decode:.2f} |")
+                     f"| {spread(ppl) if ppl else '-'} | {to_control} "
+                     f"| {r['macs_per_token']:,} ({r['macs_per_token'] / control['macs_per_token']:.2f}) "
+                     f"| {step:.2f} | {decode:.2f} |")
     return lines
 
 
@@ -669,12 +743,14 @@ def plot_results(s, results, teacher_perplexity, teacher_parameters):
     if s["budgets"]:
         points = [{"family": s["variants"][name]["family"], "parameters": r["params_no_wpe"],
                    "perplexities": list(finetuned(r).values()), "decode_ms": r["decode_ms_per_token"],
+                   "step_ms": r["step_ms"], "macs": r["macs_per_token"], "init": s["variants"][name].get("init"),
                    "distilled": bool(s["variants"][name].get("distill", {}).get("distill_alpha"))}
                   for name, r in results.items() if "budget" in s["variants"].get(name, {}) and "error" not in r]
         control = results[CONTROL]
         plot_family_frontier(points, {"parameters": control["params_no_wpe"], "perplexity": teacher_perplexity,
                                       "perplexities": list(finetuned(control).values()),
-                                      "decode_ms": control["decode_ms_per_token"]},
+                                      "decode_ms": control["decode_ms_per_token"], "step_ms": control["step_ms"],
+                                      "macs": control["macs_per_token"]},
                              os.path.join(s["out_dir"], "frontier.png"),
                              f"{os.path.basename(os.path.normpath(s['out_dir']))}: families at equal parameters and "
                              "tokens (bars: range over seeds)")
