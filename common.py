@@ -44,9 +44,12 @@ def exit_on_usage_error(prog):
 @contextmanager
 def usage_errors(prefix=None):
     """Around code that checks what the user gave: a ValueError it raises becomes a UsageError of one line,
-    `prefix: message` (the message alone without a prefix); any other exception passes through."""
+    `prefix: message` (the message alone without a prefix); a UsageError, already one line for the user, and any
+    other exception pass through."""
     try:
         yield
+    except UsageError:
+        raise
     except ValueError as e:
         message = " ".join(str(e).split())
         raise UsageError(f"{prefix}: {message}" if prefix else message) from None

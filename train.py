@@ -51,7 +51,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from checkpoints import (load_checkpoint, load_model, load_model_config, load_vocab, make_checkpoint, read_checkpoint,
                          save_checkpoint)
 from common import (ACT_LR, ACT_STEPS, CALIBRATION_TOKENS, UsageError, check_vocab, one_line, open_tokens,
-                    read_calibration, read_vocab, write_text)
+                    read_calibration, read_vocab, usage_errors, write_text)
 from compress import INITS, compress
 from configurator import ConfigError, load_config
 from devices import autocast_context, resolve_dtype, setup_device
@@ -94,6 +94,8 @@ SETTINGS = dict(  # key=(default, type)
     factors=(None, OPTIONAL_INT),
     kron=(None, OPTIONAL_DICT),
     kron_layers=("all", (str, tuple, list)),
+    # Monarch matrices (monarch.py) of a number of blocks, with the keys of kron: monarch={'c_fc': 4, 'c_proj@3': 8}
+    monarch=(None, OPTIONAL_DICT),
     init=("vl", str),  # how the factors start from a dense model: vl, vl_norm, prune, random, act
     # init act: fitted to the teacher's outputs on calibration tokens (compress.fit_to_calibration)
     calibration=("", str),  # a token file; empty: the run's own train.bin
@@ -200,11 +202,9 @@ def check_config(settings):
     if not settings["teacher"] and (settings["distill_alpha"] > 0 or settings["distill_hidden"] > 0):
         raise UsageError("distill_alpha and distill_hidden need a teacher: set teacher= to a model source")
     if settings["init_from"] == "scratch":  # the whole model is known from the settings: check the plan now
-        try:
+        with usage_errors():
             config = GPTConfig.from_settings(**{k: settings[k] for k in MODEL_KEYS + PLAN_KEYS})
             config.plan.check_init(settings["init"])
-        except ValueError as e:
-            raise UsageError(str(e)) from None
         if config.plan and settings["init"] != "random":
             raise UsageError(f"init={settings['init']} decomposes a dense model, but init_from=scratch has none: use "
                              f"init=random, or init_from=gpt2 (or a dense checkpoint) to decompose it")
@@ -293,14 +293,10 @@ def init_model(settings, master, calibration_path, device="cpu"):
         except (OSError, ValueError) as e:
             raise UsageError(f"cannot load init_from=resume: {one_line(e)}") from None
     else:
-        try:
+        with usage_errors(init_from):  # a plan that does not fit the model, or an init that cannot start from it
             calibration = act_calibration(settings, calibration_path) if settings["init"] == "act" else None
             model = compress_as_planned(load_model(init_from, what=f"init_from={init_from!r}"), settings, master,
                                         calibration, device)
-        except UsageError:  # already one line that names the source
-            raise
-        except ValueError as e:  # a plan that does not fit the model, or an init that cannot start from it
-            raise UsageError(f"{init_from}: {e}") from None
     if settings["block_size"] < model.config.block_size:
         model = model.crop_block_size(settings["block_size"])
     return model.with_dropout(settings["dropout"]), checkpoint
@@ -346,7 +342,7 @@ def check_model_vocab(settings, model, checkpoint, itos, data_dir):
 
 def adopted_shape(settings, model, master):
     """The model's shape and plan wherever they differ from the settings (with a note), as nanoGPT adopts them;
-    the plan in its one stored form (kron)."""
+    the plan in its one stored form (kron, and monarch)."""
     adopted = {}
     for key in MODEL_KEYS:
         value = getattr(model.config, key)
@@ -364,7 +360,8 @@ def adopted_shape(settings, model, master):
         if master and asked:
             print(f"note: the plan {asked} in the settings; the model from init_from={settings['init_from']} has "
                   f"the plan {model.config.plan}, which is used")
-        adopted.update({**PLAN_SETTINGS, "kron": model.config.plan.to_kron() or None})
+        adopted.update({**PLAN_SETTINGS, "kron": model.config.plan.to_kron() or None,
+                        "monarch": model.config.plan.to_monarch() or None})
     return adopted
 
 
@@ -470,10 +467,8 @@ def setup_runtime(settings):
     device_name = settings["device"]
     if ddp and (device_name == "auto" and torch.cuda.is_available() or device_name.startswith("cuda")):
         device_name = f"cuda:{int(os.environ['LOCAL_RANK'])}"  # one GPU per process
-    try:
+    with usage_errors():
         device = setup_device(device_name)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if ddp:
