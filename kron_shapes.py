@@ -34,7 +34,8 @@ from collections.abc import Mapping
 
 BLOCK_MATRICES = ("c_attn", "attn_proj", "c_fc", "c_proj")  # in every block: attention's two, the MLP's two
 MATRICES = ("wte",) + BLOCK_MATRICES  # wte: the token embedding, tied to lm_head, once per model
-PLAN_SETTINGS = dict(dim_1=None, dim_2=None, factors=None, kron=None, kron_layers="all")  # unset: a dense model
+# train.py's plan settings, unset: a dense model
+PLAN_SETTINGS = dict(dim_1=None, dim_2=None, factors=None, kron=None, kron_layers="all", monarch=None)
 PART_OF = {"wte": "embedding", "c_attn": "attention", "attn_proj": "attention", "c_fc": "mlp", "c_proj": "mlp"}
 Shape = tuple[int, int, int]  # (a_rows, a_cols, factors) of one factored matrix
 

@@ -7,8 +7,8 @@ Train a GPT-2 or a Kronecker-factored GPT-2 on nanoGPT token files, on one CPU o
 Settings are the defaults below, then config files, then --key=value overrides (see configurator.py).
 init_from chooses the starting point:
     scratch          a new GPT from n_layer, n_head, n_embd, ...; Kronecker matrices where the plan (kron,
-                     kron_layers, or the MLP shorthand dim_1, dim_2, factors) names them (init must then be
-                     random: there is no dense model to decompose)
+                     kron_layers, or the MLP shorthand dim_1, dim_2, factors) names them, Monarch matrices where
+                     monarch does (init must then be random: there is no dense model to decompose)
     resume           out_dir/ckpt.pt, with its optimizer, iteration and random number generator states and the
                      settings the run was started with; settings given now override them, printed in one line
                      (`resume: max_iters 20 -> 30`), but the model's shape, plan and vocabulary and the dataset
