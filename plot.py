@@ -200,6 +200,7 @@ def plot_frontier(variants, teacher, path, title, reference=None):
 
 FAMILY_COLOUR = {"kronecker": "C0", "lowrank": "C1", "allocated": "C4", "drop_blocks": "C2", "dense": "C3"}
 INIT_MARKER = {"act": "o", "vl": "s"}  # any other init, or none: "^"
+FRONTIER_CEILING = 1.5
 FRONTIER_PANELS = (("parameters", 1e-6, "parameters without wpe (millions)"),
                    ("macs", 1e-6, "weight multiply-adds per token (millions)"),
                    ("step_ms", 1, "train step ms (forward, backward, AdamW)"),
@@ -211,8 +212,9 @@ def plot_family_frontier(points, teacher, path, title):
     (without wpe), multiply-adds per token, train step time and decode time per token. points: [{"family",
     "init", "parameters", "macs", "step_ms", "decode_ms", "perplexities" (per seed), "distilled"}], a colour per
     family (FAMILY_COLOUR), a marker per init (INIT_MARKER), hollow when distilled; teacher: the same keys for the
-    control (the teacher fine-tuned, a black diamond) and "perplexity", the teacher's own (a dotted line). Writes
-    a PNG to path."""
+    control (the teacher fine-tuned, a black diamond) and "perplexity", the teacher's own (a dotted line).
+    Students beyond FRONTIER_CEILING times the teacher's perplexity are named in the title, not drawn. Writes a
+    PNG to path."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -220,6 +222,7 @@ def plot_family_frontier(points, teacher, path, title):
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.4), dpi=90, sharey=True, layout="constrained")
     axes = axes.flatten()
     means = {key: [] for key, _, _ in FRONTIER_PANELS}
+    every_value, labelled = [teacher["perplexity"]], []
     for point in points + [dict(teacher, family="control")]:
         if not point["perplexities"]:
             continue
@@ -230,6 +233,8 @@ def plot_family_frontier(points, teacher, path, title):
         colour = FAMILY_COLOUR.get(point["family"], "black")
         distilled = point.get("distilled", False)  # hollow: trained with the teacher's logits
         label = " ".join(part for part in (point["family"], point.get("init"), "+ KD" if distilled else "") if part)
+        every_value += values
+        labelled.append((label, mean))
         for ax, (key, scale, _) in zip(axes, FRONTIER_PANELS):
             ax.errorbar(point[key] * scale, mean, yerr=[[mean - min(values)], [max(values) - mean]], fmt=marker,
                         color=colour, markerfacecolor="white" if distilled else colour, capsize=2, markersize=5,
@@ -245,12 +250,18 @@ def plot_family_frontier(points, teacher, path, title):
         for axis_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
             axis_formatter(StrMethodFormatter("{x:.1f}"))
         ax.grid(alpha=0.3)
+    # a student far behind the rest (a dense one from scratch) would flatten them into one line
+    shown = [value for value in every_value if value <= FRONTIER_CEILING * teacher["perplexity"]]
+    low, high = min(shown) / 1.01, max(shown) * 1.01
+    for ax in axes:
+        ax.set_ylim(low, high)
     for ax in axes[::2]:
         ax.set_ylabel("val perplexity after fine-tuning (log)")
+    above = [f"{label} {mean:.1f}" for label, mean in labelled if mean > high]
     handles, labels = axes[0].get_legend_handles_labels()
     unique = dict(zip(labels, handles))  # one legend entry per family, init and distillation
     fig.legend(unique.values(), unique.keys(), fontsize=7, loc="outside right upper")
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title + (f"\nabove the charts: {', '.join(above)}" if above else ""), fontsize=10)
     fig.savefig(path)
     plt.close(fig)
 

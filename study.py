@@ -401,7 +401,7 @@ def make_student(variant, teacher_model, teacher, init_path, data_dir, device="c
     failed."""
     import torch
     from checkpoints import load_vocab, make_checkpoint, save_checkpoint
-    from compress import allocated_plan, compress, keep_blocks
+    from compress import compress, keep_blocks
     from devices import setup_device
     from model import GPT, GPTConfig
     init = variant.get("init", "vl")
@@ -442,6 +442,7 @@ def make_student(variant, teacher_model, teacher, init_path, data_dir, device="c
 
 def chosen_plan(variant, teacher_model, calibration):
     """The variant's plan: its own, or chosen from the teacher's weights (priced with calibration, if any)."""
+    from compress import allocated_plan
     config = teacher_model.config
     if "candidates" in variant:
         return least_error_shape(teacher_model, variant["candidates"], calibration)

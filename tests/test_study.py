@@ -24,7 +24,8 @@ QUESTIONS = {"Does the Van Loan init beat a random one?": ("vl", ["random"])}
 # every family of the config but "dense KD" (the distillation drop_blocks KD runs too, on dense scratch's student)
 FAMILIES = {**{name: spec for name, spec in load_config(study.STUDY_SETTINGS, [FRONTIER_SMOKE])["families"].items()
                if name != "dense KD"}, "diverges": {"family": "lowrank", "finetune": {"learning_rate": 1e30}}}
-FAMILY_NAMES = ["kronecker @52%", "lowrank @52%", "drop_blocks KD @52%", "dense scratch @52%", "diverges @52%"]
+FAMILY_NAMES = ["kronecker @52%", "lowrank @52%", "allocated @52%", "drop_blocks KD @52%", "dense scratch @52%",
+                "diverges @52%"]
 
 
 def run_study(out_dir):
