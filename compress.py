@@ -89,6 +89,7 @@ INITS = {name: DECOMPOSITIONS.get(name) for name in INIT_NAMES}
 ACT_BATCH_TOKENS = 2048  # per Adam step of init act's fit: as good as 8,192 at a quarter of the cost (progress.md)
 CHUNK_TOKENS = 8192  # per chunk of the forward passes over the calibration tokens
 MOMENT_TOKENS = 2**15  # of the calibration tokens, for the closed-form start's second moments (Adam uses them all)
+SENSITIVITY_TOKENS = 2**14  # of the calibration tokens, for each matrix's cost to the loss (calibrated_options)
 
 
 def check_act_device(device):
@@ -547,13 +548,59 @@ def allocation_options(teacher, names, calibration=None):
     return options
 
 
-def allocated_plan(teacher, names, params_no_wpe, calibration=None):
-    """The plan of least total error proxy (allocation_options: output-weighted with calibration) whose model has at
-    most params_no_wpe parameters without wpe, choosing for every block's `names` matrices among every valid
-    Kronecker shape and factor count (rank-r factors, the outer-product shapes, included) and W itself; None when
-    even the smallest plan is larger."""
-    config = teacher.config
+@torch.no_grad()
+def calibration_loss(model, windows, chunk=1024):
+    """The model's mean next-token loss over calibration windows (n, t), `chunk` tokens at a time (a GPT-2
+    vocabulary's logits are large)."""
+    rows = max(1, chunk // windows.shape[1])
+    losses = [model(windows[i:i + rows, :-1], windows[i:i + rows, 1:])[1] * len(windows[i:i + rows])
+              for i in range(0, len(windows), rows)]
+    return (sum(losses) / len(windows)).item()
+
+
+@torch.no_grad()
+def calibrated_options(teacher, names, calibration):
+    """allocation_options(teacher, names, calibration), each matrix's proxies scaled to what they cost the model:
+    by the rise of the teacher's loss on SENSITIVITY_TOKENS of the calibration windows when that matrix alone is
+    replaced by its closed-form rank-r factors of half its weights, over that option's proxy. The proxy alone
+    weighs every matrix alike, and an allocation by it started worse under init act than low rank of the same
+    size (progress.md). A rise is floored at 1% of the largest, so that no matrix is priced free. A dense teacher's
+    matrices only."""
     options = allocation_options(teacher, names, calibration)
+    modules = {(name, block): module for name, block, module in factorable_matrices(teacher)
+               if block is not None and name in names}
+    if not all(type(module) is nn.Linear for module in modules.values()):
+        raise ValueError(f"the loss-calibrated allocation prices a dense teacher's {', '.join(names)}")
+    moments = teacher_input_moments(teacher, modules, calibration)
+    windows = calibration[:max(1, SENSITIVITY_TOKENS // calibration.shape[1])]
+    was_training = teacher.training
+    teacher.eval()
+    base = calibration_loss(teacher, windows)
+    rises, references = {}, {}
+    for place, module in modules.items():
+        W = weight_of(module).detach().double()
+        in_features, out_features = W.shape
+        rank = max(1, in_features * out_features // (2 * (in_features + out_features)))
+        references[place] = next(error for _, error, shape in options[place] if shape == (in_features, 1, rank))
+        A, B = whitened_kronecker(W, moments[place], in_features, 1, rank)
+        saved = module.weight.detach().clone()
+        module.weight.copy_(kronecker_sum(A, B).t())
+        rises[place] = calibration_loss(teacher, windows) - base
+        module.weight.copy_(saved)
+    teacher.train(was_training)
+    floor = 0.01 * max(max(rises.values()), 1e-12)
+    return {place: [(params, error * max(rises[place], floor) / max(references[place], 1e-12), shape)
+                    for params, error, shape in opts] for place, opts in options.items()}
+
+
+def allocated_plan(teacher, names, params_no_wpe, calibration=None):
+    """The plan of least total price (with calibration calibrated_options, else allocation_options' weight error)
+    whose model has at most params_no_wpe parameters without wpe, choosing for every block's `names` matrices
+    among every valid Kronecker shape and factor count (rank-r factors, the outer-product shapes, included) and W
+    itself; None when even the smallest plan is larger."""
+    config = teacher.config
+    options = calibrated_options(teacher, names, calibration) if calibration is not None else \
+        allocation_options(teacher, names)
     parts = Plan(config.n_embd, config.n_layer, config.vocab_size).count_parts(config.block_size, config.bias)
     fixed = sum(parts.values()) - parts["position"] - sum(opts[0][0] for opts in options.values())
     chosen = allocate(options, params_no_wpe - fixed)

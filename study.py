@@ -361,17 +361,18 @@ def frontier_questions(s, shape):
 def pricing(variant):
     """What a student chosen from the teacher's weights is chosen by: what it computes for init act, else its
     weights."""
-    return "the least output error on the calibration tokens" if variant.get("init") == "act" else \
+    return "the least output error on the calibration tokens, scaled to the loss" if variant.get("init") == "act" else \
         "the least Van Loan error of the weights"
 
 
 def least_error_shape(teacher, candidates, calibration=None):
-    """Of the MLP shapes (dim_1, dim_2, factors), the plan of least summed error proxy over the teacher's c_fc
-    and c_proj (the allocator's: the squared relative error of the closed form, of the matrix's outputs on the
-    calibration windows when given, else of its weights)."""
-    from compress import allocation_options
+    """Of the MLP shapes (dim_1, dim_2, factors), the plan of least summed price over the teacher's c_fc and c_proj,
+    the allocator's: the squared relative error of the closed form, with calibration of the matrix's outputs
+    scaled to what each matrix costs the loss (compress.calibrated_options), else of its weights."""
+    from compress import allocation_options, calibrated_options
     config = teacher.config
-    options = allocation_options(teacher, ["c_fc", "c_proj"], calibration)
+    options = calibrated_options(teacher, ["c_fc", "c_proj"], calibration) if calibration is not None else \
+        allocation_options(teacher, ["c_fc", "c_proj"])
     error = {place: {shape: e for _, e, shape in opts} for place, opts in options.items()}
 
     def total(shape):

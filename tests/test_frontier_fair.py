@@ -8,7 +8,7 @@ from conftest import tiny_gpt
 from torch.utils.flop_counter import FlopCounterMode
 
 import study
-from compress import allocated_plan, allocation_options, whitened_kronecker
+from compress import allocated_plan, allocation_options, calibrated_options, compress, whitened_kronecker
 from kron_shapes import BLOCK_MATRICES, Plan
 from kronecker import KroneckerLinear, kronecker_sum
 
@@ -74,12 +74,13 @@ def params_no_wpe(plan, shape):
 
 
 def test_the_allocated_plan_is_no_worse_than_each_familys_best_at_its_size(teacher_and_calibration):
-    """Priced alike (the output error on the calibration tokens), the union over every Kronecker shape and rank
-    of every block's matrices holds each family's best, so the allocation at that family's size errs no more."""
+    """Priced alike (the output error on the calibration tokens, scaled to the loss), the union over every
+    Kronecker shape and rank of every block's matrices holds each family's best, so the allocation at that
+    family's size costs no more."""
     teacher, calibration = teacher_and_calibration
     shape = teacher.config
     budget = round(0.6 * study.teacher_params_no_wpe(shape))
-    options = allocation_options(teacher, list(BLOCK_MATRICES), calibration)
+    options = calibrated_options(teacher, list(BLOCK_MATRICES), calibration)
     kronecker = study.least_error_shape(teacher, study.kronecker_candidates(shape, budget), calibration)
     rank = study.match_family("l", {"family": "lowrank"}, budget, shape)["plan"]["rank"]
     lowrank = Plan.from_settings(16, 2, 64, rank=rank)
@@ -96,9 +97,34 @@ def test_the_kronecker_family_is_chosen_by_output_error_for_act_and_by_weight_er
     shape = teacher.config
     candidates = study.kronecker_candidates(shape, round(0.6 * study.teacher_params_no_wpe(shape)))
     for priced_by in (calibration, None):
-        options = allocation_options(teacher, ["c_fc", "c_proj"], priced_by)
+        options = calibrated_options(teacher, ["c_fc", "c_proj"], priced_by) if priced_by is not None else \
+            allocation_options(teacher, ["c_fc", "c_proj"])
         chosen = study.least_error_shape(teacher, candidates, priced_by)
         totals = [total_proxy(options, Plan.from_settings(16, 2, 64, dim_1=a, dim_2=b, factors=f))
                   for a, b, f in candidates]
         assert total_proxy(options, chosen) == min(totals)
     assert study.pricing({"init": "act"}) != study.pricing({"init": "vl"})
+
+
+def test_a_matrixs_price_is_the_loss_its_closed_form_costs_scaled_by_the_proxy(teacher_and_calibration):
+    """calibrated_options prices each matrix's options in proportion to allocation_options' output-weighted proxy,
+    so that its rank-r option of half the weights costs what replacing that matrix alone by it costs the loss:
+    here init act without Adam steps, whose start is that closed form."""
+    teacher, calibration = teacher_and_calibration
+    proxies = allocation_options(teacher, ["c_fc"], calibration)
+    prices = calibrated_options(teacher, ["c_fc"], calibration)
+    with torch.no_grad():
+        base = teacher(calibration[:, :-1], calibration[:, 1:])[1].item()
+    rank = 16 * 64 // (2 * (16 + 64))
+    rises = {}
+    for block in (0, 1):
+        plan = Plan(16, 2, 64, {("c_fc", block): (16, 1, rank)})
+        student = compress(teacher, plan, "act", calibration=calibration, act_steps=0)
+        with torch.no_grad():
+            rises[block] = student(calibration[:, :-1], calibration[:, 1:])[1].item() - base
+        scale = prices["c_fc", block][1][1] / proxies["c_fc", block][1][1]
+        assert [price for _, price, _ in prices["c_fc", block]] == \
+            pytest.approx([scale * proxy for _, proxy, _ in proxies["c_fc", block]])
+    block = max(rises, key=rises.get)  # the other may be floored at 1% of it
+    reference = next(price for _, price, shape in prices["c_fc", block] if shape == (16, 1, rank))
+    assert rises[block] > 0 and reference == pytest.approx(rises[block], rel=1e-3)
