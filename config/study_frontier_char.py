@@ -5,11 +5,12 @@
 # instead of another (study.py's frontier section), each fine-tuned on the same 300 x 2,048 characters with seeds
 # 1, 2, 3 (the same batches for every variant of a seed) and scored on the first 50,000 characters of val.bin.
 #   kronecker act    the MLP shape (balanced ones included) of least output error on init act's calibration
-#                    characters, then init act; kronecker vl: the paper's, the shape of least weight error, Van
-#                    Loan's init (the reference row)
+#                    characters, each matrix's scaled to what it costs the loss (compress.calibrated_options),
+#                    then init act; kronecker vl: the paper's, the shape of least weight error, Van Loan's init
+#                    (the reference row)
 #   lowrank act      init act from the whitened SVD (SVD-LLM's); lowrank vl: the truncated SVD
 #   allocated act    every block's four matrices (MLP and attention), each its own Kronecker shape, rank or
-#                    dense, of least total output error within the budget (kron_decompose.py --allocate), init act
+#                    dense, of least total price (priced as kronecker act's) within the budget, init act
 #   ... KD           the two factored families that led the first frontier (low rank, then Kronecker), distilled
 #                    at every budget; drop_blocks is distilled (DistilGPT2's recipe), dense from scratch is not
 #                    (distilling it changed nothing: 12.50 against 12.52 at 50%)
