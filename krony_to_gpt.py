@@ -6,7 +6,8 @@ Step 4 of the pipeline: export one of our checkpoints as a Hugging Face model di
     python krony_to_gpt.py checks/my_checkpoint.pt out_dir --tokenizer path/to/gpt2_tokenizer --overwrite
 
 The whole config comes from the checkpoint (Kronecker or dense; DDP/torch.compile prefixes are stripped).
-By default every Kronecker matrix is materialized as W = sum_r A_r (x) B_r, so OUT_DIR is a plain
+By default every Kronecker matrix is materialized as W = sum_r A_r (x) B_r (and every Monarch matrix as its
+product), so OUT_DIR is a plain
 GPT2LMHeadModel (config.json, model.safetensors, generation_config.json) plus GPT-2's tokenizer files:
 AutoModelForCausalLM, AutoTokenizer, pipeline("text-generation") and lm-evaluation-harness load it with nothing
 else. A model of a character-level dataset (a checkpoint with "itos") gets the meta.json of its characters
@@ -14,7 +15,7 @@ instead of GPT-2's tokenizer (common.read_vocab reads them back), and a tokenize
 AutoTokenizer and pipeline("text-generation") read and write its text too. --keep_factors writes the factors
 themselves instead, with an auto_map and the code that runs them, copied byte for byte from this repository:
 hf_remote_code/'s configuration_krony.py and modeling_krony.py (transformers' own GPT-2 with the factored modules
-swapped in) and the Kronecker layers and plans they import, kronecker.py and kron_shapes.py. The model stays as
+swapped in) and the layers and plans they import, kronecker.py, monarch.py and kron_shapes.py. The model stays as
 small on disk and in memory as it trained, and loads with
     AutoModelForCausalLM.from_pretrained(OUT_DIR, trust_remote_code=True)
 (perplexity.py, sample.py and checkpoints.load_model read it without running its code). AutoTokenizer reads its
@@ -48,7 +49,7 @@ FACTORED_TOLERANCE = 1e-5  # relative to the largest logit: the same factors, th
 ROOT = os.path.dirname(os.path.abspath(__file__))
 # what a --keep_factors folder runs, relative to ROOT: the glue, and the modules it imports (as .kronecker, ...)
 REMOTE_CODE = ("hf_remote_code/configuration_krony.py", "hf_remote_code/modeling_krony.py", "kronecker.py",
-               "kron_shapes.py")
+               "monarch.py", "kron_shapes.py")
 
 
 def hf_state_dict(model, hf_model):
@@ -71,7 +72,7 @@ def hf_state_dict(model, hf_model):
 
 @torch.no_grad()
 def to_hf(model):
-    """A GPT2LMHeadModel with our model's weights, every Kronecker factor multiplied out."""
+    """A GPT2LMHeadModel with our model's weights, every Kronecker (and Monarch) factor multiplied out."""
     from transformers import GPT2Config, GPT2LMHeadModel
     dense = materialize(model)
     hf_model = GPT2LMHeadModel(GPT2Config(**dense.config.to_hf()))

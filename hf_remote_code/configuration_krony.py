@@ -8,6 +8,9 @@ as in the repository, so an export accepts exactly the plans our model does.
 One field on top of GPT2Config, ``kron``: {NAME or NAME@BLOCKS: [a_rows, a_cols, factors]} (kron_shapes.py), e.g.
 {"c_fc": [8, 16, 1], "c_fc@3": [8, 16, 2]}: c_fc in every block, with 2 factors in block 3. Matrices not named
 stay dense. A factored W (in_features x out_features, used as x @ W) is sum_r kron(A[r], B[r]).
+
+And ``monarch``: {NAME or NAME@BLOCKS: nblocks}, the block matrices that are Monarch matrices of nblocks blocks
+(monarch.py), e.g. {"c_fc": 4}; an export without it has none.
 """
 
 from dataclasses import field
@@ -18,7 +21,8 @@ from .kron_shapes import Plan
 
 
 class KronyConfig(GPT2Config):
-    """GPT2Config plus ``kron``, kept in Plan.to_kron's canonical form whatever form was given.
+    """GPT2Config plus ``kron`` and ``monarch``, kept in Plan.to_kron's and to_monarch's canonical forms whatever
+    form was given.
 
     Matrix names (x @ W orientation): c_attn (n_embd x 3 n_embd, block.attn.c_attn), attn_proj (n_embd x n_embd,
     block.attn.c_proj), c_fc (n_embd x 4 n_embd, block.mlp.c_fc), c_proj (4 n_embd x n_embd, block.mlp.c_proj),
@@ -28,6 +32,7 @@ class KronyConfig(GPT2Config):
     model_type = "krony"
 
     kron: dict = field(default_factory=dict)
+    monarch: dict = field(default_factory=dict)
 
     def __post_init__(self, **kwargs):
         kron_layers = kwargs.pop("kron_layers", None)  # an older export's blocks, now part of kron's keys
@@ -41,7 +46,7 @@ class KronyConfig(GPT2Config):
         if plan.shape("wte") and not self.tie_word_embeddings:
             raise ValueError("kron['wte']: a factored token embedding is also the output layer (lm_head = wte^T); "
                              "tie_word_embeddings=False would need a separate dense vocab x n_embd lm_head")
-        self.kron = plan.to_kron()
+        self.kron, self.monarch = plan.to_kron(), plan.to_monarch()
 
     @property
     def plan(self) -> Plan:
@@ -49,9 +54,9 @@ class KronyConfig(GPT2Config):
         return self.read_plan()
 
     def read_plan(self, kron_layers: list[int] | None = None) -> Plan:
-        """The plan of kron, whose NAME entries an older export's kron_layers confined to those blocks."""
+        """The plan of kron and monarch, kron's NAME entries confined to an older export's kron_layers."""
         return Plan.from_hf(dict(n_embd=self.n_embd, n_layer=self.n_layer, vocab_size=self.vocab_size,
-                                 kron=self.kron, kron_layers=kron_layers))
+                                 kron=self.kron, kron_layers=kron_layers, monarch=self.monarch))
 
 
 KronyConfig.register_for_auto_class()

@@ -14,7 +14,9 @@ initialised:
 - a block whose c_fc and c_proj kronecker.fuses_mlp accepts (the paper's 81M layout), with a tanh GELU, runs
   its MLP as kronecker.kronecker_mlp, as model.py does: no 4*n_embd hidden layer (KroneckerMLP, same keys);
 - the token embedding becomes a KroneckerEmbedding (rows looked up from the factors) and lm_head a
-  KroneckerLMHead computing h @ W^T from the same factors, so no vocab x n_embd tensor exists anywhere.
+  KroneckerLMHead computing h @ W^T from the same factors, so no vocab x n_embd tensor exists anywhere;
+- a block's Conv1D that the plan makes a Monarch matrix becomes monarch.py's MonarchLinear (shipped beside
+  kronecker.py), its keys .in_factor / .out_factor / .bias.
 
 State dict keys: transformer.h.1.mlp.c_fc.A / .B / .bias, transformer.wte.A / .B; no lm_head.weight when
 wte is factored. Weights whose shapes or names disagree with the config's plan are refused with a ValueError
@@ -30,6 +32,8 @@ from transformers.models.gpt2.modeling_gpt2 import GPT2Attention, GPT2MLP
 
 from .configuration_krony import KronyConfig
 from .kronecker import KroneckerEmbedding, KroneckerLinear, entry_std, fuses_mlp, kronecker_mlp
+from .monarch import MonarchLinear
+from .monarch import entry_std as monarch_entry_std
 
 TANH_GELUS = ("gelu_pytorch_tanh", "gelu_new")  # the GELU that kronecker_mlp computes, in transformers' names
 # a block matrix of the plan -> where GPT2Block keeps it: (submodule, attribute)
@@ -63,6 +67,16 @@ def _init_factors(module, std):
         hf_init.zeros_(module.bias)
 
 
+def _init_monarch(module, std):
+    """Initialise a MonarchLinear as GPT-2 would its dense matrix (entries of W with std `std`, zero bias), leaving
+    parameters already loaded alone."""
+    s = monarch_entry_std(std, module.nblocks, module.in_factor.shape[2])
+    hf_init.normal_(module.in_factor, mean=0.0, std=s)
+    hf_init.normal_(module.out_factor, mean=0.0, std=s)
+    if module.bias is not None:
+        hf_init.zeros_(module.bias)
+
+
 class KroneckerMLP(GPT2MLP):
     """GPT2MLP (c_fc, tanh GELU, c_proj, dropout) computed by kronecker_mlp, for a pair that fuses_mlp accepts."""
 
@@ -77,9 +91,13 @@ class KronyPreTrainedModel(GPT2PreTrainedModel):
         std = self.config.initializer_range
         if isinstance(module, (KroneckerLinear, KroneckerEmbedding)):
             _init_factors(module, std)
-        elif isinstance(module, (GPT2Attention, GPT2MLP)) and isinstance(module.c_proj, KroneckerLinear):
+        elif isinstance(module, MonarchLinear):
+            _init_monarch(module, std)
+        elif isinstance(module, (GPT2Attention, GPT2MLP)) and isinstance(module.c_proj, (KroneckerLinear,
+                                                                                          MonarchLinear)):
             # GPT-2's scaled init of the projections into the residual stream (GPT2PreTrainedModel's, for factors)
-            _init_factors(module.c_proj, std / math.sqrt(2 * self.config.n_layer))
+            init = _init_monarch if isinstance(module.c_proj, MonarchLinear) else _init_factors
+            init(module.c_proj, std / math.sqrt(2 * self.config.n_layer))
         else:
             super()._init_weights(module)
 
@@ -124,6 +142,11 @@ class KronyModel(KronyPreTrainedModel, GPT2Model):
             parent = getattr(self.h[block], submodule)
             in_features, out_features = getattr(parent, attr).weight.shape  # Conv1D: (nx, nf), y = x @ weight + b
             setattr(parent, attr, KroneckerLinear(in_features, out_features, *shape))
+        for (name, block), nblocks in config.plan.monarch.items():
+            submodule, attr = BLOCK_MODULES[name]
+            parent = getattr(self.h[block], submodule)
+            in_features, out_features = getattr(parent, attr).weight.shape
+            setattr(parent, attr, MonarchLinear(in_features, out_features, nblocks))
         for block in self.h:
             if fuses_mlp(block.mlp.c_fc, block.mlp.c_proj) and config.activation_function in TANH_GELUS:
                 block.mlp.__class__ = KroneckerMLP  # a subclass adding no state: the same modules and keys

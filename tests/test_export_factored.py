@@ -19,7 +19,7 @@ from common import UsageError
 
 # what an export ships, relative to the repository: the glue and the modules it imports
 SHIPPED = ("hf_remote_code/configuration_krony.py", "hf_remote_code/modeling_krony.py", "kronecker.py",
-           "kron_shapes.py")
+           "monarch.py", "kron_shapes.py")
 # Small GPT-2s (vocab 50257, n_embd 32, 4 blocks) with the layouts of the paper's and the peers' models.
 PLANS = {
     "81M-like": dict(dim_1=32, dim_2=32, factors=1),  # c_fc's B 1x4, c_proj's 4x1

@@ -21,7 +21,7 @@ from conftest import ROOT, hf_tokenizer_or_skip, kron_sum, move_off_defaults
 
 # what an export ships, relative to the repository: the glue and the modules it imports
 SHIPPED = ("hf_remote_code/configuration_krony.py", "hf_remote_code/modeling_krony.py", "kronecker.py",
-           "kron_shapes.py")
+           "monarch.py", "kron_shapes.py")
 VOCAB = 50257  # GPT-2's, = 29 * 1733
 BASE = dict(n_layer=2, n_head=4, n_embd=32, n_positions=64, vocab_size=VOCAB)
 ALL_BLOCK = {"c_fc": [32, 8, 1],  # B is one row (1 x 16): the outer-product path
@@ -209,7 +209,8 @@ def test_saved_folder_is_self_contained_and_loads_in_a_python_without_the_repo(m
     folder = tmp_path / "elsewhere" / "krony-model"
     shutil.copytree(tmp_path / "saved", folder)
     assert sorted(os.listdir(folder)) == ["config.json", "configuration_krony.py", "generation_config.json",
-                                          "kron_shapes.py", "kronecker.py", "model.safetensors", "modeling_krony.py"]
+                                          "kron_shapes.py", "kronecker.py", "model.safetensors", "modeling_krony.py",
+                                          "monarch.py"]
     shipped = {os.path.basename(path): path for path in SHIPPED}
     for name, path in shipped.items():  # verbatim copies of the repo's files
         source = (folder / name).read_bytes()

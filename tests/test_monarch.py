@@ -129,3 +129,24 @@ def test_act_fits_the_outputs_better_than_vl():
     assert sum(act_errors.values()) < sum(vl.values())
     random = compress(teacher, plan, "random")
     assert random.config.plan == plan
+
+
+def test_exports_compute_our_logits(tmp_path):
+    """The dense export multiplies the Monarch factors out; the factored one keeps them, runs the shipped
+    monarch.py, and its config.json carries the plan (reloaded, and read back by load_model)."""
+    from transformers import AutoModelForCausalLM
+
+    from checkpoints import load_model
+    from krony_to_gpt import REMOTE_CODE, to_hf, to_hf_factored
+    assert "monarch.py" in REMOTE_CODE
+    model = tiny_gpt(monarch={"c_fc": 4, "c_proj@1": 2, "c_attn": 2}, kron={"attn_proj": (4, 4, 1)})
+    idx = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(0))
+    ours = model(idx)[0]
+    assert torch.allclose(to_hf(model)(idx).logits, ours, atol=1e-5)
+    to_hf_factored(model, tmp_path).save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=True, dtype=torch.float32).eval()
+    assert reloaded.config.monarch == {"c_attn": 2, "c_fc": 4, "c_proj@1": 2}
+    assert torch.allclose(reloaded(idx).logits, ours, atol=1e-5)
+    loaded = load_model(str(tmp_path))
+    assert loaded.config.plan == model.config.plan
+    assert torch.allclose(loaded(idx)[0], ours, atol=1e-5)
