@@ -150,3 +150,56 @@ def test_exports_compute_our_logits(tmp_path):
     loaded = load_model(str(tmp_path))
     assert loaded.config.plan == model.config.plan
     assert torch.allclose(loaded(idx)[0], ours, atol=1e-5)
+
+
+@pytest.fixture
+def teacher_file(tmp_path):
+    from checkpoints import make_checkpoint, save_checkpoint
+    teacher = tiny_gpt()
+    save_checkpoint(make_checkpoint(teacher), str(tmp_path / "teacher.pt"))
+    return teacher, str(tmp_path / "teacher.pt")
+
+
+def test_kron_decompose_with_one_block_gives_the_teachers_logits(teacher_file, tmp_path, capsys):
+    import kron_decompose
+    from checkpoints import load_model
+    from conftest import run_main
+    teacher, path = teacher_file
+    out = tmp_path / "student.pt"
+    status, stdout, _ = run_main(kron_decompose.main, ["--model", path, "--monarch", "c_fc=1", "--monarch", "c_proj=1",
+                                                       "--out", out], capsys)
+    assert status == 0 and "c_fc=monarch:1 c_proj=monarch:1" in stdout
+    assert "--monarch=\"{'c_fc': 1, 'c_proj': 1}\"" in stdout  # the next command keeps the plan
+    student = load_model(str(out))
+    idx = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(student(idx)[0], teacher(idx)[0], atol=1e-4)
+
+
+@pytest.mark.parametrize("entries,message", [
+    (["--monarch", "c_fc=3"], "c_fc in block 0 is 16x64: Monarch nblocks=3 must divide both sides"),
+    (["--monarch", "c_fcc=2"], "'c_fcc' is not one of"),
+    (["--monarch", "c_fc=2", "--kron", "c_fc@1=4x4:1"], "c_fc in block 1 is both Kronecker-factored and Monarch"),
+    (["--monarch", "c_fc=2", "--init", "vl_norm"], "init=vl_norm has no Monarch form"),
+])
+def test_kron_decompose_refuses_plans_in_one_line_before_weights(teacher_file, tmp_path, monkeypatch, capsys,
+                                                                entries, message):
+    import checkpoints
+    import kron_decompose
+    from conftest import run_main
+    monkeypatch.setattr(checkpoints, "load_model", lambda *a, **k: pytest.fail("the teacher's weights were read"))
+    status, _, err = run_main(kron_decompose.main, ["--model", teacher_file[1], *entries, "--out", tmp_path / "s.pt"],
+                              capsys)
+    assert status == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_train_builds_and_refuses_monarch_plans(tmp_path, capsys):
+    import train
+    from checkpoints import load_model
+    from conftest import random_corpus, run_main, tiny_train_args
+    data = random_corpus(tmp_path / "data")
+    args = tiny_train_args(data, tmp_path / "out", init="random", max_iters=2, eval_interval=2, eval_iters=1)
+    status, _, err = run_main(train.main, [*args, "--monarch={'c_fc': 4, 'c_attn@1': 2}"], capsys)
+    assert status == 0, err
+    assert load_model(str(tmp_path / "out" / "ckpt.pt")).config.plan.to_monarch() == {"c_fc": 4, "c_attn@1": 2}
+    status, _, err = run_main(train.main, [*args, "--monarch={'c_fc': 5}"], capsys)
+    assert status == 2 and "Monarch nblocks=5 must divide both sides" in err and len(err.strip().splitlines()) == 1
