@@ -563,9 +563,9 @@ def calibrated_options(teacher, names, calibration):
     """allocation_options(teacher, names, calibration), each matrix's proxies scaled to what they cost the model:
     by the rise of the teacher's loss on SENSITIVITY_TOKENS of the calibration windows when that matrix alone is
     replaced by its closed-form rank-r factors of half its weights, over that option's proxy. The proxy alone
-    weighs every matrix alike, and an allocation by it started worse under init act than low rank of the same
-    size (progress.md). A rise is floored at 1% of the largest, so that no matrix is priced free. A dense teacher's
-    matrices only."""
+    weighs every matrix alike, a matrix whose error the rest of the model absorbs as much as one whose error it
+    does not. A rise is floored at 1% of the largest, so that no matrix is priced free. A dense teacher's matrices
+    only."""
     options = allocation_options(teacher, names, calibration)
     modules = {(name, block): module for name, block, module in factorable_matrices(teacher)
                if block is not None and name in names}
