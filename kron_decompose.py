@@ -10,6 +10,7 @@ Step 1 of the pipeline: choose Kronecker factor shapes, and initialise a compres
     python kron_decompose.py --list --target 81M                 # every valid MLP shape, the closest to 81M last
     python kron_decompose.py --list --target 81M --top 5         # ... or only the 5 closest; needs no weights
     python kron_decompose.py --list --matrix c_attn              # ... or of any other factorable matrix
+    python kron_decompose.py --list --monarch                    # ... with Monarch sizes beside the shapes
     python kron_decompose.py --rank c_fc=64 --rank c_proj=64     # rank-64 factors: the truncated SVD
     python kron_decompose.py --monarch c_fc=4 --monarch c_proj=4  # Monarch matrices of 4 blocks (monarch.py)
     python kron_decompose.py --keep_blocks 0,2,4,6,8,10          # DistilGPT2's student: every other block
@@ -57,7 +58,7 @@ from dataclasses import dataclass
 
 from common import (ACT_LR, ACT_STEPS, CALIBRATION_TOKENS, INIT_NAMES, UsageError, exit_on_usage_error,
                     read_calibration, usage_errors)
-from kron_shapes import (BLOCK_MATRICES, MATRICES, PART_OF, Plan, allocate, count_params, list_shapes,
+from kron_shapes import (BLOCK_MATRICES, MATRICES, PART_OF, Plan, allocate, count_params, list_monarch, list_shapes,
                          matrix_shape, monarch_params, parse_blocks, parse_kron, parse_monarch, parse_rank, rank_kron,
                          weight_params)
 
@@ -140,6 +141,9 @@ def listing(args):
     check_top(args)
     if any(v is not None for v in (args.dim_1, args.dim_2, args.factors)) or args.kron:
         raise UsageError("--list takes no DIM_1 DIM_2 FACTORS nor --kron")
+    if any(args.monarch) or (args.monarch and args.matrix == "wte"):
+        raise UsageError("--list --monarch takes no NAME=NBLOCKS; it lists the Monarch sizes of --matrix (a block "
+                         "matrix or mlp, not wte)")
     try:
         factors_list = sorted({int(f) for f in args.factor_counts.split(",")})
     except ValueError:
@@ -148,6 +152,9 @@ def listing(args):
         raise UsageError("--n_embd, --n_layer, --vocab_size and --factors must be positive")
     target = parse_size(args.target) if args.target else None
     rows = list_shapes(args.n_embd, factors_list, args.n_layer, args.vocab_size, name=args.matrix)
+    if args.monarch:  # beside the Kronecker shapes, smallest model first
+        rows = sorted(rows + list_monarch(args.n_embd, args.n_layer, args.vocab_size, name=args.matrix),
+                      key=lambda row: row["params"])
     return format_listing(rows, args.n_embd, args.n_layer, target, args.matrix, args.vocab_size, args.top)
 
 
@@ -522,9 +529,9 @@ def build_parser():
                            f"c_fc@3=128x128:2); repeatable")
     plan.add_argument("--rank", action="append", default=[], metavar="NAME[@BLOCKS]=R",
                       help="rank-R factors of a matrix (vl: its truncated SVD); repeatable")
-    plan.add_argument("--monarch", action="append", default=[], metavar="NAME[@BLOCKS]=NBLOCKS",
+    plan.add_argument("--monarch", action="append", default=[], nargs="?", const="", metavar="NAME[@BLOCKS]=NBLOCKS",
                       help=f"make a matrix ({', '.join(BLOCK_MATRICES)}) a Monarch matrix of NBLOCKS blocks, in the "
-                           f"--layers blocks or in BLOCKS; repeatable")
+                           f"--layers blocks or in BLOCKS; repeatable. With --list, alone: list Monarch sizes too")
     plan.add_argument("--keep_blocks", metavar="BLOCKS",
                       help="keep only these teacher blocks, e.g. 0,2,4 (renumbered 0..k-1)")
     plan.add_argument("--layers", default="all", metavar="BLOCKS",

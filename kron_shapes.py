@@ -495,6 +495,26 @@ def list_shapes(n_embd=768, factors_list=(1,), n_layer=12, vocab_size=50257, blo
     return rows
 
 
+def list_monarch(n_embd=768, n_layer=12, vocab_size=50257, block_size=1024, name="mlp"):
+    """A row for every valid nblocks of one block matrix, in list_shapes' form, the matrix a Monarch matrix in every
+    block ("mlp": c_fc and c_proj, with the same nblocks). Its FLOPs equal its parameters."""
+    names = ("c_fc", "c_proj") if name == "mlp" else (name,)
+    in_features, out_features = matrix_shape(names[0], n_embd, vocab_size)
+    dense_flops = Plan(n_embd, n_layer, vocab_size).flops()
+    dense_matrices = sum(matrix_flops(m, None, n_embd, vocab_size) for m in names)
+    rows = []
+    for nblocks in divisors(math.gcd(in_features, out_features)):
+        plan = Plan.from_settings(n_embd, n_layer, vocab_size, monarch={m: nblocks for m in names})
+        parts = plan.count_parts(block_size, True)
+        params = sum(parts.values())
+        rows.append(dict(dim_1="-", dim_2="-", factors="-", a_shape=f"monarch:{nblocks}", b_shape=f"{nblocks} blocks",
+                         matrix_params=monarch_params(names[0], nblocks, n_embd, vocab_size),
+                         params=params, params_no_wpe=params - parts["position"],
+                         matrix_flops=sum(plan.matrix_params(m, 0) for m in names) / dense_matrices,
+                         model_flops=plan.flops() / dense_flops))
+    return rows
+
+
 def allocate(options, budget, resolution=4000):
     """The choice of one option per place with the smallest total error whose parameters sum to at most `budget`,
     or None if none fits. options: {place: [(parameters, error, choice), ...]}. A multiple-choice knapsack, solved

@@ -203,3 +203,18 @@ def test_train_builds_and_refuses_monarch_plans(tmp_path, capsys):
     assert load_model(str(tmp_path / "out" / "ckpt.pt")).config.plan.to_monarch() == {"c_fc": 4, "c_attn@1": 2}
     status, _, err = run_main(train.main, [*args, "--monarch={'c_fc': 5}"], capsys)
     assert status == 2 and "Monarch nblocks=5 must divide both sides" in err and len(err.strip().splitlines()) == 1
+
+
+def test_list_shows_monarch_sizes_beside_the_kronecker_shapes(capsys):
+    import kron_decompose
+    from conftest import run_main
+    from model import GPT, GPTConfig
+    status, out, _ = run_main(kron_decompose.main, ["--list", "--monarch", "--n_embd", "16", "--n_layer", "2",
+                                                    "--vocab_size", "64"], capsys)
+    assert status == 0
+    rows = {line.split()[3]: line.split() for line in out.splitlines() if "monarch:" in line}
+    assert sorted(rows) == [f"monarch:{n}" for n in (1, 16, 2, 4, 8)]  # every divisor of 16, as text sorts
+    model = GPT(GPTConfig.from_settings(n_layer=2, n_embd=16, n_head=2, vocab_size=64,
+                                        monarch={"c_fc": 4, "c_proj": 4}))
+    assert rows["monarch:4"][4:8] == ["4", "blocks", f"{16 * 80 // 4:,}", f"{model.get_num_params(False):,}"]
+    assert "Kronecker" not in out and " 1x64 " in out  # the Kronecker shapes are listed too
