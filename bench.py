@@ -4,7 +4,7 @@ Speed of Kronecker-factored GPT-2 against dense, measured side by side in one ru
 1. Layers: KroneckerLinear vs dense nn.Linear vs materializing sum_r kron(A_r, B_r) then a matmul (what the
    original Krony code did), for the c_fc and c_proj shapes of the paper's 81M and 95M models, forward and
    forward+backward, on batch_size x seq_len tokens; and the factored tied embedding (lookup + lm_head)
-   against nn.Embedding + its tied nn.Linear.
+   against nn.Embedding + its tied nn.Linear; and a Monarch MLP of 4 blocks (monarch4, in the Kronecker columns).
 2. Models (random weights): training tokens/s (forward, backward, AdamW step) and generation latency of dense
    GPT-2 124M vs the 81M and 95M Kronecker models and config/train_gpt2_50M.py's layout (MLP, attention and
    embedding factored); --compile times them compiled.
@@ -66,7 +66,9 @@ LAYER_SHAPES = [
 ]
 PLAN_50M = dict(dim_1=768, dim_2=768, factors=1,  # config/train_gpt2_50M.py
                 kron={"c_attn": (768, 1152, 1), "attn_proj": (768, 384, 1), "wte": (50257, 384, 1)})
-MLP_PLANS = [("81M", dict(dim_1=768, dim_2=768, factors=1)), ("95M", dict(dim_1=384, dim_2=3072, factors=1))]
+# the Monarch MLP (monarch.py) of 4 blocks has 1.25 times the 81M MLP's parameters, 6 blocks 0.83 times
+MLP_PLANS = [("81M", dict(dim_1=768, dim_2=768, factors=1)), ("95M", dict(dim_1=384, dim_2=3072, factors=1)),
+             ("monarch4", dict(monarch={"c_fc": 4, "c_proj": 4}))]
 MODELS = [("GPT-2 124M (dense)", {}), ("Krony 81M (768 768 1)", dict(dim_1=768, dim_2=768, factors=1)),
           ("Krony 95M (384 3072 1)", dict(dim_1=384, dim_2=3072, factors=1)),
           ("Krony 48.5M (MLP, attention, embedding)", PLAN_50M)]
@@ -210,9 +212,10 @@ def layer_pair(model_name, matrix, kron_shape, n_tokens, device):
         layers = {"dense": MLP(GPTConfig(), 0), "kron": MLP(GPTConfig.from_settings(**plan), 0)}
         x = torch.randn(n_tokens, 768, device=device, requires_grad=True)
         grad_out = torch.randn(n_tokens, 768, device=device)
-        a_rows, a_cols = plan["dim_1"], plan["dim_2"]
+        structure = f"A {plan['dim_1']}x{plan['dim_2']}" if "dim_1" in plan else \
+            f"Monarch {plan['monarch']['c_fc']} blocks"
         return ({name: layer.to(device) for name, layer in layers.items()}, x, grad_out,
-                f"{model_name} MLP (c_fc, GELU, c_proj), A {a_rows}x{a_cols}")
+                f"{model_name} MLP (c_fc, GELU, c_proj), {structure}")
     a_rows, a_cols, factors = kron_shape
     in_f, out_f = matrix_shape(matrix, 768, 50257)
     if matrix == "wte":  # inputs: token ids for the lookup, hidden states for lm_head
@@ -586,7 +589,8 @@ def check_args(args):
     if unknown:
         raise UsageError(f"--dtype {','.join(unknown)}: expected float32, bfloat16 or float16")
     args.layer_models, args.models = args.layer_models.split(","), args.models.split(",")
-    for flag, names, known in (("--layer_models", args.layer_models, [s[0] for s in LAYER_SHAPES]),
+    for flag, names, known in (("--layer_models", args.layer_models, [s[0] for s in LAYER_SHAPES] +
+                                [name for name, _ in MLP_PLANS]),
                                ("--models", args.models, [name.split(" (")[0] for name, _ in MODELS])):
         unknown = [name for name in names if name not in known]
         if unknown:
@@ -629,7 +633,7 @@ def main(argv=None):
     parser.add_argument("--batch_size", type=int, help="layer benchmark: sequences (default: 8; --suite on CPU: 1)")
     parser.add_argument("--seq_len", type=int, help="layer benchmark: tokens per sequence (default: 1024; --suite on "
                                                     "CPU: 128)")
-    parser.add_argument("--layer_models", default="81M,95M,<60M", help="layer benchmark: the models' shapes")
+    parser.add_argument("--layer_models", default="81M,95M,<60M,monarch4", help="layer benchmark: the models' shapes")
     parser.add_argument("--models", default=",".join(name.split(" (")[0] for name, _ in MODELS),
                         help="model benchmark: which (the first is the dense reference)")
     parser.add_argument("--model_batch_size", type=int, default=None, help="default: 8 on GPU, 1 on CPU")

@@ -218,3 +218,11 @@ def test_list_shows_monarch_sizes_beside_the_kronecker_shapes(capsys):
                                         monarch={"c_fc": 4, "c_proj": 4}))
     assert rows["monarch:4"][4:8] == ["4", "blocks", f"{16 * 80 // 4:,}", f"{model.get_num_params(False):,}"]
     assert "Kronecker" not in out and " 1x64 " in out  # the Kronecker shapes are listed too
+
+
+def test_bench_times_a_monarch_mlp_beside_dense():
+    import bench
+    from monarch import MonarchLinear
+    layers, x, _, label = bench.layer_pair("monarch4", "mlp", None, 4, "cpu")
+    assert isinstance(layers["kron"].c_fc, MonarchLinear) and layers["kron"].c_fc.nblocks == 4
+    assert layers["kron"](x).shape == layers["dense"](x).shape and "Monarch 4 blocks" in label
