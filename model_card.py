@@ -40,11 +40,13 @@ def provenance(checkpoint):
 
 
 def plan_rows(config):
-    """The markdown table of the plan per block: each matrix's factor shape (A rows x A columns : factors)."""
+    """The markdown table of the plan per block: each matrix's factor shape (A rows x A columns : factors), or
+    monarch:N for a Monarch matrix of N blocks."""
     plan = config.plan
     rows = ["| block | " + " | ".join(BLOCK_MATRICES) + " |", "| --- " * (len(BLOCK_MATRICES) + 1) + "|"]
     for block in range(config.n_layer):
-        cells = [f"{s[0]}x{s[1]}:{s[2]}" if (s := plan.shape(name, block)) else "dense" for name in BLOCK_MATRICES]
+        cells = [f"{s[0]}x{s[1]}:{s[2]}" if (s := plan.shape(name, block)) else
+                 f"monarch:{n}" if (n := plan.nblocks(name, block)) else "dense" for name in BLOCK_MATRICES]
         rows.append(f"| {block} | " + " | ".join(cells) + " |")
     if plan.shape("wte"):
         rows.append(f"\nThe token embedding (wte, tied to the output layer) is factored too: "
@@ -116,7 +118,7 @@ def card_text(model, checkpoint, keep_factors, itos=None):
               f'generator = pipeline("text-generation", model="path/to/this/folder"{remote})', "```", ""]
     if keep_factors:
         lines += ["The factored layers run from this folder's own code (modeling_krony.py, kronecker.py, "
-                  "kron_shapes.py), hence trust_remote_code. The tokenizer is plain "
+                  "monarch.py, kron_shapes.py), hence trust_remote_code. The tokenizer is plain "
                   + ("GPT-2's" if itos is None else "tokenizer.json") + ", but AutoTokenizer reads config.json "
                   "first, and without trust_remote_code it stops to ask whether to run the code config.json names.",
                   ""]

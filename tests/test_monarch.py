@@ -226,3 +226,9 @@ def test_bench_times_a_monarch_mlp_beside_dense():
     layers, x, _, label = bench.layer_pair("monarch4", "mlp", None, 4, "cpu")
     assert isinstance(layers["kron"].c_fc, MonarchLinear) and layers["kron"].c_fc.nblocks == 4
     assert layers["kron"](x).shape == layers["dense"](x).shape and "Monarch 4 blocks" in label
+
+
+def test_the_model_card_names_monarch_matrices():
+    import model_card
+    config = tiny_gpt(monarch={"c_fc": 4}, kron={"attn_proj@1": (4, 4, 1)}).config
+    assert "| 1 | dense | 4x4:1 | monarch:4 | dense |" in model_card.plan_rows(config)
