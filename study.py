@@ -23,7 +23,8 @@ so a study can be stopped and restarted at any point (a teacher whose training d
 different teacher needs a new out_dir); a run that fails is reported as failed with its log's last line and the
 others go on. Writes out_dir/results.json, results.md, val_loss.png (val loss against iteration, mean over seeds,
 a panel per question) and frontier.png (fine-tuned perplexity against parameters, every point labelled, with the
-Pareto front, the teacher and the control).
+Pareto front, the teacher and the control; for a frontier of families, four panels: against parameters, weight
+multiply-adds per token, train step time and decode time, each with its Pareto front).
 """
 
 import functools
@@ -196,6 +197,8 @@ def teacher_shape(s, train_settings):
 #                init vl, vl_norm, prune or act
 #   lowrank      rank-r factors of both MLP matrices in every block: the truncated SVD (init vl), or act's fit
 #                from the whitened SVD
+#   monarch      both MLP matrices Monarch matrices of b blocks in every block (monarch.py): their projection
+#                (init vl), or act's fit from the projection of the whitened W
 #   allocated    every block's four matrices (MLP and attention) each in its own Kronecker shape, rank or dense,
 #                the least total error proxy within the budget (kron_decompose.py --allocate; priced as kronecker)
 #   drop_blocks  k of the teacher's blocks, spread evenly (DistilGPT2's every other block), copied; no init
@@ -251,6 +254,13 @@ def lowrank_sizes(shape, budget, spec):
     return [(rest + 10 * n * r * n_layer, {"plan": {"rank": {"c_fc": r, "c_proj": r}}}) for r in range(1, n + 1)]
 
 
+def monarch_sizes(shape, budget, spec):
+    n, n_layer = shape.n_embd, shape.n_layer
+    rest = dense_params(n, n_layer, shape) - n_layer * 8 * n * n
+    # c_fc and c_proj each have min(n, 4n) * (n + 4n) / b weights
+    return [(rest + 2 * n_layer * 5 * n * n // b, {"plan": {"monarch": {"c_fc": b, "c_proj": b}}}) for b in divisors(n)]
+
+
 def allocated_sizes(shape, budget, spec):
     return [(None, {"allocate": list(BLOCK_MATRICES)})]
 
@@ -279,6 +289,7 @@ FAMILIES = {  # name: (its sizes, the spec keys it takes beyond the common ones)
     "drop_blocks": (drop_blocks_sizes, ()),
     "dense": (dense_sizes, ("vary",)),
     "allocated": (allocated_sizes, ()),
+    "monarch": (monarch_sizes, ()),
 }
 FAMILY_SPEC_KEYS = ("family", "at", "init", "act", "distill", "finetune")
 
