@@ -197,6 +197,9 @@ def teacher_shape(s, train_settings):
 #                init vl, vl_norm, prune or act
 #   lowrank      rank-r factors of both MLP matrices in every block: the truncated SVD (init vl), or act's fit
 #                from the whitened SVD
+#   monarch      both MLP matrices Monarch matrices in every block (monarch.py), c_fc of b_fc blocks and c_proj
+#                of b_proj (any two divisors of n_embd, so that budgets between powers of two are met): their
+#                projection (init vl), or act's fit from the projection of the whitened W
 #   allocated    every block's four matrices (MLP and attention) each in its own Kronecker shape, rank or dense,
 #                the least total error proxy within the budget (kron_decompose.py --allocate; priced as kronecker)
 #   drop_blocks  k of the teacher's blocks, spread evenly (DistilGPT2's every other block), copied; no init
@@ -252,6 +255,14 @@ def lowrank_sizes(shape, budget, spec):
     return [(rest + 10 * n * r * n_layer, {"plan": {"rank": {"c_fc": r, "c_proj": r}}}) for r in range(1, n + 1)]
 
 
+def monarch_sizes(shape, budget, spec):
+    n, n_layer = shape.n_embd, shape.n_layer
+    rest = dense_params(n, n_layer, shape) - n_layer * 8 * n * n
+    # c_fc and c_proj each have min(n, 4n) * (n + 4n) / b weights
+    return [(rest + n_layer * (5 * n * n // b_fc + 5 * n * n // b_proj),
+             {"plan": {"monarch": {"c_fc": b_fc, "c_proj": b_proj}}}) for b_fc in divisors(n) for b_proj in divisors(n)]
+
+
 def allocated_sizes(shape, budget, spec):
     return [(None, {"allocate": list(BLOCK_MATRICES)})]
 
@@ -280,6 +291,7 @@ FAMILIES = {  # name: (its sizes, the spec keys it takes beyond the common ones)
     "drop_blocks": (drop_blocks_sizes, ()),
     "dense": (dense_sizes, ("vary",)),
     "allocated": (allocated_sizes, ()),
+    "monarch": (monarch_sizes, ()),
 }
 FAMILY_SPEC_KEYS = ("family", "at", "init", "act", "distill", "finetune")
 

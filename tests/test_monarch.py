@@ -232,3 +232,15 @@ def test_the_model_card_names_monarch_matrices():
     import model_card
     config = tiny_gpt(monarch={"c_fc": 4}, kron={"attn_proj@1": (4, 4, 1)}).config
     assert "| 1 | dense | 4x4:1 | monarch:4 | dense |" in model_card.plan_rows(config)
+
+
+def test_the_study_matches_a_monarch_family_to_a_budget_exactly():
+    import study
+    from kron_shapes import Plan
+    from model import GPTConfig
+    shape = GPTConfig(n_layer=4, n_head=4, n_embd=64, vocab_size=65, block_size=64)
+    budget = round(0.5 * study.teacher_params_no_wpe(shape))
+    variant = study.match_family("monarch", {"family": "monarch", "init": "act"}, budget, shape)
+    assert variant["plan"] == {"monarch": {"c_fc": 4, "c_proj": 8}} and variant["init"] == "act"
+    parts = Plan.from_settings(64, 4, 65, **variant["plan"]).count_parts(64)
+    assert variant["budget"]["matched"] == sum(parts.values()) - parts["position"]
