@@ -15,12 +15,14 @@
 #                    at every budget; drop_blocks is distilled (DistilGPT2's recipe), dense from scratch is not
 #                    (distilling it changed nothing: 12.50 against 12.52 at 50%)
 # The dense students get the teacher's own learning rate (1e-3, not fine-tuning's 3e-4): they have nothing to
-# keep. Run time, estimated from the first frontier (14 variants in about 90 minutes on one thread of the 2-core
-# CPU, 6 minutes each): 27 variants at 6 minutes, 2.7 hours, plus 12 act fits of 1 to 4 minutes (about 30
-# minutes), plus the cost of Kronecker shapes chosen by output error: a balanced shape of 24 factors took 3.4 s a
-# step against low rank's 0.3 s (issue 38's probe), so the 6 Kronecker act variants may take 45 minutes each
-# instead of 6 and the allocated ones 2 to 3 times their share: 5 to 7 hours in all. If that does not fit, cut
-# max_iters (fine-tuning tokens) for every family alike, never seeds.
+# keep. Run time, estimated from the first frontier (14 variants and the control in about 90 minutes on one
+# thread of the 2-core CPU, 6 minutes each): 27 variants and the control at 6 minutes, 2.8 hours, plus 15 act fits
+# (each act variant makes its own student) of 2 to 4 minutes (the 81M shape's took 105 s; the allocated plans
+# fit attention too), about 45 minutes, plus the cost of Kronecker shapes chosen by output error: at 50% a
+# balanced shape of 24 factors took 3.4 s a step against low rank's 0.3 s, so if such shapes are chosen the 6
+# Kronecker act variants take about 45 minutes each instead of 6 (4 hours more), and the allocated ones 2 to 3
+# times their share: 4 to 8 hours in all. If that does not fit, cut max_iters (fine-tuning tokens) for every
+# family alike, never seeds.
 #
 #   python data/shakespeare_char/prepare.py && python study.py config/study_frontier_char.py
 
