@@ -11,9 +11,10 @@
 # is shallower, not narrower (a narrower one shrinks the embedding by 50,257 per unit of width), gets the
 # teacher's learning rate, and runs at the smallest budget only (3 blocks from scratch, 1.9 times the control's
 # perplexity the first time). Run time, estimated from the first frontier (11 variants and the control in about 140
-# minutes on one thread of the 2-core CPU, 12 minutes each): 25 variants and the control, 5.2 hours, plus 15 act fits and the Kronecker
-# shapes' slower steps (the MLPs are a small part of this model's step: lm_head's 50,257 x 128 is most of it),
-# about 6 to 7 hours in all. If that does not fit, cut max_iters for every family alike, never seeds.
+# minutes on one thread of the 2-core CPU, 12 minutes each): 25 variants and the control, 5.2 hours, plus 15 act
+# fits and the Kronecker shapes' slower steps (the MLPs are a small part of this model's step: lm_head's
+# 50,257 x 128 is most of it), about 6 to 7 hours in all. If that does not fit, cut max_iters for every family
+# alike, never seeds.
 #
 #   python data/shakespeare/prepare.py && python study.py config/study_frontier.py
 
