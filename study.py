@@ -409,12 +409,14 @@ def score(model_path, s, out_path, log_path):
     return next(iter(read_json(out_path)["datasets"].values()))["perplexity"], None
 
 
-def make_student(variant, teacher_model, teacher, init_path, data_dir, device="cpu"):
+def make_student(variant, teacher_model, teacher, init_path, data_dir, device="cpu", rivals=None):
     """The variant's student, made as kron_decompose.py makes it (the same seed for init random; init act
     calibrated on data_dir's train.bin, fitted on `device`), saved at init_path; None on success, else why it
-    failed."""
+    failed. An allocated student is checked against `rivals`, {family: its student's init.pt} (rival_students):
+    the one of least loss on the calibration windows is kept (least_loss_student), and what each scored is written
+    beside init_path in allocation.json."""
     import torch
-    from checkpoints import load_vocab, make_checkpoint, save_checkpoint
+    from checkpoints import load_model, load_vocab, make_checkpoint, save_checkpoint
     from compress import compress, keep_blocks
     from devices import setup_device
     from model import GPT, GPTConfig
@@ -434,24 +436,73 @@ def make_student(variant, teacher_model, teacher, init_path, data_dir, device="c
     config = teacher_model.config
     try:
         calibration = None
-        if init == "act":
+        if init == "act" or "allocate" in variant:  # the allocated student is checked on them whatever its init
             calibration = torch.from_numpy(read_calibration(os.path.join(data_dir, "train.bin"),
                                                             act["calibration_tokens"], config.block_size,
                                                             config.vocab_size))
-        plan = chosen_plan(variant, teacher_model, calibration)
+        plan = chosen_plan(variant, teacher_model, calibration if init == "act" else None)
         torch.manual_seed(1337)
         t0 = time.time()
         student = compress(teacher_model, plan, init, calibration=calibration, act_steps=act["act_steps"],
                            act_lr=act["act_lr"], act_sweeps=act["act_sweeps"],
                            act_device=setup_device(device) if init == "act" else "cpu")
+        chosen_by = {"chosen_by": pricing(variant)} if set(variant) & {"candidates", "allocate"} else {}
+        if "allocate" in variant:
+            candidates = {"allocated": student, **{family: load_model(path) for family, path in (rivals or {}).items()}}
+            won, student, losses = least_loss_student(candidates, calibration)
+            plan = student.config.plan
+            chosen_by["allocation"] = {"won": won, "calibration_loss": losses}
+            write_json(chosen_by["allocation"], os.path.join(os.path.dirname(init_path), "allocation.json"))
         info = {"teacher": teacher, "method": init, "kron": plan.to_kron(), "seconds": time.time() - t0,
-                **({"chosen_by": pricing(variant)} if set(variant) & {"candidates", "allocate"} else {}),
-                **(act if init == "act" else {}), **family}
+                **chosen_by, **(act if init == "act" else {}), **family}
         # the teacher's characters, if any: train.py refuses a model whose characters are not the dataset's
         save_checkpoint(make_checkpoint(student, load_vocab(teacher), init=info), init_path)
     except (ValueError, OSError) as e:
         return f"making the student failed: {one_line(e)}"
     return None
+
+
+def least_loss_student(students, calibration):
+    """(name, student, {name: loss}) of the student of least mean loss on the calibration windows (train.bin's,
+    never the held-out tokens) among {name: student}, the first on a tie: the allocated family's knapsack prices
+    each matrix by a proxy, so its plan is kept only where it starts at least as well as each family's best."""
+    from compress import calibration_loss
+    losses = {name: calibration_loss(student.eval(), calibration) for name, student in students.items()}
+    won = min(losses, key=losses.get)
+    return won, students[won], losses
+
+
+RIVAL_FAMILIES = ("kronecker", "lowrank", "monarch")
+
+
+def rival_students(name, variant, s, teacher, open_teacher):
+    """{family: init.pt} of each of RIVAL_FAMILIES at the allocated variant's budget with its init and act, made
+    first where not yet: the study's own variant of that family, budget, init and act where it has one (its
+    student is the same), else one matched here (match_family) and made in the variant's folder; a family with no
+    size within the budget's tolerance has none. A string when one fails to be made: why."""
+    budget = variant["budget"]["params_no_wpe"]
+    same = {key: variant[key] for key in ("init", "act") if key in variant}
+    paths = {}
+    for family in RIVAL_FAMILIES:
+        sibling = next((other for other, v in s["variants"].items() if v.get("family") == family
+                        and v.get("budget", {}).get("params_no_wpe") == budget
+                        and (v.get("init", "vl"), v.get("act", {})) == (same.get("init", "vl"), same.get("act", {}))),
+                       None)
+        if sibling is not None:
+            rival, path = s["variants"][sibling], os.path.join(s["out_dir"], "runs", sibling, "init.pt")
+        else:
+            try:
+                rival = match_family(f"{name}'s rival", {"family": family, **same}, budget, open_teacher().config)
+            except UsageError:
+                continue
+            path = os.path.join(s["out_dir"], "runs", name, f"rival {family}.pt")
+        if not os.path.exists(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            error = make_student(rival, open_teacher(), teacher, path, s["data_dir"], s["device"])
+            if error is not None:
+                return f"its {family} rival: {error}"
+        paths[family] = path
+    return paths
 
 
 def chosen_plan(variant, teacher_model, calibration):
@@ -479,7 +530,12 @@ def run_variant(name, variant, s, teacher, open_teacher):
               **({"budget": variant["budget"]} if "budget" in variant else {})}
     error = None
     if not os.path.exists(init_path):
-        error = make_student(variant, open_teacher(), teacher, init_path, s["data_dir"], s["device"])
+        rivals = rival_students(name, variant, s, teacher, open_teacher) if "allocate" in variant else None
+        error = rivals if isinstance(rivals, str) else \
+            make_student(variant, open_teacher(), teacher, init_path, s["data_dir"], s["device"], rivals)
+    allocation_path = os.path.join(folder, "allocation.json")
+    if error is None and os.path.exists(allocation_path):
+        result["allocation"] = read_json(allocation_path)
     if error is None:
         result["init_perplexity"], error = score(init_path, s, os.path.join(folder, "init_ppl.json"),
                                                  os.path.join(folder, "init_ppl.log"))
@@ -698,7 +754,11 @@ def student_text(r, variant):
 
 def allocated_text(r):
     """An allocated plan in a table's cell: how many matrices are rank-r factors, Kronecker products or dense (the
-    whole plan is in the variant's init.pt)."""
+    whole plan is in the variant's init.pt), or the rival family whose student started with less calibration loss
+    and so was kept in its place."""
+    won = r.get("allocation", {}).get("won", "allocated")
+    if won != "allocated":
+        return f"{won}'s student (less calibration loss than the allocation's): {r['plan']}"
     rank, kronecker = r["factored"]["rank"], r["factored"]["kronecker"]
     dense = 4 * r["n_layer"] - rank - kronecker
     return f"allocated: {kronecker} Kronecker, {rank} rank-r, {dense} dense of {4 * r['n_layer']} matrices"
