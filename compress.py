@@ -23,10 +23,10 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from common import ACT_LR, ACT_STEPS, ACT_SWEEPS, INIT_NAMES
-from kron_shapes import Plan, allocate, divisors
+from kron_shapes import Plan, allocate, divisors, monarch_params
 from kronecker import KroneckerEmbedding, KroneckerLinear, kronecker_sum
 from model import GPT, factorable_matrices, weight_of
-from monarch import MonarchLinear, middle_routes, nearest_monarch
+from monarch import MonarchLinear, middle_routes, monarch_weight, nearest_monarch
 
 
 def rearrange(W, a_rows, a_cols):
@@ -520,13 +520,30 @@ def output_errors(teacher, student, calibration):
 # A budget allocated across blocks (kron_decompose.py --allocate): every candidate shape and factor count of every
 # matrix priced by the error its decomposition leaves, and kron_shapes.allocate choosing within the budget.
 
+MONARCH = "monarch"  # an allocation option's choice ("monarch", nblocks): a Monarch matrix of nblocks blocks
+
+
+def monarch_error(W, nblocks, C=None):
+    """The squared relative error of a Monarch matrix's closed form of W: of its weights, ||W - W_hat||_F^2 /
+    ||W||_F^2 for nearest_monarch (exact per pair of blocks), or given C of its outputs, tr(D^T C D) / tr(W^T C W)
+    for whitened_monarch, init act's start."""
+    W = W.double()
+    if C is None:
+        D = W - monarch_weight(*nearest_monarch(W, nblocks))
+        return (D.square().sum() / W.square().sum()).item()
+    C = C.double()
+    D = W - monarch_weight(*whitened_monarch(W, C, nblocks))
+    return ((D * (C @ D)).sum() / (W * (C @ W)).sum()).item()
+
+
 @torch.no_grad()
 def allocation_options(teacher, names, calibration=None):
-    """Returns {(name, block): [(parameters, error, (a_rows, a_cols, factors) or None)]} for every block's matrices
-    in `names`: each valid A shape and factor count with fewer parameters than W, priced by the relative error of
-    Van Loan's decomposition, the tail of the squared singular values of W's rearrangement over their sum (with
-    calibration, of the whitened W of whitened_kronecker: the output error under C ~ C1 (x) C2), and W itself
-    (its parameters, error 0, None)."""
+    """Returns {(name, block): [(parameters, error, choice)]} for every block's matrices in `names`, the choice
+    (a_rows, a_cols, factors), ("monarch", nblocks) or None (W itself): each valid A shape and factor count with
+    fewer parameters than W, priced by the relative error of Van Loan's decomposition, the tail of the squared
+    singular values of W's rearrangement over their sum (with calibration, of the whitened W of
+    whitened_kronecker: the output error under C ~ C1 (x) C2); each Monarch matrix with fewer parameters than W,
+    priced by monarch_error (with calibration, its output error); and W itself (its parameters, error 0)."""
     modules = {(name, block): module for name, block, module in factorable_matrices(teacher)
                if block is not None and name in names}
     moments = teacher_input_moments(teacher, modules, calibration) if calibration is not None else {}
@@ -545,7 +562,20 @@ def allocation_options(teacher, names, calibration=None):
                 for factors in range(1, min(len(energy), (in_features * out_features - 1) // per_factor) + 1):
                     options[name, block].append((factors * per_factor, tail[factors - 1].item(),
                                                  (a_rows, a_cols, factors)))
+        for nblocks in divisors(math.gcd(in_features, out_features)):
+            params = monarch_params(name, nblocks, teacher.config.n_embd, teacher.config.vocab_size)
+            if params < in_features * out_features:
+                options[name, block].append((params, monarch_error(W, nblocks, moments.get((name, block))),
+                                             (MONARCH, nblocks)))
     return options
+
+
+def allocation_plan(config, chosen):
+    """The Plan of an allocation's choices {(name, block): (a_rows, a_cols, factors), ("monarch", nblocks) or
+    None (dense)}."""
+    shapes = {place: shape for place, shape in chosen.items() if shape is not None and shape[0] != MONARCH}
+    monarch = {place: shape[1] for place, shape in chosen.items() if shape is not None and shape[0] == MONARCH}
+    return Plan(config.n_embd, config.n_layer, config.vocab_size, shapes, monarch)
 
 
 @torch.no_grad()
@@ -596,8 +626,8 @@ def calibrated_options(teacher, names, calibration):
 def allocated_plan(teacher, names, params_no_wpe, calibration=None):
     """The plan of least total price (with calibration calibrated_options, else allocation_options' weight error)
     whose model has at most params_no_wpe parameters without wpe, choosing for every block's `names` matrices
-    among every valid Kronecker shape and factor count (rank-r factors, the outer-product shapes, included) and W
-    itself; None when even the smallest plan is larger."""
+    among every valid Kronecker shape and factor count (rank-r factors, the outer-product shapes, included), every
+    Monarch matrix and W itself; None when even the smallest plan is larger."""
     config = teacher.config
     options = calibrated_options(teacher, names, calibration) if calibration is not None else \
         allocation_options(teacher, names)
@@ -606,5 +636,4 @@ def allocated_plan(teacher, names, params_no_wpe, calibration=None):
     chosen = allocate(options, params_no_wpe - fixed)
     if chosen is None:
         return None
-    return Plan(config.n_embd, config.n_layer, config.vocab_size,
-                {place: shape for place, shape in chosen.items() if shape is not None})
+    return allocation_plan(config, chosen)

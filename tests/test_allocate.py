@@ -58,7 +58,8 @@ def test_each_option_is_priced_by_its_decompositions_real_error():
     W = weight_of(model.transformer.h[1].mlp.c_fc).detach().double()  # 16x64
     dense_params, dense_error, dense_choice = options["c_fc", 1][0]
     assert (dense_params, dense_error, dense_choice) == (W.numel(), 0.0, None)
-    for params, error, (a_rows, a_cols, factors) in options["c_fc", 1][1:]:
+    kronecker = [option for option in options["c_fc", 1][1:] if option[2][0] != "monarch"]  # test_allocate_union's
+    for params, error, (a_rows, a_cols, factors) in kronecker:
         A, B = nearest_kronecker(W, a_rows, a_cols, factors)
         assert params == A.numel() + B.numel() < W.numel()
         assert error == pytest.approx(((W - kron_sum(A, B)).square().sum() / W.square().sum()).item(), abs=1e-9)
