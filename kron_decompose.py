@@ -37,9 +37,10 @@ Initialisations:
            blocks already compressed (as GPTQ); a factored wte is weighted by the tokens' frequencies.
 With --calibration (needed by act, optional for the others) the report adds each matrix's output error
 tr(D^T C D) / tr(W^T C W), D = W - W_hat, C the second moment of the inputs the teacher's matrix sees.
---allocate needs no shape: it prices every valid A shape and factor count of each block's --matrices by the
-squared relative error its closed form leaves (weight error; output error with --init act) and picks, block
-by block, the plan of least total error within --target parameters without wpe (an exact knapsack).
+--allocate needs no shape: it prices every valid A shape and factor count and every Monarch block count of each
+block's --matrices by the squared relative error its closed form leaves (weight error; with --init act output
+error, scaled matrix by matrix to what it costs the loss) and picks, block by block, the plan of least total
+price within --target parameters without wpe (an exact knapsack).
 A teacher that is itself a Kronecker checkpoint is decomposed through its materialized weights, so a model
 can be re-factored into another plan. The student goes to --out, refused if it exists (--overwrite replaces it),
 by default a name of the teacher and the plan that no other teacher's student shares (teacher_name); the last line
@@ -415,15 +416,18 @@ def next_command(out, plan_settings, run, itos):
 
 
 def allocate_plan(args, teacher, calibration):
-    """(plan, what to record of it) with the least total error proxy of --matrices within --target parameters
-    (without wpe); the proxy of each choice is its squared relative error (output-weighted with calibration), as
-    compress.allocation_options prices it. Prints the chosen plan as a table."""
-    from compress import allocation_options
+    """(plan, what to record of it) with the least total price of --matrices within --target parameters (without
+    wpe), over every Kronecker shape and factor count, every Monarch matrix and W itself: each choice's squared
+    relative error of the closed form, of the weights (compress.allocation_options) or, with calibration, of the
+    outputs scaled matrix by matrix to the loss (compress.calibrated_options). Prints the chosen plan as a table."""
+    from compress import MONARCH, allocation_options, allocation_plan, calibrated_options
     config = teacher.config
     names = args.matrices.split(",")
     target = parse_size(args.target)
     t0 = time.time()
-    options = allocation_options(teacher, names, calibration)
+    with usage_errors(f"--allocate --init {args.init} on {args.model}"):
+        options = calibrated_options(teacher, names, calibration) if calibration is not None else \
+            allocation_options(teacher, names)
     _, dense_no_wpe = count_params(config.n_embd, config.n_layer, config.vocab_size, config.block_size, config.bias)
     fixed = dense_no_wpe - sum(opts[0][0] for opts in options.values())  # every weight but the candidates'
     chosen = allocate(options, target - fixed)
@@ -431,26 +435,28 @@ def allocate_plan(args, teacher, calibration):
         smallest = fixed + sum(min(o[0] for o in opts) for opts in options.values())
         raise UsageError(f"--target {args.target}: the smallest plan of {args.matrices} has {smallest:,} parameters "
                          f"without wpe")
-    plan = Plan(config.n_embd, config.n_layer, config.vocab_size,
-                {place: shape for place, shape in chosen.items() if shape is not None})
+    plan = allocation_plan(config, chosen)
     picked = {place: next(o for o in options[place] if o[2] == shape) for place, shape in chosen.items()}
     proxy = {f"h.{block}.{name}": option[1] for (name, block), option in picked.items()}
     total = fixed + sum(option[0] for option in picked.values())
-    weighting = "output-weighted" if calibration is not None else "weight"
+    pricing = "the loss-scaled output error" if calibration is not None else "the squared relative weight error"
     print(f"allocated {args.matrices} within {target:,} parameters without wpe: {total:,} ({total / target:.1%} of "
           f"the target; {len(options)} matrices, {sum(map(len, options.values())):,} options priced in "
-          f"{time.time() - t0:.1f}s; proxy: the squared relative {weighting} error of the closed form)")
-    print(f"{'block':>5} {'matrix':>9} {'A':>9} {'B':>9} {'factors':>7} {'parameters':>11} {'proxy':>8}")
+          f"{time.time() - t0:.1f}s; price: {pricing} of the closed form)")
+    print(f"{'block':>5} {'matrix':>9} {'A':>10} {'B':>9} {'factors':>7} {'parameters':>11} {'price':>8}")
     for (name, block), shape in sorted(chosen.items(), key=lambda item: (item[0][1], names.index(item[0][0]))):
         in_features, out_features = matrix_shape(name, config.n_embd, config.vocab_size)
-        params = picked[name, block][0]
+        params, price = picked[name, block][0], proxy[f"h.{block}.{name}"]
         if shape is None:
-            print(f"{block:>5} {name:>9} {'dense':>9} {'':>9} {'':>7} {params:>11,} {0:>8.4f}")
+            print(f"{block:>5} {name:>9} {'dense':>10} {'':>9} {'':>7} {params:>11,} {price:>8.4f}")
+        elif shape[0] == MONARCH:
+            print(f"{block:>5} {name:>9} {f'monarch:{shape[1]}':>10} {f'{shape[1]} blocks':>9} {'':>7} "
+                  f"{params:>11,} {price:>8.4f}")
         else:
-            print(f"{block:>5} {name:>9} {f'{shape[0]}x{shape[1]}':>9} "
+            print(f"{block:>5} {name:>9} {f'{shape[0]}x{shape[1]}':>10} "
                   f"{f'{in_features // shape[0]}x{out_features // shape[1]}':>9} {shape[2]:>7} {params:>11,} "
-                  f"{proxy[f'h.{block}.{name}']:>8.4f}")
-    print(f"error proxy: total {sum(proxy.values()):.4f} over {len(proxy)} matrices")
+                  f"{price:>8.4f}")
+    print(f"price: total {sum(proxy.values()):.4f} over {len(proxy)} matrices")
     return plan, {"target": target, "matrices": names, "params_no_wpe": total, "proxy": proxy}
 
 
@@ -564,7 +570,8 @@ def build_parser():
                      help="where the fit runs: cpu, cuda or auto (default %(default)s)")
     allocate = parser.add_argument_group("--allocate: choose the plan of least error within --target")
     allocate.add_argument("--allocate", action="store_true",
-                          help="per block, the shapes and factors of --matrices (no DIM_1 DIM_2 FACTORS)")
+                          help="per block, the Kronecker shapes and factors or Monarch blocks of --matrices (no "
+                               "DIM_1 DIM_2 FACTORS)")
     allocate.add_argument("--matrices", default="c_fc,c_proj", metavar="NAMES",
                           help="the matrices it may factor, comma-separated (default %(default)s)")
     listing = parser.add_argument_group("--list: every valid shape, from arithmetic alone (no weights, no torch)")
