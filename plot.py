@@ -198,7 +198,8 @@ def plot_frontier(variants, teacher, path, title, reference=None):
     plt.close(fig)
 
 
-FAMILY_COLOUR = {"kronecker": "C0", "lowrank": "C1", "allocated": "C4", "drop_blocks": "C2", "dense": "C3"}
+FAMILY_COLOUR = {"kronecker": "C0", "lowrank": "C1", "allocated": "C4", "drop_blocks": "C2", "dense": "C3",
+                 "monarch": "C5"}
 INIT_MARKER = {"act": "o", "vl": "s"}  # any other init, or none: "^"
 FRONTIER_CEILING = 1.5
 FRONTIER_PANELS = (("parameters", 1e-6, "parameters without wpe (millions)"),

@@ -568,9 +568,10 @@ def model_size(source):
     parts = config.plan.count_parts(config.block_size, config.bias)
     shapes = {place: shape for place, shape in config.plan.shapes.items() if place[1] is not None}  # not wte
     rank = sum(is_outer_product(name, shape, config.n_embd, config.vocab_size) for (name, _), shape in shapes.items())
+    factored = {"rank": rank, "kronecker": len(shapes) - rank, "monarch": len(config.plan.monarch)}
     return {"parameters": sum(parts.values()), "params_no_wpe": sum(parts.values()) - parts["position"],
             "plan": str(config.plan), "n_layer": config.n_layer, "n_embd": config.n_embd,
-            "macs_per_token": config.plan.flops(), "factored": {"rank": rank, "kronecker": len(shapes) - rank},
+            "macs_per_token": config.plan.flops(), "factored": factored,
             **{f"{part}_parameters": parts[part] for part in ("mlp", "attention", "embedding")}}
 
 
@@ -753,15 +754,16 @@ def student_text(r, variant):
 
 
 def allocated_text(r):
-    """An allocated plan in a table's cell: how many matrices are rank-r factors, Kronecker products or dense (the
-    whole plan is in the variant's init.pt), or the rival family whose student started with less calibration loss
-    and so was kept in its place."""
+    """An allocated plan in a table's cell: how many matrices are rank-r factors, Kronecker products, Monarch
+    matrices or dense (the whole plan is in the variant's init.pt), or the rival family whose student started with
+    less calibration loss and so was kept in its place."""
     won = r.get("allocation", {}).get("won", "allocated")
     if won != "allocated":
         return f"{won}'s student (less calibration loss than the allocation's): {r['plan']}"
-    rank, kronecker = r["factored"]["rank"], r["factored"]["kronecker"]
-    dense = 4 * r["n_layer"] - rank - kronecker
-    return f"allocated: {kronecker} Kronecker, {rank} rank-r, {dense} dense of {4 * r['n_layer']} matrices"
+    counts = r["factored"]
+    dense = 4 * r["n_layer"] - sum(counts.values())
+    return (f"allocated: {counts['kronecker']} Kronecker, {counts['rank']} rank-r, {counts['monarch']} Monarch, "
+            f"{dense} dense of {4 * r['n_layer']} matrices")
 
 
 def frontier_markdown(s, results, compared):

@@ -147,3 +147,11 @@ def test_kron_decompose_allocate_picks_the_monarch_matrix_and_says_how_it_priced
     assert "monarch:4" in stdout
     assert ("loss-scaled output error" in stdout) == (init == "act")
     assert load_model(str(tmp_path / "out.pt")).config.plan.monarch == {("c_fc", 0): 4}
+
+
+def test_a_frontier_row_counts_its_monarch_matrices(tmp_path):
+    model = tiny_gpt(kron={"c_fc": (2, 16, 3)}, rank={"c_proj@1": 3}, monarch={"c_attn": 4})
+    save_checkpoint(make_checkpoint(model, None), tmp_path / "s.pt")
+    size = study.model_size(str(tmp_path / "s.pt"))
+    assert size["factored"] == {"rank": 1, "kronecker": 2, "monarch": 2}
+    assert study.allocated_text(size) == "allocated: 2 Kronecker, 1 rank-r, 2 Monarch, 3 dense of 8 matrices"

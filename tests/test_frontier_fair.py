@@ -52,7 +52,7 @@ def test_a_frontier_row_has_its_students_multiply_adds(tmp_path):
     save_checkpoint(make_checkpoint(model, None), tmp_path / "s.pt")
     size = study.model_size(str(tmp_path / "s.pt"))
     assert size["macs_per_token"] == 576 + 240 + 16 * 48 + 16 * 16 + 16 * 64
-    assert size["factored"] == {"rank": 1, "kronecker": 1}
+    assert size["factored"] == {"rank": 1, "kronecker": 1, "monarch": 0}
 
 
 @pytest.fixture(scope="module")
