@@ -198,8 +198,9 @@ def teacher_shape(s, train_settings):
 #   lowrank      rank-r factors of both MLP matrices in every block: the truncated SVD (init vl), or act's fit
 #                from the whitened SVD
 #   monarch      both MLP matrices Monarch matrices in every block (monarch.py), c_fc of b_fc blocks and c_proj
-#                of b_proj (any two divisors of n_embd, so that budgets between powers of two are met): their
-#                projection (init vl), or act's fit from the projection of the whitened W
+#                of b_proj (any two divisors of n_embd; between two sizes the first blocks of the larger, so that
+#                budgets between powers of two are met): their projection (init vl), or act's fit from the
+#                projection of the whitened W
 #   allocated    every block's four matrices (MLP and attention) each in its own Kronecker shape, rank or dense,
 #                the least total error proxy within the budget (kron_decompose.py --allocate; priced as kronecker)
 #   drop_blocks  k of the teacher's blocks, spread evenly (DistilGPT2's every other block), copied; no init
@@ -256,11 +257,23 @@ def lowrank_sizes(shape, budget, spec):
 
 
 def monarch_sizes(shape, budget, spec):
+    """Every block's MLP of one pair of block counts, and, between two such sizes next to each other, the first k
+    blocks of the larger pair and the rest of the smaller (the budgets between them in steps of a block)."""
     n, n_layer = shape.n_embd, shape.n_layer
     rest = dense_params(n, n_layer, shape) - n_layer * 8 * n * n
     # c_fc and c_proj each have min(n, 4n) * (n + 4n) / b weights
-    return [(rest + n_layer * (5 * n * n // b_fc + 5 * n * n // b_proj),
-             {"plan": {"monarch": {"c_fc": b_fc, "c_proj": b_proj}}}) for b_fc in divisors(n) for b_proj in divisors(n)]
+    per_block = {5 * n * n // b_fc + 5 * n * n // b_proj: (b_fc, b_proj)
+                 for b_fc in divisors(n) for b_proj in divisors(n)}
+    sizes = sorted(per_block)
+    found = [(rest + n_layer * size, {"plan": {"monarch": {"c_fc": per_block[size][0], "c_proj": per_block[size][1]}}})
+             for size in sizes]
+    for small, large in zip(sizes, sizes[1:]):
+        for k in range(1, n_layer):
+            first = ",".join(map(str, range(k)))
+            monarch = {"c_fc": per_block[small][0], "c_proj": per_block[small][1],
+                       f"c_fc@{first}": per_block[large][0], f"c_proj@{first}": per_block[large][1]}
+            found.append((rest + k * large + (n_layer - k) * small, {"plan": {"monarch": monarch}}))
+    return found
 
 
 def allocated_sizes(shape, budget, spec):

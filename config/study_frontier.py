@@ -5,15 +5,17 @@
 # section, each fine-tuned on the same 200 x 512 tokens with seeds 1, 2, 3 and scored on the first 50,000 tokens
 # of val.bin. The families as in config/study_frontier_char.py: Kronecker with its shape chosen by the output
 # error on init act's calibration tokens and init act, the paper's Kronecker (shape by weight error, Van Loan's
-# init) as the reference row, low rank by act (the whitened SVD, then the fit) and by the truncated SVD, the
-# allocated plan over every block's four matrices with init act, the distilled low rank and Kronecker (the two
-# factored families that led the first frontier) at every budget, and drop_blocks distilled. The dense student
+# init) as the reference row, low rank by act (the whitened SVD, then the fit) and by the truncated SVD, Monarch
+# matrices by act, the allocated plan over every block's four matrices with init act (kept only where it starts
+# with no more calibration loss than the Kronecker, low rank and Monarch act students), the distilled low rank
+# and Kronecker (the two factored families that led the first frontier) at every budget, and drop_blocks
+# distilled. The dense student
 # is shallower, not narrower (a narrower one shrinks the embedding by 50,257 per unit of width), gets the
 # teacher's learning rate, and runs at the smallest budget only (3 blocks from scratch, 1.9 times the control's
 # perplexity the first time). Run time, estimated from the first frontier (11 variants and the control in about 140
-# minutes on one thread of the 2-core CPU, 12 minutes each): 25 variants and the control, 5.2 hours, plus 15 act
+# minutes on one thread of the 2-core CPU, 12 minutes each): 28 variants and the control, 5.8 hours, plus 18 act
 # fits and the Kronecker shapes' slower steps (the MLPs are a small part of this model's step: lm_head's
-# 50,257 x 128 is most of it), about 6 to 7 hours in all. If that does not fit, cut max_iters for every family
+# 50,257 x 128 is most of it), about 7 to 8 hours in all. If that does not fit, cut max_iters for every family
 # alike, never seeds.
 #
 #   python data/shakespeare/prepare.py && python study.py config/study_frontier.py
@@ -34,6 +36,7 @@ families = {
     "kronecker vl": {"family": "kronecker", "init": "vl"},
     "lowrank act": {"family": "lowrank", "init": "act"},
     "lowrank vl": {"family": "lowrank", "init": "vl"},
+    "monarch act": {"family": "monarch", "init": "act"},
     "allocated act": {"family": "allocated", "init": "act"},
     "lowrank act KD": {"family": "lowrank", "init": "act", "distill": _kd},
     "kronecker act KD": {"family": "kronecker", "init": "act", "distill": _kd},

@@ -9,14 +9,17 @@
 #                    then init act; kronecker vl: the paper's, the shape of least weight error, Van Loan's init
 #                    (the reference row)
 #   lowrank act      init act from the whitened SVD (SVD-LLM's); lowrank vl: the truncated SVD
-#   allocated act    every block's four matrices (MLP and attention), each its own Kronecker shape, rank or
-#                    dense, of least total price (priced as kronecker act's) within the budget, init act
+#   monarch act      both MLP matrices Monarch matrices (block counts matched to the budget), init act
+#   allocated act    every block's four matrices (MLP and attention), each its own Kronecker shape, rank, Monarch
+#                    matrix or dense, of least total price (priced as kronecker act's) within the budget, init
+#                    act, kept only where it starts with no more calibration loss than kronecker, lowrank and
+#                    monarch act (else the best of those, named in its row)
 #   ... KD           the two factored families that led the first frontier (low rank, then Kronecker), distilled
 #                    at every budget; drop_blocks is distilled (DistilGPT2's recipe), dense from scratch is not
 #                    (distilling it changed nothing: 12.50 against 12.52 at 50%)
 # The dense students get the teacher's own learning rate (1e-3, not fine-tuning's 3e-4): they have nothing to
 # keep. Run time, estimated from the first frontier (14 variants and the control in about 90 minutes on one
-# thread of the 2-core CPU, 6 minutes each): 27 variants and the control at 6 minutes, 2.8 hours, plus 15 act fits
+# thread of the 2-core CPU, 6 minutes each): 30 variants and the control at 6 minutes, 3.1 hours, plus 18 act fits
 # (each act variant makes its own student) of 2 to 4 minutes (the 81M shape's took 105 s; the allocated plans
 # fit attention too), about 45 minutes, plus the cost of Kronecker shapes chosen by output error: at 50% a
 # balanced shape of 24 factors took 3.4 s a step against low rank's 0.3 s, so if such shapes are chosen the 6
@@ -42,6 +45,7 @@ families = {
     "kronecker vl": {"family": "kronecker", "init": "vl"},
     "lowrank act": {"family": "lowrank", "init": "act"},
     "lowrank vl": {"family": "lowrank", "init": "vl"},
+    "monarch act": {"family": "monarch", "init": "act"},
     "allocated act": {"family": "allocated", "init": "act"},
     "lowrank act KD": {"family": "lowrank", "init": "act", "distill": _kd},
     "kronecker act KD": {"family": "kronecker", "init": "act", "distill": _kd},

@@ -1,13 +1,14 @@
 # Does the ranking hold as width grows? The character-level frontier's 50% budget on a teacher twice as wide
 # (config/train_shakespeare_char_256.py: 6 blocks, n_embd 256, the same depth, data and context as the 128-wide
-# teacher of config/study_frontier_char.py) for the three families that matter to the answer: Kronecker with its
+# teacher of config/study_frontier_char.py) for the four families that matter to the answer: Kronecker with its
 # shape chosen by the output error on init act's calibration characters (scaled to the loss), low rank by act,
-# and the allocated plan, each init act, fine-tuned with study_frontier_char.py's recipe (300 x 2,048 characters)
-# with seeds 1 and 2 and scored on the first 50,000 characters of val.bin. Read against the 128-wide study's same
-# families at 50%, seeds 1 and 2: which way the gap between them moves from 128 to 256 says which way GPT-2 (768
-# wide) leans. The teacher trains first (about 2.5 hours on one thread: see its config), then about an hour and a
-# half: the control and 3 variants of 2 seeds, 300 steps at about the teacher's 1.3 s (50 minutes), 3 act fits
-# of several minutes each, and a Kronecker act shape of many factors may take several times low rank's step.
+# Monarch matrices by act and the allocated plan, each init act, fine-tuned with study_frontier_char.py's recipe
+# (300 x 2,048 characters) with seeds 1 and 2 and scored on the first 50,000 characters of val.bin. Read against
+# the 128-wide study's same families at 50%, seeds 1 and 2: which way the gap between them moves from 128 to 256
+# says which way GPT-2 (768 wide) leans. The teacher trains first (about 2.5 hours on one thread: see its
+# config), then about two hours: the control and 4 variants of 2 seeds, 300 steps at about the teacher's 1.3 s
+# (65 minutes), 4 act fits of several minutes each, and a Kronecker act shape of many factors may take several
+# times low rank's step.
 #
 #   python data/shakespeare_char/prepare.py && python study.py config/study_width_char_256.py
 
@@ -23,5 +24,6 @@ budgets = [0.50]
 families = {
     "kronecker act": {"family": "kronecker", "init": "act"},
     "lowrank act": {"family": "lowrank", "init": "act"},
+    "monarch act": {"family": "monarch", "init": "act"},
     "allocated act": {"family": "allocated", "init": "act"},
 }

@@ -241,6 +241,8 @@ def test_the_study_matches_a_monarch_family_to_a_budget_exactly():
     shape = GPTConfig(n_layer=4, n_head=4, n_embd=64, vocab_size=65, block_size=64)
     budget = round(0.5 * study.teacher_params_no_wpe(shape))
     variant = study.match_family("monarch", {"family": "monarch", "init": "act"}, budget, shape)
-    assert variant["plan"] == {"monarch": {"c_fc": 4, "c_proj": 8}} and variant["init"] == "act"
+    # between the sizes of 16 and 4 blocks and of 8 and 4 in every block: the first three blocks of the larger
+    assert variant["plan"] == {"monarch": {"c_fc": 16, "c_proj": 4, "c_fc@0,1,2": 8, "c_proj@0,1,2": 4}}
+    assert variant["init"] == "act"
     parts = Plan.from_settings(64, 4, 65, **variant["plan"]).count_parts(64)
     assert variant["budget"]["matched"] == sum(parts.values()) - parts["position"]

@@ -24,8 +24,8 @@ QUESTIONS = {"Does the Van Loan init beat a random one?": ("vl", ["random"])}
 # every family of the config but "dense KD" (the distillation drop_blocks KD runs too, on dense scratch's student)
 FAMILIES = {**{name: spec for name, spec in load_config(study.STUDY_SETTINGS, [FRONTIER_SMOKE])["families"].items()
                if name != "dense KD"}, "diverges": {"family": "lowrank", "finetune": {"learning_rate": 1e30}}}
-FAMILY_NAMES = ["kronecker @52%", "lowrank @52%", "allocated @52%", "drop_blocks KD @52%", "dense scratch @52%",
-                "diverges @52%"]
+FAMILY_NAMES = ["kronecker @52%", "lowrank @52%", "monarch @52%", "allocated @52%", "drop_blocks KD @52%",
+                "dense scratch @52%", "diverges @52%"]
 
 
 def run_study(out_dir):
@@ -115,8 +115,8 @@ def test_the_control_is_the_teacher_fine_tuned_and_every_variant_is_paired_with_
 def test_the_frontier_matches_every_family_to_the_budget_and_times_every_model_in_one_process(smoke):
     results = json.loads((smoke / "results.json").read_text())
     budget = round(0.52 * results["control"]["params_no_wpe"])
-    families = {"kronecker @52%": "kronecker", "lowrank @52%": "lowrank", "drop_blocks KD @52%": "drop_blocks",
-                "dense scratch @52%": "dense"}
+    families = {"kronecker @52%": "kronecker", "lowrank @52%": "lowrank", "monarch @52%": "monarch",
+                "drop_blocks KD @52%": "drop_blocks", "dense scratch @52%": "dense"}
     for name, family in families.items():
         row = results["variants"][name]
         assert row["family"] == family and row["budget"]["params_no_wpe"] == budget
@@ -127,6 +127,9 @@ def test_the_frontier_matches_every_family_to_the_budget_and_times_every_model_i
     rows = results["variants"]
     assert rows["drop_blocks KD @52%"]["n_layer"] == 1 and rows["lowrank @52%"]["plan"].startswith("c_fc=64x1:")
     assert rows["dense scratch @52%"]["init_perplexity"] > 2 * rows["drop_blocks KD @52%"]["init_perplexity"]
+    losses = rows["allocated @52%"]["allocation"]["calibration_loss"]  # checked against the other three
+    assert set(losses) == {"allocated", "kronecker", "lowrank", "monarch"}
+    assert losses[rows["allocated @52%"]["allocation"]["won"]] == min(losses.values())
     assert results["control"]["family"] == "control" and results["control"]["step_ms"] > 0
     assert rows["diverges @52%"]["runs"]["1"]["status"] == "failed"  # a failed family; the others went on
     markdown = (smoke / "results.md").read_text()
