@@ -49,7 +49,7 @@ def test_the_allocated_student_starts_no_worse_than_each_familys_best_at_its_bud
     losses = {family: loss(load_model(path), calibration) for family, path in rivals.items()}
     chosen = load_model(str(init_path))
     assert all(loss(chosen, calibration) <= rival + 1e-6 for rival in losses.values())
-    assert chosen.get_num_params() <= budget
+    assert abs(chosen.get_num_params() - budget) <= study.tolerance(budget, shape)  # a rival is matched within it
     record = json.loads((folder / "allocated" / "allocation.json").read_text())
     assert set(record["calibration_loss"]) == {"allocated", *study.RIVAL_FAMILIES}
     assert record["calibration_loss"][record["won"]] == pytest.approx(loss(chosen, calibration), abs=1e-6)
