@@ -624,7 +624,6 @@ def time_models(sources, batch_size, block_size, rounds):
     dense one otherwise), float32; medians of `rounds` rounds, the models timed in turns."""
     import tempfile
 
-    import torch
     from bench import median_seconds
     from checkpoints import load_model
     from krony_to_gpt import to_hf, to_hf_factored

@@ -106,7 +106,7 @@ def test_a_run_ends_with_one_summary_line(tmp_path, capsys):
     assert status == 0, err
     best = min(r["val_loss"] for r in metrics(out_dir) if "val_loss" in r)
     last = out.splitlines()[-1]
-    assert last.startswith(f"done: 3 iterations in ") and last.endswith(
+    assert last.startswith("done: 3 iterations in ") and last.endswith(
         f" s, best val loss {best:.4f}, checkpoint {out_dir / 'ckpt.pt'}"), last
     status, out, err = run_main(train.main, tiny_train_args(data_dir, tmp_path / "scored", eval_only=True), capsys)
     assert status == 0 and out.splitlines()[-1].endswith(", no checkpoint written"), err
