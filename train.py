@@ -769,6 +769,8 @@ def train(given):
             state.iter_num += 1
     finally:
         stop_signals.restore()
+    if rt.ddp:
+        dist.barrier()  # every rank leaves the loop before any tears its process group down
     if rt.master:
         print(summary(run))
     return losses
