@@ -84,12 +84,18 @@ def write_json(obj, path):
     write_text(json.dumps(obj, indent=2), path)
 
 
+def existing_ancestor(path):
+    """The nearest of path and its parents that exists: where a folder at path would be created."""
+    ancestor = os.path.abspath(path)
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    return ancestor
+
+
 def check_out_dir(out_dir, flag="--out_dir"):
     """Refuse, before any slow work, a folder that cannot be created or written in: one under a file, or in a
     read-only place. Tried with a temporary folder, removed at once: root passes every permission-bit check."""
-    ancestor = os.path.abspath(out_dir)
-    while not os.path.exists(ancestor):  # the folder that out_dir will be created in
-        ancestor = os.path.dirname(ancestor)
+    ancestor = existing_ancestor(out_dir)
     if not os.path.isdir(ancestor):
         raise UsageError(f"{flag} {out_dir}: {ancestor} is a file, not a folder")
     try:

@@ -39,7 +39,7 @@ from contextlib import contextmanager
 import torch
 
 from checkpoints import is_hub_name, load_checkpoint, load_model_config, load_vocab, seal_safetensors
-from common import EOT, UsageError, exit_on_usage_error, one_line, write_vocab
+from common import EOT, UsageError, existing_ancestor, exit_on_usage_error, one_line, write_vocab
 from compress import materialize
 from model import HF_CONV1D_WEIGHTS
 from model_card import CARD, card_text
@@ -237,9 +237,7 @@ def main(argv=None):
         raise UsageError(f"{args.out_dir} is a file, not a directory")
     if os.path.isdir(args.out_dir) and os.listdir(args.out_dir) and not args.overwrite:
         raise UsageError(f"{args.out_dir} already exists; pass --overwrite to replace it")
-    ancestor = os.path.dirname(os.path.abspath(args.out_dir))
-    while not os.path.exists(ancestor):  # the folder that out_dir will be created in
-        ancestor = os.path.dirname(ancestor)
+    ancestor = existing_ancestor(os.path.dirname(os.path.abspath(args.out_dir)))
     if not os.path.isdir(ancestor) or not os.access(ancestor, os.W_OK):
         raise UsageError(f"cannot write {args.out_dir}: {ancestor} is not a writable directory")
     # a character model's characters (it needs no GPT-2 tokenizer), else GPT-2's tokenizer, before the weights are
