@@ -257,23 +257,35 @@ def lowrank_sizes(shape, budget, spec):
 
 
 def monarch_sizes(shape, budget, spec):
-    """Every block's MLP of one pair of block counts, and, between two such sizes next to each other, the first k
-    blocks of the larger pair and the rest of the smaller (the budgets between them in steps of a block)."""
+    """Every block's MLP of one pair of block counts at most a factor of two apart, and, between two such sizes next
+    to each other, the first k blocks of the larger pair and the rest of the smaller (the budgets between them in
+    steps of a block). A matrix of one block stays dense: dense holds every matrix, in fewer weights."""
     n, n_layer = shape.n_embd, shape.n_layer
     rest = dense_params(n, n_layer, shape) - n_layer * 8 * n * n
-    # c_fc and c_proj each have min(n, 4n) * (n + 4n) / b weights
-    per_block = {5 * n * n // b_fc + 5 * n * n // b_proj: (b_fc, b_proj)
-                 for b_fc in divisors(n) for b_proj in divisors(n)}
+
+    def weights(nblocks):  # c_fc's or c_proj's: a Monarch matrix has min(n, 4n) * (n + 4n) / nblocks
+        return 4 * n * n if nblocks == 1 else 5 * n * n // nblocks
+    per_block = {weights(b_fc) + weights(b_proj): (b_fc, b_proj)
+                 for b_fc in divisors(n) for b_proj in divisors(n) if max(b_fc, b_proj) <= 2 * min(b_fc, b_proj)}
     sizes = sorted(per_block)
-    found = [(rest + n_layer * size, {"plan": {"monarch": {"c_fc": per_block[size][0], "c_proj": per_block[size][1]}}})
-             for size in sizes]
+    found = [(rest + n_layer * size, {"plan": {"monarch": monarch_setting([per_block[size]] * n_layer)}})
+             for size in sizes if per_block[size] != (1, 1)]
     for small, large in zip(sizes, sizes[1:]):
         for k in range(1, n_layer):
-            first = ",".join(map(str, range(k)))
-            monarch = {"c_fc": per_block[small][0], "c_proj": per_block[small][1],
-                       f"c_fc@{first}": per_block[large][0], f"c_proj@{first}": per_block[large][1]}
-            found.append((rest + k * large + (n_layer - k) * small, {"plan": {"monarch": monarch}}))
+            pairs = [per_block[large]] * k + [per_block[small]] * (n_layer - k)
+            found.append((rest + k * large + (n_layer - k) * small, {"plan": {"monarch": monarch_setting(pairs)}}))
     return found
+
+
+def monarch_setting(pairs):
+    """train.py's monarch setting of each block's (c_fc, c_proj) block counts, a count of 1 left dense."""
+    setting = {}
+    for i, name in enumerate(("c_fc", "c_proj")):
+        counts = [pair[i] for pair in pairs]
+        for nblocks in sorted(set(counts) - {1}):
+            blocks = [layer for layer, count in enumerate(counts) if count == nblocks]
+            setting[name if len(blocks) == len(counts) else f"{name}@{','.join(map(str, blocks))}"] = nblocks
+    return setting
 
 
 def allocated_sizes(shape, budget, spec):

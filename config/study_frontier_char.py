@@ -2,7 +2,7 @@
 # teacher of study_char.py (config/train_shakespeare_char.py: 6 blocks, n_embd 128, 97.5% of the parameters in
 # the blocks, as GPT-2's two thirds and more) compressed to three budgets, about 50%, 67% and 83% of its
 # parameters without wpe (the sizes of keeping 3, 4 and 5 of its blocks), by every family a user would pick
-# instead of another (study.py's frontier section), each fine-tuned on the same 300 x 2,048 characters with seeds
+# instead of another (study.py's frontier section), each fine-tuned on the same 150 x 2,048 characters with seeds
 # 1, 2, 3 (the same batches for every variant of a seed) and scored on the first 50,000 characters of val.bin.
 #   kronecker act    the MLP shape (balanced ones included) of least output error on init act's calibration
 #                    characters, each matrix's scaled to what it costs the loss (compress.calibrated_options),
@@ -18,14 +18,10 @@
 #                    at every budget; drop_blocks is distilled (DistilGPT2's recipe), dense from scratch is not
 #                    (distilling it changed nothing: 12.50 against 12.52 at 50%)
 # The dense students get the teacher's own learning rate (1e-3, not fine-tuning's 3e-4): they have nothing to
-# keep. Run time, estimated from the first frontier (14 variants and the control in about 90 minutes on one
-# thread of the 2-core CPU, 6 minutes each): 30 variants and the control at 6 minutes, 3.1 hours, plus 18 act fits
-# (each act variant makes its own student) of 2 to 4 minutes (the 81M shape's took 105 s; the allocated plans
-# fit attention too), about 45 minutes, plus the cost of Kronecker shapes chosen by output error: at 50% a
-# balanced shape of 24 factors took 3.4 s a step against low rank's 0.3 s, so if such shapes are chosen the 6
-# Kronecker act variants take about 45 minutes each instead of 6 (4 hours more), and the allocated ones 2 to 3
-# times their share: 4 to 8 hours in all. If that does not fit, cut max_iters (fine-tuning tokens) for every
-# family alike, never seeds.
+# keep. Fine-tuning is half the first frontier's (150 steps, not 300), for every family alike, so that the 31
+# rows of 3 seeds fit one session on one thread of the 2-core CPU: about 55 s a run (0.3 s a step; the
+# distilled ones a third more), 93 runs, 90 minutes, plus the act fits (about a minute each, the allocated
+# plans' about three) and the timing phase.
 #
 #   python data/shakespeare_char/prepare.py && python study.py config/study_frontier_char.py
 
@@ -34,8 +30,8 @@ teacher_config = "config/train_shakespeare_char.py"
 data_dir = "data/shakespeare_char"
 eval_tokens = 50_000
 seeds = [1, 2, 3]
-finetune = {"block_size": 128, "batch_size": 16, "gradient_accumulation_steps": 1, "max_iters": 300,
-            "lr_decay_iters": 300, "warmup_iters": 15, "learning_rate": 3e-4, "min_lr": 3e-5, "eval_interval": 150,
+finetune = {"block_size": 128, "batch_size": 16, "gradient_accumulation_steps": 1, "max_iters": 150,
+            "lr_decay_iters": 150, "warmup_iters": 8, "learning_rate": 3e-4, "min_lr": 3e-5, "eval_interval": 75,
             "eval_iters": 5, "log_interval": 50, "compile": False}
 _kd = {"distill_alpha": 0.5, "distill_temperature": 2.0}  # DistilGPT2's logit distillation, as study_char.py's
 _scratch = {"learning_rate": 1e-3, "min_lr": 1e-4}

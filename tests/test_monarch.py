@@ -241,8 +241,23 @@ def test_the_study_matches_a_monarch_family_to_a_budget_exactly():
     shape = GPTConfig(n_layer=4, n_head=4, n_embd=64, vocab_size=65, block_size=64)
     budget = round(0.5 * study.teacher_params_no_wpe(shape))
     variant = study.match_family("monarch", {"family": "monarch", "init": "act"}, budget, shape)
-    # between the sizes of 16 and 4 blocks and of 8 and 4 in every block: the first three blocks of the larger
-    assert variant["plan"] == {"monarch": {"c_fc": 16, "c_proj": 4, "c_fc@0,1,2": 8, "c_proj@0,1,2": 4}}
+    # between the sizes of 8 and 8 blocks and of 8 and 4 in every block: the first three blocks of the larger
+    assert variant["plan"] == {"monarch": {"c_fc": 8, "c_proj@0,1,2": 4, "c_proj@3": 8}}
     assert variant["init"] == "act"
     parts = Plan.from_settings(64, 4, 65, **variant["plan"]).count_parts(64)
     assert variant["budget"]["matched"] == sum(parts.values()) - parts["position"]
+
+
+def test_a_monarch_budget_above_two_blocks_keeps_matrices_dense_not_one_block():
+    import study
+    from kron_shapes import Plan
+    from model import GPTConfig
+    shape = GPTConfig(n_layer=4, n_head=4, n_embd=64, vocab_size=65, block_size=64)
+    budget = round(0.83 * study.teacher_params_no_wpe(shape))
+    variant = study.match_family("monarch", {"family": "monarch", "init": "act"}, budget, shape)
+    # a one-block Monarch matrix of c_fc has 64 * 320 weights, dense 64 * 256: the family keeps such matrices dense
+    plan = Plan.from_settings(64, 4, 65, **variant["plan"])
+    assert set(plan.monarch.values()) == {2} and 0 < len(plan.monarch) < 8
+    parts = plan.count_parts(64)
+    assert variant["budget"]["matched"] == sum(parts.values()) - parts["position"]
+    assert abs(variant["budget"]["matched"] - budget) <= study.tolerance(budget, shape)
