@@ -19,9 +19,8 @@
 #                    (distilling it changed nothing: 12.50 against 12.52 at 50%)
 # The dense students get the teacher's own learning rate (1e-3, not fine-tuning's 3e-4): they have nothing to
 # keep. Fine-tuning is half the first frontier's (150 steps, not 300), for every family alike, so that the 31
-# rows of 3 seeds fit one session on one thread of the 2-core CPU: about 55 s a run (0.3 s a step; the
-# distilled ones a third more), 93 runs, 90 minutes, plus the act fits (about a minute each, the allocated
-# plans' about three) and the timing phase.
+# rows of 3 seeds fit one session: 6,045 s on one thread of the 2-core CPU (AMD EPYC), the act fits (about a
+# minute each, the allocated plans' about three) and the timing phase included.
 #
 #   python data/shakespeare_char/prepare.py && python study.py config/study_frontier_char.py
 
