@@ -19,8 +19,8 @@ kron_layers), "init": vl|vl_norm|prune|random|act, "act": init act's calibration
 settings for this variant only}}, and questions {title: (baseline variant, [variants])}. For each variant: the
 student is made once, in this process, as kron_decompose.py makes it (compress.compress), then for each seed
 train.py and perplexity.py run (the control's runs in out_dir/control). A run whose result.json exists is skipped,
-so a study can be stopped and restarted at any point (a teacher whose training did not finish is trained again; a
-different teacher needs a new out_dir); a run that fails is reported as failed with its log's last line and the
+so a study can be stopped and restarted at any point (a teacher whose training did not finish goes on from its last
+evaluation, as train.py's resume does; a different teacher needs a new out_dir); a run that fails is reported as failed with its log's last line and the
 others go on. Writes out_dir/results.json, results.md, val_loss.png (val loss against iteration, mean over seeds,
 a panel per question) and frontier.png (fine-tuned perplexity against parameters, every point labelled, with the
 Pareto front, the teacher and the control; for a frontier of families, four panels: against parameters, weight
@@ -882,13 +882,18 @@ def main(argv=None):
         teacher = os.path.join(teacher_dir, "ckpt.pt")
         finished_path = os.path.join(s["out_dir"], "teacher_finished.json")  # train.py saves ckpt.pt at every eval
         if not os.path.exists(finished_path):
-            print(f"training the teacher: {s['teacher_config']} into {teacher_dir}", flush=True)
+            resume = os.path.exists(teacher)  # stopped before its end: hours of training are not thrown away
+            print(f"{'resuming' if resume else 'training'} the teacher: {s['teacher_config']} into {teacher_dir}",
+                  flush=True)
             error = run_step(["train.py", s["teacher_config"], *settings_args(s["teacher_overrides"]),
-                              f"--out_dir={teacher_dir}", f"--device={s['device']}", "--overwrite=True"],
+                              f"--out_dir={teacher_dir}", f"--device={s['device']}",
+                              "--init_from=resume" if resume else "--overwrite=True"],
                              os.path.join(s["out_dir"], "teacher.log"))
             if error:
                 raise UsageError(f"the teacher failed: {error}")
-            write_json({"seconds": time.time() - start}, finished_path)
+            from checkpoints import read_checkpoint
+            seconds = read_checkpoint(teacher, mmap=True)["elapsed_s"]  # its training time, stopped runs included
+            write_json({"seconds": seconds}, finished_path)
             if os.path.exists(teacher_score_path):  # a score of the teacher trained before
                 os.remove(teacher_score_path)
         teacher_seconds = read_json(finished_path)["seconds"]

@@ -170,8 +170,11 @@ def test_a_restarted_study_skips_finished_runs_and_redoes_the_rest(smoke):
     after = json.loads((smoke / "results.json").read_text())
     assert os.path.getmtime(train_log) == mtime  # finished: not run again
     assert os.path.getmtime(control_log) == control_mtime and after["control"]["runs"] == before["control"]["runs"]
-    assert os.path.getmtime(smoke / "teacher_ppl.json") > teacher_mtime  # trained and scored again: the same
+    # the teacher goes on from its last checkpoint (here its final one: nothing left to train) and is scored again
+    assert "nothing to do: iteration 100 is already max_iters=100" in (smoke / "teacher.log").read_text()
+    assert os.path.getmtime(smoke / "teacher_ppl.json") > teacher_mtime
     assert after["teacher_perplexity"] == pytest.approx(before["teacher_perplexity"], rel=1e-6)
+    assert after["teacher_seconds"] == before["teacher_seconds"]  # its training time, saved in its checkpoint
     for name in ("vl", "random"):  # the redone run sees the same batches: the same numbers
         assert after["variants"][name]["runs"]["1"]["perplexity"] == \
             pytest.approx(before["variants"][name]["runs"]["1"]["perplexity"], rel=1e-6)
