@@ -12,20 +12,19 @@ control: the teacher itself fine-tuned with the same settings and seeds, which e
 compression costs is told apart from what the fine-tuning alone does.
 
 A study config is plain Python, like train.py's (see STUDY_SETTINGS below): a teacher (a model source, or
-teacher_config, a train.py config trained first into out_dir/teacher), train.py settings shared by every
-fine-tuning run, seeds, variants {name: {"plan": train.py's plan settings (dim_1, dim_2, factors, kron,
-kron_layers), "init": vl|vl_norm|prune|random|act, "act": init act's calibration_tokens, act_steps, act_lr, act_sweeps
-(calibrated on data_dir's train.bin), "distill": train.py distill_* settings, "finetune": train.py
-settings for this variant only}}, and questions {title: (baseline variant, [variants])}. For each variant: the
-student is made once, in this process, as kron_decompose.py makes it (compress.compress), then for each seed
-train.py and perplexity.py run (the control's runs in out_dir/control). A run whose result.json exists is skipped,
-so a study can be stopped and restarted at any point (a teacher whose training did not finish goes on from its last
-evaluation, as train.py's resume does; a different teacher needs a new out_dir); a run that fails is reported as failed with its log's last line and the
-others go on. Writes out_dir/results.json, results.md, val_loss.png (val loss against iteration, mean over seeds,
-a panel per question) and frontier.png (fine-tuned perplexity against parameters, every point labelled, with the
-Pareto front, the teacher and the control; for a frontier of families, four panels: against parameters, weight
-multiply-adds per token, train step time and decode time, each with its Pareto front).
-"""
+teacher_config, a train.py config trained first into out_dir/teacher), train.py settings shared by every fine-tuning
+run, seeds, variants {name: {"plan": train.py's plan settings (dim_1, dim_2, factors, kron, kron_layers), "init":
+vl|vl_norm|prune|random|act, "act": init act's calibration_tokens, act_steps, act_lr, act_sweeps (calibrated on
+data_dir's train.bin), "distill": train.py distill_* settings, "finetune": train.py settings for this variant
+only}}, and questions {title: (baseline variant, [variants])}. For each variant: the student is made once, in this
+process, as kron_decompose.py makes it (compress.compress), then for each seed train.py and perplexity.py run (the
+control's runs in out_dir/control). A run whose result.json exists is skipped, so a study can be stopped and
+restarted at any point (a teacher whose training did not finish goes on from its last evaluation, as train.py's
+resume does; a different teacher needs a new out_dir); a run that fails is reported as failed with its log's last
+line and the others go on. Writes out_dir/results.json, results.md, val_loss.png (val loss against iteration, mean
+over seeds, a panel per question) and frontier.png (fine-tuned perplexity against parameters, every point labelled,
+with the Pareto front, the teacher and the control; for a frontier of families, four panels: against parameters,
+weight multiply-adds per token, train step time and decode time, each with its Pareto front)."""
 
 import functools
 import json
@@ -37,7 +36,8 @@ import time
 from common import (ACT_LR, ACT_STEPS, CALIBRATION_TOKENS, INIT_NAMES, UsageError, exit_on_usage_error, one_line,
                     read_calibration, read_vocab, usage_errors, write_json)
 from configurator import ConfigError, checked, load_config
-from kron_shapes import BLOCK_MATRICES, PLAN_SETTINGS, Plan, divisors, is_outer_product, max_factors, parse_blocks
+from kron_shapes import (BLOCK_MATRICES, PLAN_SETTINGS, Plan, divisors, is_outer_product, max_factors, parse_blocks,
+                         written)
 from plot import plot_family_frontier, plot_frontier, plot_loss_panels, read_metrics
 
 STUDY_SETTINGS = dict(  # key=(default, type)
@@ -265,27 +265,21 @@ def monarch_sizes(shape, budget, spec):
 
     def weights(nblocks):  # c_fc's or c_proj's: a Monarch matrix has min(n, 4n) * (n + 4n) / nblocks
         return 4 * n * n if nblocks == 1 else 5 * n * n // nblocks
-    per_block = {weights(b_fc) + weights(b_proj): (b_fc, b_proj)
+    per_block = {weights(b_fc) + weights(b_proj): (b_fc, b_proj)  # of two pairs of one size, the later
                  for b_fc in divisors(n) for b_proj in divisors(n) if max(b_fc, b_proj) <= 2 * min(b_fc, b_proj)}
     sizes = sorted(per_block)
-    found = [(rest + n_layer * size, {"plan": {"monarch": monarch_setting([per_block[size]] * n_layer)}})
+
+    def setting(pairs):  # train.py's monarch setting of each block's (c_fc, c_proj) counts, a count of 1 left dense
+        return {"plan": {"monarch": written({(name, layer): count for layer, pair in enumerate(pairs)
+                                             for name, count in zip(("c_fc", "c_proj"), pair) if count > 1},
+                                            n_layer)}}
+    found = [(rest + n_layer * size, setting([per_block[size]] * n_layer))
              for size in sizes if per_block[size] != (1, 1)]
     for small, large in zip(sizes, sizes[1:]):
         for k in range(1, n_layer):
             pairs = [per_block[large]] * k + [per_block[small]] * (n_layer - k)
-            found.append((rest + k * large + (n_layer - k) * small, {"plan": {"monarch": monarch_setting(pairs)}}))
+            found.append((rest + k * large + (n_layer - k) * small, setting(pairs)))
     return found
-
-
-def monarch_setting(pairs):
-    """train.py's monarch setting of each block's (c_fc, c_proj) block counts, a count of 1 left dense."""
-    setting = {}
-    for i, name in enumerate(("c_fc", "c_proj")):
-        counts = [pair[i] for pair in pairs]
-        for nblocks in sorted(set(counts) - {1}):
-            blocks = [layer for layer, count in enumerate(counts) if count == nblocks]
-            setting[name if len(blocks) == len(counts) else f"{name}@{','.join(map(str, blocks))}"] = nblocks
-    return setting
 
 
 def allocated_sizes(shape, budget, spec):
