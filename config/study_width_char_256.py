@@ -5,10 +5,8 @@
 # Monarch matrices by act and the allocated plan, each init act, fine-tuned with study_frontier_char.py's recipe
 # (150 x 2,048 characters) with seeds 1 and 2 and scored on the first 50,000 characters of val.bin. Read against
 # the 128-wide study's same families at 50%, seeds 1 and 2: which way the gap between them moves from 128 to 256
-# says which way GPT-2 (768 wide) leans. The teacher trains first (about 2.5 hours on one thread: see its
-# config), then about 70 minutes: the control and 4 variants of 2 seeds, 150 steps at about the teacher's 1.3 s
-# (33 minutes), 4 act fits of several minutes each, and a Kronecker act shape of many factors may take several
-# times low rank's step.
+# says which way GPT-2 (768 wide) leans. The teacher trains first (1.7 hours on one thread: see its config),
+# then the control and 4 variants of 2 seeds with their act fits and timing, 42 minutes.
 #
 #   python data/shakespeare_char/prepare.py && python study.py config/study_width_char_256.py
 
